@@ -1,0 +1,54 @@
+# pfq-omatic: one entry point for set-up, the demo and the test gate.
+# `make demo` and `make test` install what they need on a fresh Debian 12 machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Debian packages the tool and its tests use: kernel headers and sources of the two
+# kernels we target, the compiler Kbuild needs, QEMU and a static busybox for the lab,
+# Coccinelle as the benchmark's peer.
+DEBS := build-essential bc bison flex libelf-dev libssl-dev xz-utils zstd patch kmod cpio \
+        linux-headers-amd64 linux-headers-6.12-amd64 \
+        linux-source-6.1 linux-source-6.12 \
+        qemu-system-x86 busybox-static coccinelle
+
+.PHONY: setup debs venv demo test lint unit clean
+
+setup: debs venv
+
+# Install only the packages that are missing; apt-get update first, as a fresh machine needs.
+debs:
+	@missing=$$(for p in $(DEBS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/pfq-omatic demo
+
+lint: venv
+	$(BIN)/ruff check omatic tests bench
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest -m "unit or kbuild or vm"
+
+unit: venv
+	$(BIN)/pytest -m unit
+
+clean:
+	rm -rf out build .pytest_cache .mypy_cache .ruff_cache
+	$(MAKE) -C kmod clean 2>/dev/null || true

@@ -1,0 +1,5 @@
+import sys
+
+from omatic.cli import main
+
+sys.exit(main())
