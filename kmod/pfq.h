@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * PFQ receive core: what the parts of pfq.ko share.
+ *
+ * Every net device of init_net has a struct pfq_dev, created by the netdevice
+ * notifier on NETDEV_REGISTER and freed on NETDEV_UNREGISTER. Configuration (the
+ * device list, modes, rings, proc entries) changes under RTNL; the receive hooks find
+ * a device's state with an RCU hash lookup and count per CPU, so the pass path takes
+ * no lock and touches no cache line shared between CPUs.
+ */
+#ifndef _PFQ_H
+#define _PFQ_H
+
+#include <linux/hashtable.h>
+#include <linux/ktime.h>
+#include <linux/list.h>
+#include <linux/netdevice.h>
+#include <linux/percpu.h>
+#include <linux/proc_fs.h>
+#include <linux/rcupdate.h>
+#include <linux/skbuff.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+
+#ifndef PFQ_PROBES_WORK
+#error "kmod/probes/netif_rx.c did not compile: the feature probes in Kbuild are broken"
+#endif
+
+enum pfq_mode {
+	PFQ_PASS,	/* count, then hand to the kernel unchanged */
+	PFQ_TAP,	/* copy to the ring, then hand to the kernel */
+	PFQ_CAPTURE,	/* copy to the ring and free; the stack never sees it */
+	PFQ_MODE_MAX,
+};
+
+enum pfq_hook {
+	PFQ_HOOK_NETIF_RECEIVE_SKB,
+	PFQ_HOOK_NETIF_RECEIVE_SKB_LIST,
+	PFQ_HOOK_GRO_RECEIVE,
+	PFQ_HOOK_GRO_FRAGS,
+	PFQ_HOOK_NETIF_RX,
+#ifdef PFQ_HAVE_NETIF_RX_NI
+	PFQ_HOOK_NETIF_RX_NI,
+#endif
+	PFQ_HOOK_MAX,
+};
+
+/* One CPU's counters for one hook of one device; summed when read. */
+struct pfq_counters {
+	u64 packets;	/* frames seen by the hook */
+	u64 bytes;	/* their length from the Ethernet header on */
+	u64 to_stack;	/* handed to the kernel's own function */
+	u64 captured;	/* copied to the ring */
+	u64 dropped;	/* not copied: ring full (or no ring yet) */
+};
+
+struct pfq_pcpu {
+	struct pfq_counters hook[PFQ_HOOK_MAX];
+};
+
+/* One captured frame, as stored in a ring slot. */
+struct pfq_slot {
+	ktime_t tstamp;	/* wall clock at capture */
+	u32 len;	/* frame length on the wire */
+	u32 caplen;	/* bytes stored in data[], at most snaplen */
+	u8 data[];
+};
+
+/*
+ * Bounded ring of preallocated slots. Producers (the hooks, any context, any CPU) and
+ * consumers (pcap readers) take @lock with interrupts off; nothing ever waits for
+ * room: a full ring drops the copy and the hook counts it.
+ */
+struct pfq_ring {
+	spinlock_t lock;
+	u32 slots;		/* capacity */
+	u32 snaplen;		/* bytes kept per frame */
+	size_t slot_size;	/* stride of @mem */
+	u32 head;		/* next slot to read, free running */
+	u32 tail;		/* next slot to write, free running */
+	u8 *mem;
+};
+
+struct pfq_dev {
+	struct hlist_node hnode;	/* in pfq_dev_table, RCU readers */
+	struct list_head node;		/* in pfq_dev_list, RTNL */
+	struct net_device *dev;		/* valid until NETDEV_UNREGISTER removes us */
+	int mode;			/* enum pfq_mode; READ_ONCE on the fast path */
+	struct pfq_ring __rcu *ring;	/* non-NULL in tap and capture */
+	struct pfq_pcpu __percpu *stats;
+	struct proc_dir_entry *pcap;	/* /proc/net/pfq/pcap/<name> */
+};
+
+/* pfq_main.c */
+extern unsigned int pfq_ring_slots;
+extern unsigned int pfq_snaplen;
+extern struct list_head pfq_dev_list;
+extern const char *const pfq_hook_names[PFQ_HOOK_MAX];
+extern const char *const pfq_mode_names[PFQ_MODE_MAX];
+struct pfq_dev *pfq_dev_lookup(const struct net_device *dev);
+struct pfq_dev *pfq_dev_by_name(const char *name);
+int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode);
+
+/* pfq_ring.c */
+struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen);
+void pfq_ring_free(struct pfq_ring *ring);
+bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset);
+bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out);
+u32 pfq_ring_count(struct pfq_ring *ring);
+
+/* pfq_proc.c */
+int pfq_proc_init(void);
+void pfq_proc_exit(void);
+int pfq_proc_add_dev(struct pfq_dev *pd);
+void pfq_proc_del_dev(struct pfq_dev *pd);
+
+#endif /* _PFQ_H */

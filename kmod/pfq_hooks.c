@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The receive hooks rewritten drivers call instead of the kernel's entry points.
+ *
+ * Each hook looks its device up under RCU, counts the frame per CPU, and by the
+ * device's mode: pass hands the skb to the kernel's own function unchanged; tap copies
+ * the frame to the ring, then hands the skb on; capture copies the frame to the ring
+ * and frees the skb. Devices PFQ does not track (other namespaces) pass uncounted.
+ *
+ * What a hook returns when PFQ keeps a packet (capture mode): what the kernel function
+ * returns for a packet that is gone and needs nothing more from the driver.
+ *   netif_receive_skb, netif_rx(_ni): NET_RX_SUCCESS once the copy is in the ring,
+ *     NET_RX_DROP when the ring was full (the kernel also says NET_RX_DROP when it
+ *     drops, e.g. a full backlog);
+ *   napi_gro_receive, napi_gro_frags: GRO_CONSUMED (the skb was taken by someone else,
+ *     as when a GRO callback steals it); GRO_DROP no longer exists (removed in 5.12 by
+ *     commit 1d11fa696733, "net-gro: remove GRO_DROP").
+ *
+ * napi_gro_frags() takes its skb from napi->skb, filled by the driver after
+ * napi_get_frags(); its MAC header has not been pulled yet, so the frame starts at
+ * skb->data (the Ethernet header usually lives in frag 0, which skb_copy_bits()
+ * reads). To keep it, the hook does what napi_frags_skb() does first: it clears
+ * napi->skb, so the driver's next napi_get_frags() allocates a fresh skb, then frees
+ * the old one (napi_reuse_skb(), which would recycle it, is not exported).
+ */
+#include <linux/export.h>
+#include <linux/netdevice.h>
+#include <linux/skbuff.h>
+#include <pfq/hooks.h>
+
+#include "pfq.h"
+
+enum pfq_verdict {
+	PFQ_TO_STACK,	/* hand the skb to the kernel */
+	PFQ_KEPT,	/* the ring holds a copy: consume the skb */
+	PFQ_DROP,	/* capture, but the ring was full: drop the skb */
+};
+
+/*
+ * Offset from skb->data to the Ethernet header: negative once eth_type_trans() has
+ * pulled it; 0 when the driver set no MAC header (the frame starts at skb->data).
+ */
+static int pfq_mac_offset(const struct sk_buff *skb)
+{
+	return skb_mac_header_was_set(skb) ? min(skb_mac_offset(skb), 0) : 0;
+}
+
+/* Count the frame and copy it as the mode says. Caller holds rcu_read_lock(). */
+static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
+			       const struct sk_buff *skb, int offset)
+{
+	struct pfq_counters __percpu *c = &pd->stats->hook[hook];
+	int mode = READ_ONCE(pd->mode);
+	struct pfq_ring *ring;
+	bool stored = false;
+
+	this_cpu_inc(c->packets);
+	this_cpu_add(c->bytes, skb->len - offset);
+	if (likely(mode == PFQ_PASS)) {
+		this_cpu_inc(c->to_stack);
+		return PFQ_TO_STACK;
+	}
+	ring = rcu_dereference(pd->ring);
+	if (ring)
+		stored = pfq_ring_put(ring, skb, offset);
+	if (stored)
+		this_cpu_inc(c->captured);
+	else
+		this_cpu_inc(c->dropped);
+	if (mode == PFQ_CAPTURE)
+		return stored ? PFQ_KEPT : PFQ_DROP;
+	this_cpu_inc(c->to_stack);
+	return PFQ_TO_STACK;
+}
+
+static enum pfq_verdict pfq_rx_dev(const struct net_device *dev, enum pfq_hook hook,
+				   const struct sk_buff *skb, int offset)
+{
+	enum pfq_verdict verdict = PFQ_TO_STACK;
+	struct pfq_dev *pd;
+
+	rcu_read_lock();
+	pd = pfq_dev_lookup(dev);
+	if (pd)
+		verdict = pfq_rx(pd, hook, skb, offset);
+	rcu_read_unlock();
+	return verdict;
+}
+
+/* Free an skb PFQ kept or dropped; any context (netif_rx may run in hard irq). */
+static void pfq_free(struct sk_buff *skb, enum pfq_verdict verdict)
+{
+	if (verdict == PFQ_KEPT)
+		dev_consume_skb_any(skb);
+	else
+		dev_kfree_skb_any(skb);
+}
+
+static int pfq_rx_verdict(struct sk_buff *skb, enum pfq_verdict verdict)
+{
+	pfq_free(skb, verdict);
+	return verdict == PFQ_KEPT ? NET_RX_SUCCESS : NET_RX_DROP;
+}
+
+int pfq_netif_receive_skb(struct sk_buff *skb)
+{
+	enum pfq_verdict v = pfq_rx_dev(skb->dev, PFQ_HOOK_NETIF_RECEIVE_SKB, skb,
+					pfq_mac_offset(skb));
+
+	if (likely(v == PFQ_TO_STACK))
+		return netif_receive_skb(skb);
+	return pfq_rx_verdict(skb, v);
+}
+EXPORT_SYMBOL_GPL(pfq_netif_receive_skb);
+
+void pfq_netif_receive_skb_list(struct list_head *head)
+{
+	const struct net_device *dev = NULL;
+	struct pfq_dev *pd = NULL;
+	struct sk_buff *skb, *next;
+	enum pfq_verdict v;
+
+	rcu_read_lock();
+	list_for_each_entry_safe(skb, next, head, list) {
+		/* A batch usually comes from one device: look it up once. */
+		if (skb->dev != dev) {
+			dev = skb->dev;
+			pd = pfq_dev_lookup(dev);
+		}
+		if (!pd)
+			continue;
+		v = pfq_rx(pd, PFQ_HOOK_NETIF_RECEIVE_SKB_LIST, skb, pfq_mac_offset(skb));
+		if (v != PFQ_TO_STACK) {
+			skb_list_del_init(skb);
+			pfq_free(skb, v);
+		}
+	}
+	rcu_read_unlock();
+	netif_receive_skb_list(head);
+}
+EXPORT_SYMBOL_GPL(pfq_netif_receive_skb_list);
+
+gro_result_t pfq_gro_receive(struct napi_struct *napi, struct sk_buff *skb)
+{
+	enum pfq_verdict v = pfq_rx_dev(skb->dev, PFQ_HOOK_GRO_RECEIVE, skb,
+					pfq_mac_offset(skb));
+
+	if (likely(v == PFQ_TO_STACK))
+		return napi_gro_receive(napi, skb);
+	pfq_free(skb, v);
+	return GRO_CONSUMED;
+}
+EXPORT_SYMBOL_GPL(pfq_gro_receive);
+
+gro_result_t pfq_gro_frags(struct napi_struct *napi)
+{
+	struct sk_buff *skb = napi->skb;
+	enum pfq_verdict v;
+
+	/* No skb is a driver bug the kernel function reports its own way: leave it be. */
+	if (unlikely(!skb))
+		return napi_gro_frags(napi);
+	/* The MAC header is not pulled yet: the frame starts at skb->data. */
+	v = pfq_rx_dev(napi->dev, PFQ_HOOK_GRO_FRAGS, skb, 0);
+	if (likely(v == PFQ_TO_STACK))
+		return napi_gro_frags(napi);
+	napi->skb = NULL;
+	pfq_free(skb, v);
+	return GRO_CONSUMED;
+}
+EXPORT_SYMBOL_GPL(pfq_gro_frags);
+
+int pfq_netif_rx(struct sk_buff *skb)
+{
+	enum pfq_verdict v = pfq_rx_dev(skb->dev, PFQ_HOOK_NETIF_RX, skb, pfq_mac_offset(skb));
+
+	if (likely(v == PFQ_TO_STACK))
+		return netif_rx(skb);
+	return pfq_rx_verdict(skb, v);
+}
+EXPORT_SYMBOL_GPL(pfq_netif_rx);
+
+#ifdef PFQ_HAVE_NETIF_RX_NI
+int pfq_netif_rx_ni(struct sk_buff *skb)
+{
+	enum pfq_verdict v = pfq_rx_dev(skb->dev, PFQ_HOOK_NETIF_RX_NI, skb,
+					pfq_mac_offset(skb));
+
+	if (likely(v == PFQ_TO_STACK))
+		return netif_rx_ni(skb);
+	return pfq_rx_verdict(skb, v);
+}
+EXPORT_SYMBOL_GPL(pfq_netif_rx_ni);
+#endif

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * PFQ receive core: module parameters, the per-device table and its lifetime.
+ *
+ * A struct pfq_dev exists for every net device of init_net (other namespaces pass
+ * through the hooks uncounted). The netdevice notifier creates it on NETDEV_REGISTER
+ * (replayed for existing devices when we register) and frees it, with its ring and
+ * proc entry, on NETDEV_UNREGISTER (replayed when we unregister, so unloading frees
+ * everything). All of that runs under RTNL, which also serialises the control file.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/netdevice.h>
+#include <linux/rtnetlink.h>
+#include <linux/slab.h>
+#include <net/net_namespace.h>
+
+#include "pfq.h"
+
+unsigned int pfq_ring_slots = 1024;
+module_param_named(ring_slots, pfq_ring_slots, uint, 0444);
+MODULE_PARM_DESC(ring_slots, "Frames each tap/capture ring holds (1..1048576, default 1024)");
+
+unsigned int pfq_snaplen = 2048;
+module_param_named(snaplen, pfq_snaplen, uint, 0444);
+MODULE_PARM_DESC(snaplen, "Bytes kept of each captured frame (64..65535, default 2048)");
+
+const char *const pfq_hook_names[PFQ_HOOK_MAX] = {
+	[PFQ_HOOK_NETIF_RECEIVE_SKB] = "netif_receive_skb",
+	[PFQ_HOOK_NETIF_RECEIVE_SKB_LIST] = "netif_receive_skb_list",
+	[PFQ_HOOK_GRO_RECEIVE] = "napi_gro_receive",
+	[PFQ_HOOK_GRO_FRAGS] = "napi_gro_frags",
+	[PFQ_HOOK_NETIF_RX] = "netif_rx",
+#ifdef PFQ_HAVE_NETIF_RX_NI
+	[PFQ_HOOK_NETIF_RX_NI] = "netif_rx_ni",
+#endif
+};
+
+const char *const pfq_mode_names[PFQ_MODE_MAX] = {
+	[PFQ_PASS] = "pass",
+	[PFQ_TAP] = "tap",
+	[PFQ_CAPTURE] = "capture",
+};
+
+#define PFQ_HASH_BITS 6
+static DEFINE_HASHTABLE(pfq_dev_table, PFQ_HASH_BITS);
+LIST_HEAD(pfq_dev_list);
+
+/* Caller holds rcu_read_lock() or RTNL. */
+struct pfq_dev *pfq_dev_lookup(const struct net_device *dev)
+{
+	struct pfq_dev *pd;
+
+	hash_for_each_possible_rcu(pfq_dev_table, pd, hnode, (unsigned long)dev,
+				   lockdep_rtnl_is_held())
+		if (pd->dev == dev)
+			return pd;
+	return NULL;
+}
+
+/* Caller holds RTNL (names change under it). */
+struct pfq_dev *pfq_dev_by_name(const char *name)
+{
+	struct pfq_dev *pd;
+
+	ASSERT_RTNL();
+	list_for_each_entry(pd, &pfq_dev_list, node)
+		if (!strcmp(pd->dev->name, name))
+			return pd;
+	return NULL;
+}
+
+static struct pfq_ring *pfq_dev_ring(struct pfq_dev *pd)
+{
+	return rcu_dereference_protected(pd->ring, lockdep_rtnl_is_held());
+}
+
+/*
+ * Switch @pd to @mode. The ring exists before a hook can see tap/capture, and is
+ * freed (with what it still holds) only after every hook that could have seen it has
+ * left its RCU read side. Caller holds RTNL.
+ */
+int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode)
+{
+	struct pfq_ring *ring = pfq_dev_ring(pd);
+
+	ASSERT_RTNL();
+	if (mode != PFQ_PASS && !ring) {
+		ring = pfq_ring_alloc(pfq_ring_slots, pfq_snaplen);
+		if (!ring)
+			return -ENOMEM;
+		rcu_assign_pointer(pd->ring, ring);
+	}
+	WRITE_ONCE(pd->mode, mode);
+	if (mode == PFQ_PASS && ring) {
+		RCU_INIT_POINTER(pd->ring, NULL);
+		synchronize_rcu();
+		pfq_ring_free(ring);
+	}
+	return 0;
+}
+
+static void pfq_dev_add(struct net_device *dev)
+{
+	struct pfq_dev *pd;
+
+	if (pfq_dev_lookup(dev))
+		return;
+	pd = kzalloc(sizeof(*pd), GFP_KERNEL);
+	if (!pd)
+		goto fail;
+	pd->stats = alloc_percpu(struct pfq_pcpu);
+	if (!pd->stats)
+		goto fail;
+	pd->dev = dev;
+	pd->mode = PFQ_PASS;
+	if (pfq_proc_add_dev(pd))
+		goto fail;
+	list_add_tail(&pd->node, &pfq_dev_list);
+	hash_add_rcu(pfq_dev_table, &pd->hnode, (unsigned long)dev);
+	return;
+fail:
+	/* The device still works: its hooks pass packets through uncounted. */
+	pr_warn("%s: out of memory, its packets will not be counted\n", dev->name);
+	if (pd)
+		free_percpu(pd->stats);
+	kfree(pd);
+}
+
+static void pfq_dev_del(struct net_device *dev)
+{
+	struct pfq_dev *pd = pfq_dev_lookup(dev);
+
+	if (!pd)
+		return;
+	hash_del_rcu(&pd->hnode);
+	list_del(&pd->node);
+	/* Waits for pcap readers of this device to leave; new ones get -EIO. */
+	pfq_proc_del_dev(pd);
+	/* Hooks running on other CPUs may still hold pd: wait them out. */
+	synchronize_rcu();
+	pfq_ring_free(pfq_dev_ring(pd));
+	free_percpu(pd->stats);
+	kfree(pd);
+}
+
+static void pfq_dev_rename(struct net_device *dev)
+{
+	struct pfq_dev *pd = pfq_dev_lookup(dev);
+
+	if (!pd)
+		return;
+	pfq_proc_del_dev(pd);
+	if (pfq_proc_add_dev(pd))
+		pr_warn("%s: cannot create its pcap file after a rename\n", dev->name);
+}
+
+static int pfq_netdev_event(struct notifier_block *nb, unsigned long event, void *ptr)
+{
+	struct net_device *dev = netdev_notifier_info_to_dev(ptr);
+
+	switch (event) {
+	case NETDEV_REGISTER:
+		if (net_eq(dev_net(dev), &init_net))
+			pfq_dev_add(dev);
+		break;
+	case NETDEV_UNREGISTER:
+		/* Also sent when a device leaves init_net for another namespace. */
+		pfq_dev_del(dev);
+		break;
+	case NETDEV_CHANGENAME:
+		pfq_dev_rename(dev);
+		break;
+	}
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block pfq_netdev_notifier = {
+	.notifier_call = pfq_netdev_event,
+};
+
+static int __init pfq_init(void)
+{
+	int err;
+
+	if (pfq_ring_slots < 1 || pfq_ring_slots > (1U << 20)) {
+		pr_err("ring_slots=%u is out of range (1..1048576)\n", pfq_ring_slots);
+		return -EINVAL;
+	}
+	if (pfq_snaplen < 64 || pfq_snaplen > 65535) {
+		pr_err("snaplen=%u is out of range (64..65535)\n", pfq_snaplen);
+		return -EINVAL;
+	}
+	err = pfq_proc_init();
+	if (err)
+		return err;
+	/* Replays NETDEV_REGISTER for the devices that already exist. */
+	err = register_netdevice_notifier(&pfq_netdev_notifier);
+	if (err) {
+		pfq_proc_exit();
+		return err;
+	}
+	pr_info("loaded: ring_slots=%u snaplen=%u\n", pfq_ring_slots, pfq_snaplen);
+	return 0;
+}
+
+static void __exit pfq_exit(void)
+{
+	/* Replays NETDEV_UNREGISTER: frees every device's state, ring and pcap file. */
+	unregister_netdevice_notifier(&pfq_netdev_notifier);
+	pfq_proc_exit();
+	WARN_ON(!list_empty(&pfq_dev_list));
+	pr_info("unloaded\n");
+}
+
+module_init(pfq_init);
+module_exit(pfq_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("PFQ receive core: hooks for accelerated NIC drivers, counters and capture rings");
+MODULE_AUTHOR("pfq-omatic");

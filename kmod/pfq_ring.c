@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Capture ring: a bounded array of preallocated slots, one frame each.
+ *
+ * The hooks copy a frame in under the ring's spinlock (interrupts off, since netif_rx
+ * may run in hard interrupt context); a pcap reader copies the oldest frame out under
+ * the same lock. Nothing allocates or waits on the receive path: when the ring is full
+ * the copy is refused and the hook counts a drop. The skb itself never enters the
+ * ring, so the ring can never leak one.
+ */
+#include <linux/if_vlan.h>
+#include <linux/overflow.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "pfq.h"
+
+struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen)
+{
+	struct pfq_ring *ring = kzalloc(sizeof(*ring), GFP_KERNEL);
+
+	if (!ring)
+		return NULL;
+	spin_lock_init(&ring->lock);
+	ring->slots = slots;
+	ring->snaplen = snaplen;
+	ring->slot_size = ALIGN(struct_size_t(struct pfq_slot, data, snaplen), 8);
+	ring->mem = vmalloc(array_size(slots, ring->slot_size));
+	if (!ring->mem) {
+		kfree(ring);
+		return NULL;
+	}
+	return ring;
+}
+
+void pfq_ring_free(struct pfq_ring *ring)
+{
+	if (!ring)
+		return;
+	vfree(ring->mem);
+	kfree(ring);
+}
+
+static struct pfq_slot *pfq_ring_slot(struct pfq_ring *ring, u32 index)
+{
+	return (struct pfq_slot *)(ring->mem + (size_t)(index % ring->slots) * ring->slot_size);
+}
+
+/*
+ * Copy @caplen bytes of the frame that starts @offset bytes from skb->data into @to,
+ * putting back the 802.1Q tag a NIC stripped into skb metadata, as AF_PACKET does, so
+ * the capture shows the frame as it was on the wire.
+ */
+static int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
+{
+	const u32 macs = 2 * ETH_ALEN;
+	__be16 tag[2] = { skb->vlan_proto, htons(skb_vlan_tag_get(skb)) };
+
+	if (!skb_vlan_tag_present(skb) || caplen < macs + VLAN_HLEN)
+		return skb_copy_bits(skb, offset, to, caplen);
+	if (skb_copy_bits(skb, offset, to, macs))
+		return -EFAULT;
+	/* On the wire the tag follows the MAC addresses: TPID, then TCI. */
+	memcpy(to + macs, tag, sizeof(tag));
+	return skb_copy_bits(skb, offset + macs, to + macs + VLAN_HLEN,
+			     caplen - macs - VLAN_HLEN);
+}
+
+/*
+ * Store a copy of the frame starting @offset bytes from skb->data (negative when the
+ * MAC header has been pulled). Returns false when the ring is full or the skb is
+ * shorter than it claims. Any context.
+ */
+bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset)
+{
+	u32 len = skb->len - offset;
+	ktime_t now = ktime_get_real();
+	struct pfq_slot *slot;
+	unsigned long flags;
+	bool stored = false;
+	u32 caplen;
+
+	if (skb_vlan_tag_present(skb) && len >= 2 * ETH_ALEN)
+		len += VLAN_HLEN;
+	caplen = min(len, ring->snaplen);
+
+	spin_lock_irqsave(&ring->lock, flags);
+	if (ring->tail - ring->head < ring->slots) {
+		slot = pfq_ring_slot(ring, ring->tail);
+		if (!pfq_copy_frame(skb, offset, slot->data, caplen)) {
+			slot->tstamp = now;
+			slot->len = len;
+			slot->caplen = caplen;
+			ring->tail++;
+			stored = true;
+		}
+	}
+	spin_unlock_irqrestore(&ring->lock, flags);
+	return stored;
+}
+
+/*
+ * Move the oldest frame into @out, which has room for snaplen bytes of data.
+ * Returns false when the ring is empty.
+ */
+bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out)
+{
+	struct pfq_slot *slot;
+	unsigned long flags;
+	bool got = false;
+
+	spin_lock_irqsave(&ring->lock, flags);
+	if (ring->tail != ring->head) {
+		slot = pfq_ring_slot(ring, ring->head);
+		memcpy(out, slot, struct_size(slot, data, slot->caplen));
+		ring->head++;
+		got = true;
+	}
+	spin_unlock_irqrestore(&ring->lock, flags);
+	return got;
+}
+
+u32 pfq_ring_count(struct pfq_ring *ring)
+{
+	unsigned long flags;
+	u32 count;
+
+	spin_lock_irqsave(&ring->lock, flags);
+	count = ring->tail - ring->head;
+	spin_unlock_irqrestore(&ring->lock, flags);
+	return count;
+}
