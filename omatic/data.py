@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 def _accepts(hint: Any, value: Any) -> bool:
-    """True when a TOML value fits a field's annotation (str, int, bool, tuple[str, ...], X | None)."""
+    """True when a TOML value fits a field's type (str, int, bool, tuple[str, ...], X | None)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_accepts(arg, value) for arg in typing.get_args(hint))
@@ -41,20 +41,21 @@ def _accepts(hint: Any, value: Any) -> bool:
     return isinstance(value, hint)
 
 
-def load_toml(path: Path, cls: type[T], **extra: Any) -> T:
+def load_toml(file: Path, cls: type[T], **extra: Any) -> T:
     """Load one TOML file into the frozen dataclass `cls`; `extra` fills fields not in files."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise RuleError(str(err), path=path) from None
+        raise RuleError(str(err), path=file) from None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(fields) - set(extra))
     if unknown:
-        raise RuleError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})", path=path)
+        known = ", ".join(sorted(fields))
+        raise RuleError(f"unknown key {unknown[0]!r} (known: {known})", path=file)
     for name, value in raw.items():
         if not _accepts(hints[name], value):
-            raise RuleError(f"key {name!r} has the wrong type ({type(value).__name__})", path=path)
+            raise RuleError(f"key {name!r} has the wrong type ({type(value).__name__})", path=file)
         if isinstance(value, list):
             raw[name] = tuple(value)
     missing = [
@@ -63,11 +64,11 @@ def load_toml(path: Path, cls: type[T], **extra: Any) -> T:
         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise RuleError(f"missing key {missing[0]!r}", path=path)
+        raise RuleError(f"missing key {missing[0]!r}", path=file)
     try:
         return cls(**raw, **extra)
     except ValueError as err:  # __post_init__ validation
-        raise RuleError(str(err), path=path) from None
+        raise RuleError(str(err), path=file) from None
 
 
 def load_toml_dir(folder: Path, cls: type[T]) -> list[T]:
