@@ -6,11 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the tool and its tests use: kernel headers and sources of the two
 # kernels we target, the compiler Kbuild needs, QEMU and a static busybox for the lab,
-# Coccinelle as the benchmark's peer.
+# Coccinelle as the benchmark's peer, tcpdump to read the pcap streams of pfq.ko.
 DEBS := build-essential bc bison flex libelf-dev libssl-dev xz-utils zstd patch kmod cpio \
         linux-headers-amd64 linux-headers-6.12-amd64 \
         linux-source-6.1 linux-source-6.12 \
-        qemu-system-x86 busybox-static coccinelle
+        qemu-system-x86 busybox-static coccinelle tcpdump
 
 .PHONY: setup debs venv demo test lint unit clean
 
