@@ -273,11 +273,15 @@ class Rewriter:
     def _macro_sites(self, data: bytes, file: str, body: tree_sitter.Node,
                      macro: str | None) -> list[Site]:
         text = data[body.start_byte:body.end_byte]
+        # In a body '#' stringifies and '##' pastes; C has neither, and tree-sitter would
+        # take '#x' for a directive. Same-length stand-ins keep every offset: 'a##b' parses
+        # as one identifier, '#x' as 'x'.
+        source = text.replace(b"##", b"__").replace(b"#", b" ")
         # A body may be statements, an expression, or whole declarations: keep the parse
         # with fewer errors.
-        wrapped = _WRAP_PREFIX + text + _WRAP_SUFFIX
+        wrapped = _WRAP_PREFIX + source + _WRAP_SUFFIX
         candidates = [(self.parser.parse(wrapped), wrapped, len(_WRAP_PREFIX)),
-                      (self.parser.parse(text), text, 0)]
+                      (self.parser.parse(source), source, 0)]
         tree, source, shift = min(candidates, key=lambda c: count_errors(c[0].root_node))
         sites = []
         for start, end in self._candidates(text):
@@ -439,8 +443,7 @@ def _point(data: bytes, offset: int) -> tuple[int, int]:
 
 def _is_include_guard(node: tree_sitter.Node) -> bool:
     """`#ifndef X` / `#define X` ... `#endif` around a header."""
-    keyword = node.child(0)
-    if node.type != "preproc_ifdef" or keyword is None or keyword.type != "#ifndef":
+    if node.type != "preproc_ifdef" or node.children[0].type != "#ifndef":
         return False
     name = node.child_by_field_name("name")
     first = next((c for c in node.named_children if c.type not in ("identifier", "comment")), None)

@@ -1,0 +1,52 @@
+"""Shared fixtures: an isolated home per session, the rules, real kernel driver trees."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from omatic.rules import Rule, load_rules
+
+FIXTURES = Path(__file__).parent / "fixtures"
+#: Kernel series whose Debian linux-source tarball the real-kernel tests use.
+KERNEL_SERIES = ("6.1", "6.12")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """HOME and the XDG dirs point into a temp dir: no test reads or fills the user's."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        for var, sub in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+                         ("XDG_DATA_HOME", ".local/share")):
+            mp.setenv(var, str(home / sub))
+        yield
+
+
+@pytest.fixture(scope="session")
+def rules() -> list[Rule]:
+    return load_rules()
+
+
+def source_tarball(series: str) -> Path:
+    """Debian's linux-source tarball of a series; fails (not skips) when it is missing."""
+    tarball = Path(f"/usr/src/linux-source-{series}.tar.xz")
+    if not tarball.is_file():
+        pytest.fail(f"{tarball} is missing: `make setup` installs linux-source-{series}")
+    return tarball
+
+
+@pytest.fixture(scope="session", params=KERNEL_SERIES)
+def kernel_drivers_net(request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """drivers/net of a real kernel, extracted from Debian's tarball once per session."""
+    series: str = request.param
+    tarball = source_tarball(series)
+    dest = tmp_path_factory.mktemp(f"linux-{series}")
+    subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest), "--wildcards",
+                    f"linux-source-{series}/drivers/net/*"], check=True)
+    return dest / f"linux-source-{series}" / "drivers" / "net"
