@@ -100,7 +100,10 @@ static int pfq_control_open(struct inode *inode, struct file *file)
 	return single_open(file, pfq_control_show, NULL);
 }
 
-/* "<device> <mode>", one command per write; -EINVAL and one warning when it is bad. */
+/*
+ * "<device> <mode>", one command per write; -EINVAL and one warning when it is bad.
+ * A blank write is accepted and ignored (some echo builtins write the newline apart).
+ */
 static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 				 size_t count, loff_t *ppos)
 {
@@ -116,6 +119,8 @@ static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 		return -EFAULT;
 	buf[count] = '\0';
 	cmd = strim(buf);
+	if (!*cmd)
+		return count;	/* a blank line changes nothing */
 	name = strsep(&cmd, " \t");
 	mode_name = cmd ? skip_spaces(cmd) : NULL;
 	if (!*name || !mode_name || !*mode_name || strpbrk(mode_name, " \t")) {
