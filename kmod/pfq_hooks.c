@@ -14,7 +14,7 @@
  *     drops, e.g. a full backlog);
  *   napi_gro_receive, napi_gro_frags: GRO_CONSUMED (the skb was taken by someone else,
  *     as when a GRO callback steals it); GRO_DROP no longer exists (removed in 5.12 by
- *     commit 1d11fa696733, "net-gro: remove GRO_DROP").
+ *     "net-gro: remove GRO_DROP").
  *
  * napi_gro_frags() takes its skb from napi->skb, filled by the driver after
  * napi_get_frags(); its MAC header has not been pulled yet, so the frame starts at

@@ -102,7 +102,7 @@ static int pfq_control_open(struct inode *inode, struct file *file)
 
 /*
  * "<device> <mode>", one command per write; -EINVAL and one warning when it is bad.
- * A blank write is accepted and ignored (some echo builtins write the newline apart).
+ * A blank write (`echo > control`) changes nothing and is not an error.
  */
 static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 				 size_t count, loff_t *ppos)

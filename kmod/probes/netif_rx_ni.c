@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Probe: does this kernel have int netif_rx_ni(struct sk_buff *)? Removed in 5.18
- * (commit 2655926aea9b); distributions may backport either way, so we ask the headers.
+ * ("net: Remove netif_rx_any_context() and netif_rx_ni()."); distributions may backport either way, so we ask the headers.
  */
 #include <linux/netdevice.h>
 

@@ -10,8 +10,8 @@
  * tap and capture modes and for what each hook returns when PFQ keeps a packet.
  *
  * The header is self-contained. Kernels differ in which entry points exist:
- * netif_rx_ni() is gone since 5.18 (commit 2655926aea9b, "net: Remove
- * netif_rx_any_context() and netif_rx_ni()."). pfq.ko exports pfq_netif_rx_ni only
+ * netif_rx_ni() is gone since 5.18 ("net: Remove netif_rx_any_context()
+ * and netif_rx_ni()."). pfq.ko exports pfq_netif_rx_ni only
  * where a build-time probe finds netif_rx_ni() (kmod/probes/netif_rx_ni.c); declaring
  * it everywhere is harmless because the rewriter only emits calls to it on kernels
  * that have netif_rx_ni(), and its prototype uses only types every kernel has.
