@@ -38,6 +38,8 @@ _NAMING_PARENTS = frozenset({
     "preproc_params", "parameter_declaration", "field_declaration", "parenthesized_declarator",
 })
 
+_IDENT_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+
 #: What a macro body is wrapped in when parsed as statements.
 _WRAP_PREFIX = b"void __omatic_macro_body(void)\n{\n"
 _WRAP_SUFFIX = b"\n;}\n"
@@ -199,7 +201,8 @@ class Rewriter:
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules = {r.callee: r for r in rules}
         names = sorted(self.rules, key=len, reverse=True)
-        self.prefilter = re.compile(rb"\b(?:" + b"|".join(n.encode() for n in names) + rb")\b")
+        #: A callee's name, matched where an anchor starts a word.
+        self.word = re.compile(rb"(?:" + b"|".join(n.encode() for n in names) + rb")\b")
         self.language = tree_sitter.Language(tree_sitter_c.language())
         self.parser = tree_sitter.Parser(self.language)
         #: Cheap substring tests before the regex: most files mention no callee at all.
@@ -208,10 +211,22 @@ class Rewriter:
     # -- finding sites -------------------------------------------------------------------
 
     def _candidates(self, data: bytes) -> list[tuple[int, int]]:
-        """Byte ranges where a callee's name appears as a whole word (in code or not)."""
-        if not any(anchor in data for anchor in self.anchors):
-            return []
-        return [m.span() for m in self.prefilter.finditer(data)]
+        """Byte ranges where a callee's name appears as a whole word (in code or not).
+
+        bytes.find on each anchor ("netif_", "napi_") and a regex match at each hit is
+        several times faster than one regex search over the file.
+        """
+        spans = []
+        for anchor in self.anchors:
+            i = data.find(anchor)
+            while i >= 0:
+                if i == 0 or data[i - 1] not in _IDENT_BYTES:
+                    m = self.word.match(data, i)
+                    if m:
+                        spans.append(m.span())
+                i = data.find(anchor, i + 1)
+        spans.sort()
+        return spans
 
     def scan(self, data: bytes, file: str) -> list[Site]:
         """Every site in one file's bytes (empty when no callee is even mentioned)."""

@@ -145,7 +145,9 @@ def _process(rel: str) -> FileResult | None:
     out: Path | None = _state["out"]
     path = root / rel if root.is_dir() else root
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read()
     except OSError as err:
         return FileResult(file=rel, status="error", reason=err.strerror or str(err))
     if b"\0" in data:
@@ -155,9 +157,10 @@ def _process(rel: str) -> FileResult | None:
     else:
         result = _state["rewriter"].rewrite(data, rel)
     if out is not None:
-        target = out / rel
-        target.write_bytes(result.new_data if result.new_data is not None else data)
-        shutil.copymode(path, target)
+        fd = os.open(out / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as f:
+            f.write(result.new_data if result.new_data is not None else data)
+            os.fchmod(fd, stat.S_IMODE(mode))
         result.new_data = None  # written; not worth sending back to the parent
     return result if result.sites or result.status != "unchanged" else None
 
