@@ -1,0 +1,179 @@
+"""Kernels we can build for: their headers, config, symbols, sources and boot images.
+
+A kernel is usable when its Kbuild output tree (the "headers") is installed:
+`/lib/modules/RELEASE/build` or `/usr/src/linux-headers-RELEASE`. Around it, Debian
+installs the pieces later stages need, each optional: the source tarball of its series
+(`/usr/src/linux-source-6.1.tar.xz`), the boot image (`/boot/vmlinuz-RELEASE`) and the
+modules of the image (`/lib/modules/RELEASE/kernel`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omatic.errors import PathError, UserError
+
+MODULES_ROOT = Path(os.environ.get("PFQ_OMATIC_MODULES_ROOT", "/lib/modules"))
+SRC_ROOT = Path(os.environ.get("PFQ_OMATIC_SRC_ROOT", "/usr/src"))
+BOOT_ROOT = Path(os.environ.get("PFQ_OMATIC_BOOT_ROOT", "/boot"))
+
+_UTS_RELEASE = re.compile(r'#define UTS_RELEASE "([^"]+)"')
+
+
+class NoHeadersError(PathError):
+    template = ("no kernel headers for {release}; install the Debian package "
+                "linux-headers-{release} (or name another kernel: pfq-omatic kernels)")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel with installed headers."""
+
+    #: Its UTS_RELEASE, e.g. "6.1.0-56-amd64".
+    release: str
+    #: Kbuild's output tree for it, e.g. /usr/src/linux-headers-6.1.0-56-amd64.
+    build_dir: Path
+
+    @property
+    def series(self) -> str:
+        """"6.1" for 6.1.0-56-amd64, "6.12" for 6.12.117+deb12-amd64."""
+        return ".".join(re.findall(r"\d+", self.release)[:2])
+
+    @property
+    def symvers(self) -> Path:
+        """The kernel's Module.symvers: CRCs of everything vmlinux and in-tree modules export."""
+        return self.build_dir / "Module.symvers"
+
+    @property
+    def source_tarball(self) -> Path | None:
+        """Debian's linux-source tarball of this kernel's series, if installed."""
+        path = SRC_ROOT / f"linux-source-{self.series}.tar.xz"
+        return path if path.is_file() else None
+
+    @property
+    def boot_image(self) -> Path | None:
+        path = BOOT_ROOT / f"vmlinuz-{self.release}"
+        return path if path.is_file() else None
+
+    @property
+    def modules_dir(self) -> Path | None:
+        """The in-tree modules of the installed image, if any."""
+        path = MODULES_ROOT / self.release / "kernel"
+        return path if path.is_dir() else None
+
+    def config(self) -> dict[str, str]:
+        """The kernel's .config as CONFIG_X -> value ("y", "m", a string without quotes)."""
+        return _read_config(self.build_dir / ".config")
+
+    def vermagic(self) -> str:
+        """The vermagic every module of this kernel carries, computed as
+        include/linux/vermagic.h does from UTS_RELEASE and .config (x86_64 adds nothing)."""
+        config = self.config()
+
+        def flag(option: str, text: str) -> str:
+            return text if config.get(option) == "y" else ""
+
+        preempt = flag("CONFIG_PREEMPT_BUILD", "preempt ") or flag("CONFIG_PREEMPT_RT",
+                                                                   "preempt_rt ")
+        magic = (f"{self.release} " + flag("CONFIG_SMP", "SMP ") + preempt
+                 + flag("CONFIG_MODULE_UNLOAD", "mod_unload ")
+                 + flag("CONFIG_MODVERSIONS", "modversions "))
+        if config.get("CONFIG_RANDSTRUCT") == "y":
+            seed = (self.build_dir / "include/generated/randstruct_hash.h").read_text()
+            match = re.search(r'RANDSTRUCT_HASHED_SEED\s+"([0-9a-f]+)"', seed)
+            if match is None:
+                raise PathError("cannot read RANDSTRUCT_HASHED_SEED", path=self.build_dir)
+            magic += f"RANDSTRUCT_{match[1]}"
+        return magic
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "release": self.release, "series": self.series, "build_dir": str(self.build_dir),
+            "config": (self.build_dir / ".config").is_file(),
+            "symvers": self.symvers.is_file(),
+            "source_tarball": str(self.source_tarball) if self.source_tarball else None,
+            "boot_image": str(self.boot_image) if self.boot_image else None,
+            "modules": str(self.modules_dir) if self.modules_dir else None,
+        }
+
+
+@functools.lru_cache(maxsize=8)
+def _read_config(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        raise PathError("no .config in the kernel headers", path=path.parent) from None
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("CONFIG_"):
+            config[key] = value.strip('"')
+    return config
+
+
+def _release_of(build_dir: Path) -> str | None:
+    try:
+        text = (build_dir / "include/generated/utsrelease.h").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = _UTS_RELEASE.search(text)
+    return match[1] if match else None
+
+
+def kernel_at(build_dir: Path) -> Kernel | None:
+    """The kernel whose Kbuild output tree is `build_dir`, or None if it is not one."""
+    release = _release_of(build_dir)
+    return None if release is None else Kernel(release=release, build_dir=build_dir.resolve())
+
+
+def installed_kernels() -> list[Kernel]:
+    """Every kernel with headers, newest first, each once."""
+    found: dict[str, Kernel] = {}
+    candidates = [*sorted(MODULES_ROOT.glob("*/build")),
+                  *sorted(SRC_ROOT.glob("linux-headers-*"))]
+    for build_dir in candidates:
+        kernel = kernel_at(build_dir)
+        if kernel is not None and kernel.release not in found:
+            found[kernel.release] = kernel
+    return sorted(found.values(), key=lambda k: _version_key(k.release), reverse=True)
+
+
+def _version_key(release: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", release))
+
+
+def find_kernel(spec: str | Path) -> Kernel:
+    """A kernel from its release ("6.1.0-56-amd64"), a series ("6.12") or a build dir."""
+    path = Path(spec)
+    if path.is_dir():
+        kernel = kernel_at(path)
+        if kernel is None:
+            raise PathError("not a kernel build directory (include/generated/utsrelease.h "
+                            "is missing); install linux-headers for that release", path=path)
+        return kernel
+    kernels = installed_kernels()
+    for kernel in kernels:
+        if kernel.release == str(spec):
+            return kernel
+    series = [k for k in kernels if k.series == str(spec)]
+    if series:
+        return series[0]
+    raise NoHeadersError(release=str(spec))
+
+
+def default_kernel() -> Kernel:
+    """The running kernel when its headers are installed, else the newest installed."""
+    running = os.uname().release
+    kernels = installed_kernels()
+    for kernel in kernels:
+        if kernel.release == running:
+            return kernel
+    if not kernels:
+        raise UserError("no kernel headers installed; install linux-headers-amd64 "
+                        "(Debian) or the headers of the kernel to build for")
+    return kernels[0]
