@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omatic.data import KMOD_DIR
-from omatic.errors import BuildError, InfraError, OutputExistsError, PathError
+from omatic.errors import BuildError, InfraError, OutputExistsError
+from omatic.kernel import Kernel, find_kernel
 from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import Rule
 
@@ -28,15 +29,6 @@ _PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "mod
              ".tmp_*", ".module-common.o")
 #: A compiler or modpost diagnostic that W=1 must not produce.
 _WARNING = re.compile(r"(: warning: |^WARNING: )", re.MULTILINE)
-_UTS_RELEASE = re.compile(r'#define UTS_RELEASE "([^"]+)"')
-
-
-@dataclass(frozen=True)
-class Kernel:
-    #: Kbuild's output tree for the kernel, e.g. /lib/modules/6.1.0-56-amd64/build.
-    build_dir: Path
-    #: Its UTS_RELEASE, e.g. "6.1.0-56-amd64".
-    release: str
 
 
 @dataclass(frozen=True)
@@ -63,59 +55,6 @@ class KmodBuild:
         return [line for line in self.log.splitlines() if _WARNING.search(line)]
 
 
-def find_kernel(kernel: str | Path) -> Kernel:
-    """A kernel from its release ("6.1.0-56-amd64") or its Kbuild output directory.
-
-    Raises PathError (a user error) when no headers are installed for it.
-    """
-    path = Path(kernel)
-    build_dir = path if path.is_dir() else Path("/lib/modules") / str(kernel) / "build"
-    header = build_dir / "include/generated/utsrelease.h"
-    try:
-        text = header.read_text(encoding="utf-8")
-    except OSError:
-        raise PathError("no kernel headers here (include/generated/utsrelease.h is missing); "
-                        "install linux-headers for that release", path=build_dir) from None
-    match = _UTS_RELEASE.search(text)
-    if match is None:
-        raise PathError("no UTS_RELEASE in include/generated/utsrelease.h", path=build_dir)
-    return Kernel(build_dir=build_dir.resolve(), release=match[1])
-
-
-def _config(kernel: Kernel) -> dict[str, str]:
-    config: dict[str, str] = {}
-    try:
-        text = (kernel.build_dir / ".config").read_text(encoding="utf-8")
-    except OSError:
-        raise PathError("no .config in the kernel headers", path=kernel.build_dir) from None
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.startswith("CONFIG_"):
-            config[key] = value.strip('"')
-    return config
-
-
-def expected_vermagic(kernel: Kernel) -> str:
-    """The vermagic every module of `kernel` carries, computed as include/linux/vermagic.h
-    does from UTS_RELEASE and .config (x86_64: the architecture adds nothing)."""
-    config = _config(kernel)
-
-    def flag(option: str, text: str) -> str:
-        return text if config.get(option) == "y" else ""
-
-    preempt = flag("CONFIG_PREEMPT_BUILD", "preempt ") or flag("CONFIG_PREEMPT_RT", "preempt_rt ")
-    magic = (f"{kernel.release} " + flag("CONFIG_SMP", "SMP ") + preempt
-             + flag("CONFIG_MODULE_UNLOAD", "mod_unload ")
-             + flag("CONFIG_MODVERSIONS", "modversions "))
-    if config.get("CONFIG_RANDSTRUCT") == "y":
-        seed = (kernel.build_dir / "include/generated/randstruct_hash.h").read_text()
-        match = re.search(r'RANDSTRUCT_HASHED_SEED\s+"([0-9a-f]+)"', seed)
-        if match is None:
-            raise PathError("cannot read RANDSTRUCT_HASHED_SEED", path=kernel.build_dir)
-        magic += f"RANDSTRUCT_{match[1]}"
-    return magic
-
-
 def _first_errors(log: str, limit: int = 12) -> str:
     """The compiler's own words: the first error lines, else the log's last lines."""
     lines = log.splitlines()
@@ -123,14 +62,15 @@ def _first_errors(log: str, limit: int = 12) -> str:
     return "\n".join(errors[:limit] if errors else lines[-limit:])
 
 
-def build_kmod(kernel: str | Path, out_dir: Path, jobs: int = 2,
+def build_kmod(kernel: Kernel | str | Path, out_dir: Path, jobs: int = 2,
                make_args: Sequence[str] = ("W=1",)) -> KmodBuild:
     """Copy kmod/ into `out_dir` (absent or empty) and build pfq.ko there.
 
-    `kernel` is a release or a Kbuild output directory (see `find_kernel`). Raises
-    BuildError with the compiler's messages when make fails, InfraError without make.
+    `kernel` is a Kernel, or what omatic.kernel.find_kernel accepts (a release, a series,
+    a Kbuild output directory). Raises BuildError with the compiler's messages when make
+    fails, InfraError without make.
     """
-    found = find_kernel(kernel)
+    found = kernel if isinstance(kernel, Kernel) else find_kernel(kernel)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputExistsError(path=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

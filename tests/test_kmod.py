@@ -20,14 +20,8 @@ from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 import omatic.kbuild
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, OutputExistsError, PathError
-from omatic.kbuild import (
-    KmodBuild,
-    build_kmod,
-    check_kmod,
-    expected_hooks,
-    expected_vermagic,
-    find_kernel,
-)
+from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
+from omatic.kernel import find_kernel
 from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import Rule
 
@@ -38,7 +32,7 @@ unit = pytest.mark.unit
 def _check(build: KmodBuild, rules: list[Rule], ko: Path | None = None,
            symvers: Path | None = None) -> list[str]:
     return check_kmod(ko or build.ko, symvers or build.symvers, build.kernel.release,
-                      expected_vermagic(build.kernel), rules)
+                      build.kernel.vermagic(), rules)
 
 
 @kbuild
@@ -75,7 +69,7 @@ def test_contract_holds(kmod_build: KmodBuild, rules: list[Rule]) -> None:  # no
 @kbuild
 def test_vermagic_is_the_kernels(kmod_build: KmodBuild) -> None:  # noqa: F811
     info = KernelModule(kmod_build.ko).modinfo()
-    computed = expected_vermagic(kmod_build.kernel)
+    computed = kmod_build.kernel.vermagic()
     assert info["vermagic"] == [computed]
     assert info["license"] == ["GPL"]
     reference = in_tree_module(kmod_build.kernel.release)
@@ -254,7 +248,7 @@ def test_expected_vermagic_from_config(tmp_path: Path) -> None:
     (tmp_path / ".config").write_text(
         "CONFIG_SMP=y\nCONFIG_PREEMPT_BUILD=y\n# CONFIG_MODULE_UNLOAD is not set\n"
         "CONFIG_MODVERSIONS=y\n")
-    assert expected_vermagic(find_kernel(tmp_path)) == "6.1.0-0-test SMP preempt modversions "
+    assert find_kernel(tmp_path).vermagic() == "6.1.0-0-test SMP preempt modversions "
 
 
 @unit
