@@ -13,7 +13,14 @@ Layouts, as of 6.1 and 6.12 (both checked against Debian's builds):
 - export CRCs: a symbol `__crc_<name>` whose 4 bytes live in `__kcrctab(_gpl)` (or, on
   older kernels, an absolute symbol whose value is the CRC);
 - `__versions`: an array of `struct modversion_info { unsigned long crc; char name[64 -
-  sizeof(unsigned long)]; }`.
+  sizeof(unsigned long)]; }`;
+- extended modversions (CONFIG_EXTENDED_MODVERSIONS, kernels >= 6.14, for symbol names
+  longer than `__versions` can hold): `__version_ext_crcs` is an array of u32 CRCs and
+  `__version_ext_names` the names, each NUL-terminated, in the same order. When those
+  sections exist the kernel reads them instead of `__versions` (kernel/module/version.c).
+
+Compressed modules (`.ko.xz`, `.ko.zst`, `.ko.gz`, as distributions install them) are
+decompressed in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Literal
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+from zstandard import ZstdDecompressor, ZstdError
 
 from omatic.errors import BuildError, PathError
 
@@ -60,7 +68,7 @@ class SymversEntry:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The ELF bytes of `path`: .ko as is, .ko.xz and .ko.gz decompressed."""
+    """The ELF bytes of `path`: .ko as is, .ko.xz, .ko.zst and .ko.gz decompressed."""
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -70,11 +78,33 @@ def _read_bytes(path: Path) -> bytes:
             return lzma.decompress(raw)
         if path.name.endswith(".gz"):
             return gzip.decompress(raw)
-    except (lzma.LZMAError, OSError, EOFError) as err:
+        if path.name.endswith(".zst"):
+            # decompressobj: kmod's zstd frames may not record the content size.
+            return ZstdDecompressor().decompressobj().decompress(raw)
+    except (lzma.LZMAError, OSError, EOFError, ZstdError) as err:
         raise BuildError(f"{path}: cannot decompress: {err}") from None
-    if path.name.endswith(".zst"):
-        raise BuildError(f"{path}: zstd-compressed modules are not supported; decompress it first")
     return raw
+
+
+def parse_version_ext(crcs: bytes, names: bytes,
+                      byteorder: Literal["little", "big"] = "little") -> dict[str, int]:
+    """Extended modversions: name -> CRC from `__version_ext_crcs` (u32 each) and
+    `__version_ext_names` (NUL-terminated names in the same order).
+
+    Raises BuildError when the two sections disagree on the number of entries, as the
+    kernel refuses such a module.
+    """
+    if len(crcs) % 4:
+        raise BuildError(f"__version_ext_crcs is {len(crcs)} bytes, not a multiple of 4")
+    if names and not names.endswith(b"\0"):
+        raise BuildError("__version_ext_names does not end with a NUL")
+    listed = names.split(b"\0")[:-1] if names else []
+    if len(listed) != len(crcs) // 4:
+        raise BuildError(f"__version_ext_names has {len(listed)} names but "
+                         f"__version_ext_crcs {len(crcs) // 4} CRCs")
+    return {name.decode("ascii", errors="replace"):
+            int.from_bytes(crcs[4 * i:4 * i + 4], byteorder)
+            for i, name in enumerate(listed)}
 
 
 class KernelModule:
@@ -154,8 +184,30 @@ class KernelModule:
         return {name for name, sym in self._symbols
                 if name and sym["st_shndx"] == "SHN_UNDEF"}
 
+    def weak_undefined(self) -> set[str]:
+        """Undefined symbols bound weak: the kernel loads the module even if they stay
+        unresolved (kernel/module/main.c, simplify_symbols)."""
+        return {name for name, sym in self._symbols
+                if name and sym["st_shndx"] == "SHN_UNDEF"
+                and sym["st_info"]["bind"] == "STB_WEAK"}
+
+    def section_size(self, name: str) -> int | None:
+        """sh_size of section `name`, or None when the module has no such section."""
+        section = self._elf.get_section_by_name(name)
+        return None if section is None else int(section["sh_size"])
+
     def versions(self) -> dict[str, int]:
-        """`__versions`: the CRC the module expects of each symbol it imports."""
+        """The CRC the module expects of each symbol it imports: the extended
+        modversions sections when present (as the kernel prefers them), else
+        `__versions`."""
+        ext_crcs = self._section_bytes("__version_ext_crcs")
+        if ext_crcs is not None:
+            try:
+                return parse_version_ext(ext_crcs,
+                                         self._section_bytes("__version_ext_names") or b"",
+                                         self._order)
+            except BuildError as err:
+                raise BuildError(f"{self.path}: {err}") from None
         data = self._section_bytes("__versions")
         if data is None:
             return {}
