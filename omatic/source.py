@@ -1,0 +1,392 @@
+"""Driver sources: find an in-tree module's files and stage them for a build.
+
+Sources come from Debian's linux-source tarball of the kernel's series (the default), an
+unpacked kernel tree (`--kernel-tree`), or an out-of-tree driver directory (`--source`).
+Any in-tree module is found by name in the Kbuild Makefiles (`obj-$(CONFIG_X) += name.o`,
+`name-y`, `name-objs`); no manifest is needed.
+
+A tarball is read once: drivers/net whole, and every Makefile and Kbuild under drivers/,
+go to a cache keyed by the tarball's hash; a driver elsewhere in drivers/ is extracted on
+demand. Extraction refuses members that would land outside the cache (absolute paths,
+`..`, links pointing out). Staging copies only the driver's directory (or, when its
+Makefile builds other modules too, the module's own sources with a generated Kbuild) plus
+the files it includes by relative path, transitively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from omatic.errors import PathError, UserError
+from omatic.templates import render
+
+#: What a first read of a tarball keeps: drivers/net whole, and the Kbuild files of drivers/.
+_FIRST_READ = re.compile(r"drivers/(?:net/.*|.*/(?:Makefile|Kbuild))")
+_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
+_ASSIGN = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|\?=|=)\s*(.*)$")
+_CONFIG_REF = re.compile(r"^\$\((CONFIG_\w+)\)$")
+
+
+class UnknownDriverError(UserError):
+    template = "unknown driver {name!r} in {where}{hint}"
+
+
+class TarballError(UserError):
+    template = "{path}: {message}"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pfq-omatic"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created); print `on_wait` if someone else has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                print(on_wait, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- Makefiles --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModuleDef:
+    """Where Kbuild defines one module."""
+
+    #: Module name as Kbuild spells it ("e1000e", "virtio_net", "8139too").
+    name: str
+    #: Directory of the defining Makefile, relative to the kernel tree root.
+    dir: str
+    #: The CONFIG_ symbol that selects it ("" for obj-m).
+    config: str
+    #: Its objects (relative to dir), from name-y / name-objs / name-$(CONFIG_...);
+    #: just name.o for a single-file module.
+    objects: tuple[str, ...]
+    #: True when the Makefile builds this module only, so it can be used as it is.
+    alone: bool
+    #: Lines of the Makefile that concern this module (objects, flags), for a generated Kbuild.
+    lines: tuple[str, ...] = field(default=(), compare=False)
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Makefile lines with continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", text)
+    return [line.split("#", 1)[0].rstrip() for line in text.splitlines()]
+
+
+def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
+    """The modules a Kbuild Makefile defines."""
+    targets: dict[str, str] = {}  # module -> config
+    others = 0
+    composite: dict[str, list[str]] = {}
+    lines_of: dict[str, list[str]] = {}
+    flag_lines: list[str] = []
+    for line in _logical_lines(text):
+        match = _ASSIGN.match(line.strip())
+        if not match:
+            continue
+        lhs, _op, rhs = match.groups()
+        words = rhs.split()
+        if lhs.startswith("obj-"):
+            suffix = lhs[4:]
+            config_ref = _CONFIG_REF.match(suffix)
+            config = config_ref[1] if config_ref else ""
+            for word in words:
+                if word.endswith(".o"):
+                    targets.setdefault(word[:-2], config)
+                else:
+                    others += 1
+        elif lhs.startswith(("ccflags", "subdir-ccflags", "CFLAGS_", "asflags")):
+            flag_lines.append(line.strip())
+        else:
+            name, dash, suffix = lhs.rpartition("-")
+            if dash and (suffix in ("y", "objs") or _CONFIG_REF.match(suffix)):
+                composite.setdefault(name, []).extend(w for w in words if w.endswith(".o"))
+                lines_of.setdefault(name, []).append(line.strip())
+    modules = []
+    for name, config in targets.items():
+        objects = composite.get(name) or [f"{name}.o"]
+        modules.append(ModuleDef(
+            name=name, dir=directory, config=config, objects=tuple(objects),
+            alone=len(targets) == 1 and others == 0,
+            lines=(*lines_of.get(name, ()), *flag_lines)))
+    return modules
+
+
+def index_modules(tree: Path, under: str = "drivers") -> dict[str, ModuleDef]:
+    """Every module defined by the Makefiles (and Kbuild files) under tree/under."""
+    found: dict[str, ModuleDef] = {}
+    for dirpath, dirnames, filenames in os.walk(tree / under):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(tree).as_posix()
+        for kbuild in ("Kbuild", "Makefile"):  # Kbuild wins, as in Kbuild itself
+            if kbuild in filenames:
+                text = (Path(dirpath) / kbuild).read_text(encoding="utf-8", errors="replace")
+                for module in parse_makefile(text, rel):
+                    found.setdefault(module.name, module)
+                break
+    return found
+
+
+def lookup(index: dict[str, ModuleDef], name: str, where: str) -> ModuleDef:
+    """The module called `name` ('-' and '_' are the same, as for modprobe)."""
+    wanted = name.replace("-", "_")
+    for key, module in index.items():
+        if key.replace("-", "_") == wanted:
+            return module
+    near = difflib.get_close_matches(name, list(index), n=3, cutoff=0.7)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise UnknownDriverError(name=name, where=where, hint=hint)
+
+
+# -- Tarballs ---------------------------------------------------------------------------
+
+def _digest(path: Path) -> str:
+    """sha256 of a file, remembered by (size, mtime, inode) so a second build skips it."""
+    st = path.stat()
+    memo = cache_root() / "digests.json"
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    try:
+        known: dict[str, str] = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        known[key] = h.hexdigest()
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(memo)
+    return known[key]
+
+
+def extract(tarball: Path, dest: Path, wanted: re.Pattern[str]) -> int:
+    """Extract the members whose path (after the top folder) matches `wanted` into dest.
+
+    xz runs in its own process so decompression and unpacking use both cores. A member
+    that would land outside dest is refused (TarballError), as is a corrupt archive.
+    Returns the number of members extracted.
+    """
+    xz = subprocess.Popen(["xz", "-dc", str(tarball)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    assert xz.stdout is not None
+    count = 0
+    try:
+        with tarfile.open(fileobj=xz.stdout, mode="r|") as archive:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if member.name.startswith("/") or ".." in parts:
+                    raise TarballError(f"member {member.name!r} escapes the target folder",
+                                       path=tarball)
+                inner = "/".join(parts[1:])
+                if not inner or not wanted.fullmatch(inner):
+                    continue
+                member.name = inner
+                try:
+                    archive.extract(member, dest, filter="data")
+                except tarfile.FilterError as err:
+                    raise TarballError(f"member {inner!r} refused: {err}", path=tarball) from None
+                count += 1
+    except tarfile.TarError as err:
+        raise TarballError(f"corrupt or unreadable tarball: {err}", path=tarball) from None
+    finally:
+        xz.stdout.close()
+        stderr = xz.stderr.read().decode(errors="replace").strip() if xz.stderr else ""
+        if xz.wait() != 0 and count == 0:
+            raise TarballError(f"xz failed: {stderr or 'exit ' + str(xz.returncode)}",
+                               path=tarball)
+    return count
+
+
+class TarballCache:
+    """The parts of one source tarball we use, unpacked under the cache."""
+
+    def __init__(self, tarball: Path) -> None:
+        if not tarball.is_file():
+            raise PathError("source tarball not found; install the Debian package "
+                            f"{tarball.name.removesuffix('.tar.xz')}", path=tarball)
+        self.tarball = tarball
+        self.root = cache_root() / "sources" / _digest(tarball)[:20]
+        self.tree = self.root / "tree"
+
+    @property
+    def extracted(self) -> bool:
+        """Whether the first read of the tarball is in the cache."""
+        return (self.root / ".first-read").exists()
+
+    def _ensure(self, marker: str, wanted: re.Pattern[str]) -> None:
+        done = self.root / marker
+        if done.exists():
+            return
+        with file_lock(self.root.with_suffix(".lock"),
+                       f"waiting for another extraction of {self.tarball.name}"):
+            if done.exists():
+                return
+            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=self.root.parent))
+            try:
+                if self.tree.exists():  # keep what earlier reads extracted
+                    shutil.copytree(self.tree, tmp, dirs_exist_ok=True, symlinks=True)
+                if extract(self.tarball, tmp, wanted) == 0:
+                    raise TarballError("no kernel sources in it", path=self.tarball)
+                self.root.mkdir(parents=True, exist_ok=True)
+                old = self.root / f".old-{os.getpid()}"
+                if self.tree.exists():
+                    self.tree.rename(old)
+                tmp.rename(self.tree)
+                shutil.rmtree(old, ignore_errors=True)
+                done.touch()
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def index(self) -> dict[str, ModuleDef]:
+        self._ensure(".first-read", _FIRST_READ)
+        memo = self.root / "modules.json"
+        if memo.exists():
+            raw = json.loads(memo.read_text())
+            return {k: ModuleDef(**{**v, "objects": tuple(v["objects"]),
+                                    "lines": tuple(v["lines"])}) for k, v in raw.items()}
+        index = index_modules(self.tree)
+        memo.write_text(json.dumps({k: m.__dict__ for k, m in index.items()}))
+        return index
+
+    def tree_for(self, module: ModuleDef) -> Path:
+        """The unpacked tree, with the module's directory present."""
+        if not (self.tree / module.dir).is_dir() or not any(
+                p.suffix == ".c" for p in (self.tree / module.dir).iterdir()):
+            marker = ".dir-" + hashlib.sha256(module.dir.encode()).hexdigest()[:12]
+            self._ensure(marker, re.compile(re.escape(module.dir) + "/.*"))
+        return self.tree
+
+
+# -- Staging ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DriverSource:
+    """A driver's sources staged in a tree of their own, kernel layout kept."""
+
+    #: The module name.
+    name: str
+    #: Root of the staged tree.
+    root: Path
+    #: The driver's directory in it (kernel-relative, e.g. drivers/net/ethernet/intel/e1000e).
+    dir: str
+    #: The CONFIG_ symbol that builds it as a module ("" for an out-of-tree driver).
+    config: str
+    #: Every staged file, relative to root.
+    files: tuple[str, ...]
+    #: Where it came from ("tarball", "tree", "dir") and the path.
+    origin: str
+    origin_path: Path
+
+    def digest(self) -> str:
+        """sha256 over the staged files' names and bytes: the source part of a build key."""
+        h = hashlib.sha256()
+        for rel in self.files:
+            h.update(rel.encode() + b"\0" + (self.root / rel).read_bytes() + b"\0")
+        return h.hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dir": self.dir, "config": self.config,
+                "files": len(self.files), "origin": self.origin,
+                "origin_path": str(self.origin_path)}
+
+
+def _includes_closure(tree: Path, start: list[str]) -> list[str]:
+    """`start` plus every file they include with #include "..." that exists in the tree."""
+    seen: dict[str, None] = dict.fromkeys(start)
+    queue = list(start)
+    root = tree.resolve()
+    while queue:
+        rel = queue.pop()
+        path = tree / rel
+        if path.suffix not in (".c", ".h", ".S"):
+            continue
+        for match in _INCLUDE.finditer(path.read_bytes()):
+            target = (path.parent / os.fsdecode(match[1])).resolve()
+            if not target.is_file() or not target.is_relative_to(root):
+                continue
+            found = target.relative_to(root).as_posix()
+            if found not in seen:
+                seen[found] = None
+                queue.append(found)
+    return list(seen)
+
+
+def stage(tree: Path, module: ModuleDef, dest: Path, origin: str,
+          origin_path: Path) -> DriverSource:
+    """Copy what `module` needs from `tree` into `dest` (which must not exist)."""
+    base = tree / module.dir
+    if module.alone:
+        start = [p.relative_to(tree).as_posix() for p in sorted(base.rglob("*"))
+                 if p.is_file() and not p.is_symlink()]
+    else:
+        start = []
+        for obj in module.objects:
+            for suffix in (".c", ".S"):
+                candidate = base / (obj[:-2] + suffix)
+                if candidate.is_file():
+                    start.append(candidate.relative_to(tree).as_posix())
+    files = _includes_closure(tree, start)
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tree / rel, target)
+    if not module.alone:
+        kbuild = dest / module.dir / "Kbuild"
+        kbuild.write_text(render("Kbuild.j2", module=module))
+        files.append(kbuild.relative_to(dest).as_posix())
+    return DriverSource(name=module.name, root=dest, dir=module.dir, config=module.config,
+                        files=tuple(sorted(files)), origin=origin, origin_path=origin_path)
+
+
+def stage_from_tarball(tarball: Path, name: str, dest: Path) -> DriverSource:
+    cache = TarballCache(tarball)
+    module = lookup(cache.index(), name, tarball.name)
+    return stage(cache.tree_for(module), module, dest, "tarball", tarball)
+
+
+def stage_from_tree(tree: Path, name: str, dest: Path) -> DriverSource:
+    if not (tree / "drivers").is_dir():
+        raise PathError("not a kernel source tree (no drivers/ folder)", path=tree)
+    module = lookup(index_modules(tree), name, str(tree))
+    return stage(tree, module, dest, "tree", tree)
+
+
+def stage_from_dir(directory: Path, name: str, dest: Path) -> DriverSource:
+    """An out-of-tree driver: its folder as it is, built with its own Makefile/Kbuild."""
+    if not directory.is_dir():
+        raise PathError("not a directory", path=directory)
+    if not any((directory / f).is_file() for f in ("Kbuild", "Makefile")):
+        raise PathError("no Makefile or Kbuild: not a driver directory", path=directory)
+    shutil.copytree(directory, dest / "driver", symlinks=True)
+    files = [p.relative_to(dest).as_posix() for p in sorted((dest / "driver").rglob("*"))
+             if p.is_file()]
+    return DriverSource(name=name, root=dest, dir="driver", config="", files=tuple(files),
+                        origin="dir", origin_path=directory)

@@ -1,0 +1,211 @@
+"""Finding and staging driver sources: Makefiles, tarballs, include closure."""
+
+from __future__ import annotations
+
+import io
+import lzma
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from omatic.errors import PathError
+from omatic.source import (
+    TarballCache,
+    TarballError,
+    UnknownDriverError,
+    extract,
+    index_modules,
+    lookup,
+    parse_makefile,
+    stage,
+    stage_from_dir,
+    stage_from_tree,
+)
+
+pytestmark = pytest.mark.unit
+
+SHARED = """\
+# SPDX-License-Identifier: GPL-2.0
+obj-$(CONFIG_FIX_NET) += fixnet.o
+obj-$(CONFIG_FIX_CHAR) += fixchar.o   # a comment
+obj-$(CONFIG_FIX_SUB) += sub/
+ccflags-y += -DFIX
+"""
+
+COMPOSITE = """\
+obj-$(CONFIG_FIXDRV) += fixdrv.o
+
+fixdrv-objs := main.o ring.o \\
+		ethtool.o
+fixdrv-$(CONFIG_FIXDRV_DCB) += dcb.o
+CFLAGS_trace.o := -I$(src)
+"""
+
+
+def test_a_makefile_shared_by_modules() -> None:
+    mods = {m.name: m for m in parse_makefile(SHARED, "drivers/net")}
+    assert set(mods) == {"fixnet", "fixchar"}
+    assert mods["fixnet"].config == "CONFIG_FIX_NET"
+    assert mods["fixnet"].objects == ("fixnet.o",)
+    assert not mods["fixnet"].alone
+    assert "ccflags-y += -DFIX" in mods["fixnet"].lines
+
+
+def test_a_makefile_of_one_composite_module() -> None:
+    (mod,) = parse_makefile(COMPOSITE, "drivers/net/fix")
+    assert mod.alone and mod.config == "CONFIG_FIXDRV"
+    assert mod.objects == ("main.o", "ring.o", "ethtool.o", "dcb.o")
+    assert "CFLAGS_trace.o := -I$(src)" in mod.lines
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return root
+
+
+@pytest.fixture
+def kernel_tree(tmp_path: Path) -> Path:
+    return write(tmp_path / "linux", {
+        "drivers/net/Makefile": SHARED,
+        "drivers/net/fixnet.c": '#include "fixnet.h"\nint x = netif_rx(0);\n',
+        "drivers/net/fixnet.h": '#include "common/ring.h"\n',
+        "drivers/net/common/ring.h": '#include "../../../include/outside.h"\n',
+        "drivers/net/fixchar.c": "int y;\n",
+        "drivers/net/fix/Makefile": COMPOSITE,
+        "drivers/net/fix/main.c": '#include "fix.h"\n#include "../common/ring.h"\n',
+        "drivers/net/fix/fix.h": "", "drivers/net/fix/ring.c": "",
+        "drivers/net/fix/sub/extra.c": "",
+        "drivers/net/fix/ethtool.c": "", "drivers/net/fix/dcb.c": "",
+        "include/outside.h": "",
+    })
+
+
+def test_index_and_lookup(kernel_tree: Path) -> None:
+    index = index_modules(kernel_tree)
+    assert set(index) == {"fixnet", "fixchar", "fixdrv"}
+    assert lookup(index, "fixdrv", "tree").dir == "drivers/net/fix"
+    with pytest.raises(UnknownDriverError, match="did you mean fixdrv"):
+        lookup(index, "fixdrw", "tree")
+    with pytest.raises(UnknownDriverError) as err:
+        lookup(index, "nothing_like_it", "tree")
+    assert err.value.exit_code == 1 and "did you mean" not in str(err.value)
+
+
+def test_dashes_and_underscores_name_the_same_module(tmp_path: Path) -> None:
+    index = index_modules(write(tmp_path, {"drivers/x/Makefile":
+                                           "obj-$(CONFIG_NE2K_PCI) += ne2k-pci.o\n"}))
+    assert lookup(index, "ne2k_pci", "tree").name == "ne2k-pci"
+
+
+def test_stage_a_module_alone_in_its_folder(kernel_tree: Path, tmp_path: Path) -> None:
+    src = stage_from_tree(kernel_tree, "fixdrv", tmp_path / "stage")
+    assert src.dir == "drivers/net/fix" and src.config == "CONFIG_FIXDRV"
+    # The whole folder (with its subfolder), plus what it includes by relative path,
+    # transitively, within the tree; nothing from the rest of drivers/net.
+    assert set(src.files) == {
+        "drivers/net/fix/Makefile", "drivers/net/fix/main.c", "drivers/net/fix/fix.h",
+        "drivers/net/fix/ring.c", "drivers/net/fix/ethtool.c", "drivers/net/fix/dcb.c",
+        "drivers/net/fix/sub/extra.c", "drivers/net/common/ring.h", "include/outside.h"}
+    assert (tmp_path / "stage/drivers/net/fix/Makefile").read_text() == COMPOSITE
+
+
+def test_stage_a_module_that_shares_its_makefile(kernel_tree: Path, tmp_path: Path) -> None:
+    src = stage_from_tree(kernel_tree, "fixnet", tmp_path / "stage")
+    assert set(src.files) == {"drivers/net/fixnet.c", "drivers/net/fixnet.h",
+                              "drivers/net/common/ring.h", "include/outside.h",
+                              "drivers/net/Kbuild"}
+    kbuild = (tmp_path / "stage/drivers/net/Kbuild").read_text()
+    assert "obj-m := fixnet.o\n" in kbuild
+    assert "fixchar" not in kbuild and "ccflags-y += -DFIX" in kbuild
+
+
+def test_source_digest_follows_content(kernel_tree: Path, tmp_path: Path) -> None:
+    one = stage_from_tree(kernel_tree, "fixdrv", tmp_path / "a").digest()
+    assert stage_from_tree(kernel_tree, "fixdrv", tmp_path / "b").digest() == one
+    (kernel_tree / "drivers/net/fix/ring.c").write_text("int changed;\n")
+    assert stage_from_tree(kernel_tree, "fixdrv", tmp_path / "c").digest() != one
+
+
+def test_bad_trees_and_dirs(tmp_path: Path) -> None:
+    with pytest.raises(PathError, match="not a kernel source tree"):
+        stage_from_tree(tmp_path, "x", tmp_path / "s1")
+    with pytest.raises(PathError, match="no Makefile or Kbuild"):
+        stage_from_dir(tmp_path, "x", tmp_path / "s2")
+    with pytest.raises(PathError, match="not a directory"):
+        stage_from_dir(tmp_path / "nope", "x", tmp_path / "s3")
+
+
+def make_tarball(path: Path, members: list[tuple[str, bytes | str]]) -> Path:
+    """An .tar.xz; a str value makes a symbolic link to it."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    path.write_bytes(lzma.compress(raw.getvalue()))
+    return path
+
+
+WANTED = re.compile(r"drivers/net/.*")
+
+
+def test_extract_keeps_only_what_is_wanted(tmp_path: Path) -> None:
+    tarball = make_tarball(tmp_path / "linux-source-9.9.tar.xz", [
+        ("linux-source-9.9/drivers/net/a.c", b"int a;\n"),
+        ("linux-source-9.9/fs/b.c", b"int b;\n"),
+    ])
+    assert extract(tarball, tmp_path / "out", WANTED) == 1
+    assert (tmp_path / "out/drivers/net/a.c").read_text() == "int a;\n"
+    assert not (tmp_path / "out/fs").exists()
+
+
+@pytest.mark.parametrize(("member", "content", "message"), [
+    ("linux-source-9.9/drivers/net/../../../evil.c", b"x", "escapes the target folder"),
+    ("/etc/evil.c", b"x", "escapes the target folder"),
+    ("linux-source-9.9/drivers/net/link.c", "/etc/passwd", "refused"),
+    ("linux-source-9.9/drivers/net/up.c", "../../../../etc/passwd", "refused"),
+])
+def test_extract_refuses_members_escaping(tmp_path: Path, member: str, content: bytes | str,
+                                          message: str) -> None:
+    tarball = make_tarball(tmp_path / "t.tar.xz", [(member, content)])
+    with pytest.raises(TarballError, match=message):
+        extract(tarball, tmp_path / "out", WANTED)
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "evil.c").exists()
+
+
+def test_corrupt_or_missing_tarball_is_a_user_error(tmp_path: Path) -> None:
+    bad = tmp_path / "linux-source-9.9.tar.xz"
+    bad.write_bytes(b"this is not xz data at all" * 10)
+    with pytest.raises(TarballError) as err:
+        TarballCache(bad).index()
+    assert err.value.exit_code == 1
+    with pytest.raises(PathError, match=r"install the Debian package linux-source-9\.8"):
+        TarballCache(tmp_path / "linux-source-9.8.tar.xz")
+
+
+def test_tarball_cache_indexes_once(tmp_path: Path, kernel_tree: Path) -> None:
+    members: list[tuple[str, bytes | str]] = [
+        (f"linux-source-9.9/{p.relative_to(kernel_tree).as_posix()}", p.read_bytes())
+        for p in sorted(kernel_tree.rglob("*")) if p.is_file()]
+    tarball = make_tarball(tmp_path / "linux-source-9.9.tar.xz", members)
+    cache = TarballCache(tarball)
+    assert not cache.extracted
+    assert set(cache.index()) == {"fixnet", "fixchar", "fixdrv"}
+    assert cache.extracted
+    tarball.write_bytes(b"")  # a second index comes from the cache, not the tarball
+    again = TarballCache.__new__(TarballCache)
+    again.__dict__.update(cache.__dict__)
+    assert set(again.index()) == {"fixnet", "fixchar", "fixdrv"}
+    module = lookup(cache.index(), "fixnet", "t")
+    src = stage(cache.tree_for(module), module, tmp_path / "stage", "tarball", tarball)
+    assert "drivers/net/fixnet.c" in src.files
