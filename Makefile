@@ -36,17 +36,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The main job. Until `pfq-omatic build` lands: take e1000e from Debian's source tarball,
-# list its receive entry points and write the accelerated copy with its diff and report.
-DEMO_SERIES ?= 6.12
-DEMO_DRIVER := drivers/net/ethernet/intel/e1000e
+# The main job: build and verify an accelerated e1000e for the default kernel.
 demo: setup
-	rm -rf out/demo && mkdir -p out/demo/e1000e
-	tar -xJf /usr/src/linux-source-$(DEMO_SERIES).tar.xz -C out/demo/e1000e \
-	    --strip-components=6 --wildcards 'linux-source-$(DEMO_SERIES)/$(DEMO_DRIVER)/*'
-	$(BIN)/pfq-omatic scan out/demo/e1000e
-	$(BIN)/pfq-omatic patch out/demo/e1000e --out out/demo/e1000e-pfq
-	cat out/demo/e1000e-pfq/omatic.patch
+	$(BIN)/pfq-omatic kernels
+	$(BIN)/pfq-omatic build e1000e
 
 lint: venv
 	$(BIN)/ruff check omatic tests bench

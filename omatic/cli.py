@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,6 +89,108 @@ def cmd_patch(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.kernel import default_kernel, installed_kernels
+
+    kernels = installed_kernels()
+    default = default_kernel().release if kernels else None
+    if args.json:
+        _print_json({"default": default, "kernels": [k.to_json() for k in kernels]}, out)
+        return 0
+    if not kernels:
+        out.write("no kernel headers installed (Debian: apt-get install linux-headers-amd64)\n")
+        return 0
+    for k in kernels:
+        extras = [name for name, present in (("source", k.source_tarball),
+                                             ("boot image", k.boot_image),
+                                             ("modules", k.modules_dir)) if present]
+        mark = "*" if k.release == default else " "
+        out.write(f"{mark} {k.release}\t{k.build_dir}\t{', '.join(extras) or '-'}\n")
+    out.write("(* the default kernel)\n")
+    return 0
+
+
+def _kernels_of(specs: list[str] | None) -> list[Any]:
+    from omatic.kernel import default_kernel, find_kernel
+
+    return [find_kernel(s) for s in specs] if specs else [default_kernel()]
+
+
+def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.build import BuildRequest, build_driver, dry_run_commands
+    from omatic.drivers import resolve
+    from omatic.progress import Progress
+
+    name, manifest = resolve(args.driver)
+    results, code = [], 0
+    for kernel in _kernels_of(args.kernel):
+        req = BuildRequest(driver=name, kernel=kernel, out_root=Path(args.out),
+                           jobs=args.jobs or os.cpu_count() or 1,
+                           kernel_tree=Path(args.kernel_tree) if args.kernel_tree else None,
+                           source_dir=Path(args.source) if args.source else None,
+                           force=args.force)
+        if args.dry_run:
+            for line in dry_run_commands(req):
+                out.write(line + "\n")
+            continue
+        progress = Progress(f"{name} {kernel.release}")
+        result = build_driver(req, progress.step)
+        code = max(code, 0 if result.ok else 2)
+        results.append({"kernel": kernel.release, "out": str(result.out_dir),
+                        "up_to_date": result.up_to_date, "ok": result.ok,
+                        "report": result.report})
+        if not args.json:
+            _print_build(result, manifest, out)
+    if args.json and not args.dry_run:
+        _print_json({"driver": name, "builds": results}, out)
+    return code
+
+
+def _print_build(result: Any, manifest: Any, out: TextIO) -> None:
+    report = result.report
+    totals = report["rewrite"]["totals"]
+    state = "up to date" if result.up_to_date else "built"
+    out.write(f"{report['driver']} for {report['kernel']['release']}: {state} in "
+              f"{result.out_dir} ({totals['sites']} site(s), "
+              f"{totals['by_action'].get('rewrite', 0)} rewritten)\n")
+    for line in report["verify"].get("lines", []):
+        out.write(f"  {line}\n")
+    if manifest is not None and manifest.limits:
+        out.write(f"  note: {manifest.limits}\n")
+    verdict = "verified" if result.ok else "VERIFY FAILED"
+    out.write(f"  {verdict}: {', '.join(report['modules'])}\n")
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.build import ensure_kmod
+    from omatic.errors import PathError
+    from omatic.verify import verify_modules
+
+    kos = [Path(k) for k in args.kos]
+    for ko in kos:
+        if not ko.is_file():
+            raise PathError("no such module file", path=ko)
+    (kernel,) = _kernels_of([args.kernel] if args.kernel else None)
+    report_path = Path(args.report) if args.report else kos[0].parent / "report.json"
+    rewrite = None
+    if report_path.is_file():
+        try:
+            rewrite = json.loads(report_path.read_text()).get("rewrite")
+        except ValueError:
+            raise UserError(f"{report_path}: not a pfq-omatic report (bad JSON)") from None
+    elif args.report:
+        raise PathError("no such report", path=report_path)
+    symvers = (Path(args.pfq_symvers) if args.pfq_symvers
+               else ensure_kmod(kernel, args.jobs or os.cpu_count() or 1).symvers)
+    verdict = verify_modules(kos, kernel, symvers, rewrite_report=rewrite)
+    if args.json:
+        _print_json(verdict.to_json(), out)
+    else:
+        for line in verdict.lines():
+            out.write(line + "\n")
+    return 0 if verdict.ok else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pfq-omatic",
@@ -109,6 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("patch", cmd_patch, "write a copy of SRC with every site rewritten into PFQ hooks")
     p.add_argument("src", metavar="SRC", help="the driver tree to read (never written)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the rewritten tree goes")
+
+    add("kernels", cmd_kernels, "list the kernels with installed headers")
+
+    p = add("build", cmd_build, "build and verify an accelerated driver for installed kernels")
+    p.add_argument("driver", metavar="DRIVER", help="module name, e.g. e1000e, ixgbe")
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="release, series (6.1) or build dir; repeat for several "
+                        "(default: the running kernel if its headers exist, else the newest)")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="output root: DIR/<kernel>/<driver>/ (default: out)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--kernel-tree", metavar="DIR", help="take the driver from this kernel tree")
+    src.add_argument("--source", metavar="DIR", help="an out-of-tree driver directory")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+
+    p = add("verify", cmd_verify, "check modules the way the kernel will at load time")
+    p.add_argument("kos", nargs="+", metavar="KO", help=".ko, .ko.xz or .ko.zst files")
+    p.add_argument("--kernel", metavar="KVER", help="target kernel (default as for build)")
+    p.add_argument("--pfq-symvers", metavar="FILE",
+                   help="pfq.ko's Module.symvers (default: build or reuse the cached pfq.ko)")
+    p.add_argument("--report", metavar="FILE",
+                   help="the build's report.json (default: report.json beside the first KO)")
     return parser
 
 

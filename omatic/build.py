@@ -1,0 +1,328 @@
+"""From a driver name to a verified accelerated module: source, rewrite, kbuild, verify.
+
+`build_driver` runs the pipeline for one driver and one kernel and writes
+`OUT/<release>/<driver>/` (the .ko files, omatic.patch, report.json, build.log) in one
+rename, or nothing. Its inputs (staged sources, rules, PFQ module, kernel, tool version)
+are hashed; when an earlier output has the same hash it is returned as it is. The PFQ
+module for a kernel is built once and cached. A lock per output keeps two builds of the
+same driver and kernel from racing: the second waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omatic import __version__
+from omatic.data import KMOD_DIR, PATCHES_DIR
+from omatic.errors import BuildError, InfraError, PathError, UserError
+from omatic.kbuild import KmodBuild, build_kmod
+from omatic.kernel import Kernel
+from omatic.rules import load_rules
+from omatic.source import (
+    DriverSource,
+    TarballCache,
+    cache_root,
+    file_lock,
+    lookup,
+    stage_from_dir,
+    stage_from_tarball,
+    stage_from_tree,
+)
+from omatic.tree import patch_tree
+
+_COMPILER_ERROR = re.compile(r"^(?P<path>[^\s:]+):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: ",
+                             re.MULTILINE)
+
+
+class OutputError(UserError):
+    template = "{path}: cannot write the output: {message}"
+
+
+@dataclass
+class BuildRequest:
+    """What to build."""
+
+    #: Module name ("e1000e"); with `source_dir`, the name to give the out-of-tree driver.
+    driver: str
+    kernel: Kernel
+    #: Root of the outputs: OUT/<release>/<driver>/.
+    out_root: Path = Path("out")
+    jobs: int = os.cpu_count() or 1
+    #: Take the driver from an unpacked kernel tree instead of Debian's tarball.
+    kernel_tree: Path | None = None
+    #: Take an out-of-tree driver from this directory.
+    source_dir: Path | None = None
+    #: Rebuild even when the output is up to date.
+    force: bool = False
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out_root / self.kernel.release / self.driver
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    report: dict[str, Any]
+    #: True when an earlier output was still valid and nothing was rebuilt.
+    up_to_date: bool
+    modules: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("verify", {}).get("ok"))
+
+
+Step = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def _quiet_step(name: str) -> Iterator[None]:
+    yield
+
+
+def _run_make(cmd: Sequence[str], log: Path) -> int:
+    try:
+        with open(log, "w") as out:
+            out.write("$ " + shlex.join(cmd) + "\n")
+            out.flush()
+            return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                  check=False).returncode
+    except FileNotFoundError:
+        raise InfraError("make is not installed; run `make setup`") from None
+
+
+def _hash_files(h: Any, root: Path, pattern: str = "**/*") -> None:
+    for path in sorted(root.glob(pattern)):
+        if path.is_file() and not path.name.endswith((".o", ".ko", ".cmd")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0")
+            h.update(path.read_bytes())
+
+
+def kmod_key(kernel: Kernel) -> str:
+    """What a built pfq.ko depends on: its sources and the kernel's ABI."""
+    h = hashlib.sha256(__version__.encode())
+    _hash_files(h, KMOD_DIR)
+    h.update(kernel.release.encode())
+    for name in (".config", "Module.symvers", "include/generated/utsrelease.h"):
+        path = kernel.build_dir / name
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    return h.hexdigest()[:20]
+
+
+def ensure_kmod(kernel: Kernel, jobs: int) -> KmodBuild:
+    """pfq.ko for `kernel`, built once and kept in the cache."""
+    final = cache_root() / "kmod" / f"{kernel.release}-{kmod_key(kernel)}"
+    with file_lock(final.with_suffix(".lock"), f"waiting for another build of pfq.ko "
+                                                f"for {kernel.release}"):
+        if (final / "pfq.ko").is_file() and (final / "Module.symvers").is_file():
+            log = (final / "build.log").read_text() if (final / "build.log").exists() else ""
+            return KmodBuild(kernel=kernel, dir=final, log=log, seconds=0.0)
+        tmp = Path(tempfile.mkdtemp(prefix=".kmod-", dir=final.parent))
+        try:
+            build = build_kmod(kernel, tmp / "pfq", jobs=jobs)
+            (tmp / "pfq" / "build.log").write_text(build.log)
+            if final.exists():
+                shutil.rmtree(final)
+            (tmp / "pfq").rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return KmodBuild(kernel=kernel, dir=final, log=build.log, seconds=build.seconds)
+
+
+def _stage(req: BuildRequest, dest: Path) -> DriverSource:
+    if req.source_dir is not None:
+        return stage_from_dir(req.source_dir, req.driver, dest)
+    if req.kernel_tree is not None:
+        return stage_from_tree(req.kernel_tree, req.driver, dest)
+    tarball = req.kernel.source_tarball
+    if tarball is None:
+        raise PathError(f"no source tarball for kernel {req.kernel.release}; install the "
+                        f"Debian package linux-source-{req.kernel.series}, or pass "
+                        "--kernel-tree or --source",
+                        path=f"/usr/src/linux-source-{req.kernel.series}.tar.xz")
+    return stage_from_tarball(tarball, req.driver, dest)
+
+
+def build_key(source: DriverSource, kernel: Kernel) -> str:
+    """The hash of every input of a driver build."""
+    h = hashlib.sha256(__version__.encode())
+    h.update(source.digest().encode())
+    _hash_files(h, PATCHES_DIR, "*.toml")
+    h.update(kmod_key(kernel).encode())
+    return h.hexdigest()
+
+
+def _map_errors(log: str, accel: Path, report: dict[str, Any], src: Path) -> list[str]:
+    """The compiler's error lines; for a rewritten file, with the original line beside."""
+    shifts: dict[str, list[int]] = {}  # file -> original lines where lines were inserted
+    for f in report.get("files", []):
+        data = (src / f["file"]).read_bytes() if (src / f["file"]).is_file() else b""
+        for e in f["edits"]:
+            if e["start"] == e["end"]:
+                at = data.count(b"\n", 0, e["start"]) + 1
+                shifts.setdefault(f["file"], []).extend([at] * e["new"].count("\n"))
+    out = []
+    for line in log.splitlines():
+        match = _COMPILER_ERROR.match(line)
+        if not match:
+            continue
+        path = Path(match["path"])
+        try:
+            rel = (path if path.is_absolute() else accel / path).resolve().relative_to(
+                accel.resolve()).as_posix()
+        except ValueError:
+            out.append(line)
+            continue
+        if rel in shifts or any(f["file"] == rel for f in report.get("files", [])):
+            number = int(match["line"])
+            inserted = sum(1 for at in shifts.get(rel, []) if at < number)
+            original = number - inserted
+            text = (src / rel).read_bytes().split(b"\n")[original - 1].decode(errors="replace")
+            out.append(f"{line}\n    (rewritten file {rel}; original line {original}: "
+                       f"{text.strip()})")
+        else:
+            out.append(line)
+    return out
+
+
+def _write_output(out_dir: Path, staged: Path) -> None:
+    """Put `staged` at `out_dir` in one rename; an older output goes only after."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    staged.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def dry_run_commands(req: BuildRequest) -> list[str]:
+    """The commands a build would run, as shell lines (nothing is run)."""
+    kmod = cache_root() / "kmod" / f"{req.kernel.release}-{kmod_key(req.kernel)}"
+    work = req.out_dir.parent / f".build-{req.driver}-XXXX"
+    driver_dir, config = work / "accel" / "DRIVER_DIR", "CONFIG_DRIVER"
+    cmds = []
+    tarball = req.kernel.source_tarball
+    if req.source_dir is not None:
+        driver_dir, config = work / "accel" / "driver", ""
+    elif req.kernel_tree is None and tarball is not None:
+        cache = TarballCache(tarball)
+        if cache.extracted:
+            module = lookup(cache.index(), req.driver, tarball.name)
+            driver_dir, config = work / "accel" / module.dir, module.config
+        else:
+            cmds.append(shlex.join(["xz", "-dc", str(tarball)]) + " | (extract drivers/net "
+                        f"and the Kbuild files of drivers/ into {cache.tree})")
+    if not (kmod / "pfq.ko").is_file():
+        cmds.append(shlex.join(["make", "-C", str(req.kernel.build_dir), f"M={kmod}",
+                                f"-j{req.jobs}", "W=1", "modules"]))
+    cmds.append(shlex.join(_driver_make(req, kmod, driver_dir, config)))
+    return cmds
+
+
+def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str) -> list[str]:
+    kmod = kmod.absolute()
+    cmd = ["make", "-C", str(req.kernel.build_dir), f"M={driver_dir.absolute()}",
+           f"-j{req.jobs}", f"KBUILD_EXTRA_SYMBOLS={kmod / 'Module.symvers'}",
+           f"KCFLAGS=-I{kmod / 'include'}"]
+    if config:
+        cmd.append(f"{config}=m")
+    return [*cmd, "modules"]
+
+
+def build_driver(req: BuildRequest, step: Step = _quiet_step) -> BuildResult:
+    """Build, verify and write one accelerated driver; see the module docstring."""
+    from omatic.verify import verify_modules
+
+    rules = load_rules()
+    out_dir = req.out_dir
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(err.strerror or str(err), path=out_dir.parent) from None
+    timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        start = time.monotonic()
+        with step(name):
+            yield
+        timings[name] = round(time.monotonic() - start, 3)
+
+    with file_lock(out_dir.parent / f".{req.driver}.lock",
+                   f"waiting for another build of {req.driver} for {req.kernel.release}"):
+        try:
+            work = Path(tempfile.mkdtemp(prefix=f".build-{req.driver}-", dir=out_dir.parent))
+        except OSError as err:
+            raise OutputError(err.strerror or str(err), path=out_dir.parent) from None
+        try:
+            with timed("source"):
+                source = _stage(req, work / "src")
+                key = build_key(source, req.kernel)
+            previous = out_dir / "report.json"
+            if not req.force and previous.is_file():
+                with contextlib.suppress(ValueError, OSError):
+                    old = json.loads(previous.read_text())
+                    if old.get("key") == key and old.get("verify", {}).get("ok"):
+                        return BuildResult(out_dir=out_dir, report=old, up_to_date=True,
+                                           modules=sorted(out_dir.glob("*.ko")))
+            with timed("kmod"):
+                kmod = ensure_kmod(req.kernel, req.jobs)
+            with timed("rewrite"):
+                rewrite = patch_tree(source.root, work / "accel", rules, jobs=req.jobs)
+                rewrite_json = rewrite.to_json("patch")
+            final = work / "final"
+            final.mkdir()
+            accel_dir = work / "accel" / source.dir
+            with timed("kbuild"):
+                code = _run_make(_driver_make(req, kmod.dir, accel_dir, source.config),
+                                 final / "build.log")
+            log = (final / "build.log").read_text(errors="replace")
+            if code != 0:
+                errors = _map_errors(log, work / "accel", rewrite_json, source.root)
+                shown = "\n".join(errors[:10]) or "\n".join(log.splitlines()[-15:])
+                raise BuildError(f"building {req.driver} for {req.kernel.release} failed "
+                                 f"(make exit {code}):\n{shown}")
+            kos = sorted(accel_dir.rglob("*.ko"))
+            if not kos:
+                raise BuildError(f"make built no .ko for {req.driver} (is {source.config} "
+                                 "a tristate option?); see the build log")
+            with timed("verify"):
+                verdict = verify_modules(kos, req.kernel, kmod.symvers,
+                                         rewrite_report=rewrite_json)
+            for ko in kos:
+                shutil.copy2(ko, final / ko.name)
+            shutil.copy2(work / "accel" / "omatic.patch", final / "omatic.patch")
+            report = {
+                "tool": "pfq-omatic", "version": __version__, "key": key,
+                "driver": req.driver, "kernel": req.kernel.to_json(),
+                "source": source.to_json(),
+                "kmod": {"dir": str(kmod.dir), "symvers": str(kmod.symvers)},
+                "modules": [ko.name for ko in kos],
+                "rewrite": {"totals": rewrite_json["totals"], "sites": rewrite_json["sites"],
+                            "files": rewrite_json["files"]},
+                "verify": verdict.to_json(),
+                "timings": timings,
+            }
+            (final / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+            _write_output(out_dir, final)
+        except OSError as err:
+            if isinstance(err, PermissionError) or err.errno in (28, 30):  # ENOSPC, EROFS
+                raise OutputError(err.strerror or str(err), path=out_dir) from None
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(out_dir=out_dir, report=report, up_to_date=False,
+                       modules=[out_dir / ko.name for ko in kos])
