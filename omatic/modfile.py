@@ -91,17 +91,19 @@ def parse_version_ext(crcs: bytes, names: bytes,
     """Extended modversions: name -> CRC from `__version_ext_crcs` (u32 each) and
     `__version_ext_names` (NUL-terminated names in the same order).
 
-    Raises BuildError when the two sections disagree on the number of entries, as the
-    kernel refuses such a module.
+    modpost writes the names as one C string literal, so the section ends with an extra
+    NUL; trailing NULs are padding. Raises BuildError when the sections disagree on the
+    number of entries.
     """
     if len(crcs) % 4:
         raise BuildError(f"__version_ext_crcs is {len(crcs)} bytes, not a multiple of 4")
+    count = len(crcs) // 4
     if names and not names.endswith(b"\0"):
         raise BuildError("__version_ext_names does not end with a NUL")
-    listed = names.split(b"\0")[:-1] if names else []
-    if len(listed) != len(crcs) // 4:
+    listed = names.rstrip(b"\0").split(b"\0") if names.strip(b"\0") else []
+    if len(listed) != count:
         raise BuildError(f"__version_ext_names has {len(listed)} names but "
-                         f"__version_ext_crcs {len(crcs) // 4} CRCs")
+                         f"__version_ext_crcs {count} CRCs")
     return {name.decode("ascii", errors="replace"):
             int.from_bytes(crcs[4 * i:4 * i + 4], byteorder)
             for i, name in enumerate(listed)}
