@@ -174,12 +174,12 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
     module.
     """
     loaded = [KernelModule(Path(ko)) for ko in kos]
-    providers = _symvers_providers(kernel.symvers)
-    providers.update(_symvers_providers(pfq_symvers))
+    pfq_exports = _symvers_providers(pfq_symvers)
+    providers = {**_symvers_providers(kernel.symvers), **pfq_exports}
     for extra in extra_symvers:
         providers.update(_ko_providers(KernelModule(extra)) if _is_ko(extra)
                          else _symvers_providers(extra))
-    pfq_exports = _symvers_providers(pfq_symvers)
+    siblings = [_ko_providers(module) for module in loaded]
     if reference is None and kernel.modules_dir is not None:
         reference = reference_module(kernel.modules_dir)
     ref = KernelModule(reference) if reference is not None else None
@@ -190,11 +190,11 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
     imported = set().union(*(m.undefined() for m in loaded))
     unused = sorted((rewritten_to or set()) - imported)
     reports = []
-    for module in loaded:
+    for index, module in enumerate(loaded):
         visible = dict(providers)
-        for other in loaded:
-            if other is not module:
-                visible.update(_ko_providers(other))
+        for other, exports in enumerate(siblings):
+            if other != index:
+                visible.update(exports)
         ctx = _Context(module, _display_name(module), visible, pfq_exports, modversions)
         used = {sym for sym in ctx.undefined
                 if sym in _rule_hooks() or sym in (rewritten_to or ())}
@@ -276,6 +276,9 @@ def _check(name: str, problems: Sequence[str], passed: Iterable[str]) -> Check:
 
 
 def _check_vermagic(ctx: _Context, kernel: Kernel, ref: KernelModule | None) -> Check:
+    """The whole vermagic must be the kernel's. Stricter than the kernel, which skips the
+    release part when the module has __versions (same_magic): a module for another
+    release of the same flags would load, but it was built against other headers."""
     computed = kernel.vermagic()
     notes = [f"computed from {kernel.build_dir}/.config: '{computed}'"]
     expected = computed
