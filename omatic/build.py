@@ -228,15 +228,23 @@ def dry_run_commands(req: BuildRequest) -> list[str]:
     if not (kmod / "pfq.ko").is_file():
         cmds.append(shlex.join(["make", "-C", str(req.kernel.build_dir), f"M={kmod}",
                                 f"-j{req.jobs}", "W=1", "modules"]))
-    cmds.append(shlex.join(_driver_make(req, kmod, driver_dir, config)))
+    cmds.append(shlex.join(_driver_make(req, kmod, driver_dir, config, work / "accel")))
     return cmds
 
 
-def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str) -> list[str]:
+def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str,
+                 tree: Path | None = None) -> list[str]:
+    """The make command for the driver. `tree` is the staged tree's root: trace headers
+    name themselves relative to include/trace/ of the kernel sources
+    (TRACE_INCLUDE_PATH ../../drivers/...), which the headers package lacks, so the
+    staged tree's own include/trace/ is searched too."""
     kmod = kmod.absolute()
+    kcflags = f"-I{kmod / 'include'}"
+    if tree is not None:
+        kcflags += f" -I{tree.absolute() / 'include' / 'trace'}"
     cmd = ["make", "-C", str(req.kernel.build_dir), f"M={driver_dir.absolute()}",
            f"-j{req.jobs}", f"KBUILD_EXTRA_SYMBOLS={kmod / 'Module.symvers'}",
-           f"KCFLAGS=-I{kmod / 'include'}"]
+           f"KCFLAGS={kcflags}"]
     if config:
         cmd.append(f"{config}=m")
     return [*cmd, "modules"]
@@ -286,9 +294,10 @@ def build_driver(req: BuildRequest, step: Step = _quiet_step) -> BuildResult:
             final = work / "final"
             final.mkdir()
             accel_dir = work / "accel" / source.dir
+            (work / "accel" / "include" / "trace").mkdir(parents=True, exist_ok=True)
             with timed("kbuild"):
-                code = _run_make(_driver_make(req, kmod.dir, accel_dir, source.config),
-                                 final / "build.log")
+                code = _run_make(_driver_make(req, kmod.dir, accel_dir, source.config,
+                                              work / "accel"), final / "build.log")
             log = (final / "build.log").read_text(errors="replace")
             if code != 0:
                 errors = _map_errors(log, work / "accel", rewrite_json, source.root)

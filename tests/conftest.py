@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from omatic.errors import UserError
+from omatic.kernel import Kernel, find_kernel
 from omatic.rules import Rule, load_rules
+from omatic.source import TarballCache
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Kernel series whose Debian linux-source tarball the real-kernel tests use.
@@ -41,12 +43,18 @@ def source_tarball(series: str) -> Path:
 
 
 @pytest.fixture(scope="session", params=KERNEL_SERIES)
-def kernel_drivers_net(request: pytest.FixtureRequest,
-                       tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """drivers/net of a real kernel, extracted from Debian's tarball once per session."""
-    series: str = request.param
-    tarball = source_tarball(series)
-    dest = tmp_path_factory.mktemp(f"linux-{series}")
-    subprocess.run(["tar", "-xJf", str(tarball), "-C", str(dest), "--wildcards",
-                    f"linux-source-{series}/drivers/net/*"], check=True)
-    return dest / f"linux-source-{series}" / "drivers" / "net"
+def kernel_drivers_net(request: pytest.FixtureRequest) -> Path:
+    """drivers/net of a real kernel, as the build's tarball cache holds it (extracted from
+    Debian's tarball once per session, into the session's isolated cache)."""
+    cache = TarballCache(source_tarball(request.param))
+    cache.index()
+    return cache.tree / "drivers" / "net"
+
+
+@pytest.fixture(scope="session", params=KERNEL_SERIES)
+def kernel(request: pytest.FixtureRequest) -> Kernel:
+    """An installed Debian kernel of each series; fails (not skips) without its headers."""
+    try:
+        return find_kernel(request.param)
+    except UserError as err:
+        pytest.fail(f"{err} (`make setup` installs the headers)")

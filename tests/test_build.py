@@ -1,0 +1,166 @@
+"""pfq-omatic build: real drivers for real kernels, and every way a build can go wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import omatic.build
+from omatic.build import BuildRequest, OutputError, build_driver
+from omatic.cli import main
+from omatic.errors import BuildError
+from omatic.kernel import Kernel
+from omatic.modfile import KernelModule
+from omatic.source import UnknownDriverError, file_lock
+
+kbuild = pytest.mark.kbuild
+unit = pytest.mark.unit
+
+
+@pytest.fixture(scope="session")
+def out_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("out")
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".build-*"))
+
+
+@kbuild
+@pytest.mark.parametrize("driver", ["e1000e", "ixgbe"])
+def test_build_verifies_and_rebuilds_nothing_when_unchanged(kernel: Kernel, driver: str,
+                                                            out_root: Path) -> None:
+    result = build_driver(BuildRequest(driver=driver, kernel=kernel, out_root=out_root, jobs=2))
+    out = out_root / kernel.release / driver
+    assert result.ok and not result.up_to_date and result.out_dir == out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["build.log", "omatic.patch", "report.json", f"{driver}.ko"])
+    report = json.loads((out / "report.json").read_text())
+    rewritten = [s for s in report["rewrite"]["sites"] if s["action"] == "rewrite"]
+    assert rewritten and report["verify"]["ok"]
+    module = KernelModule(out / f"{driver}.ko")
+    needed = module.undefined()
+    for site in rewritten:
+        assert site["hook"] in needed
+        assert site["callee"] not in needed
+    assert module.modinfo()["depends"][0].split(",").count("pfq") == 1
+    assert b"+#include <pfq/hooks.h>" in (out / "omatic.patch").read_bytes()
+
+    start = time.monotonic()
+    again = build_driver(BuildRequest(driver=driver, kernel=kernel, out_root=out_root, jobs=2))
+    assert again.up_to_date and again.ok
+    assert time.monotonic() - start < 1.0
+    assert leftovers(out_root) == []
+
+
+BROKEN = """\
+// SPDX-License-Identifier: GPL-2.0
+#include <linux/module.h>
+#include <linux/netdevice.h>
+
+static int fixbad_rx(struct sk_buff *skb)
+{
+	return netif_rx(skb) + undeclared_thing;
+}
+MODULE_LICENSE("GPL");
+"""
+
+
+@pytest.fixture
+def broken_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "linux"
+    (root / "drivers/net/fixbad").mkdir(parents=True)
+    (root / "drivers/net/fixbad/Makefile").write_text("obj-$(CONFIG_FIXBAD) += fixbad.o\n")
+    (root / "drivers/net/fixbad/fixbad.c").write_text(BROKEN)
+    return root
+
+
+@kbuild
+def test_compile_error_shows_the_original_line_and_leaves_nothing(
+        kernel: Kernel, broken_tree: Path, tmp_path: Path) -> None:
+    req = BuildRequest(driver="fixbad", kernel=kernel, out_root=tmp_path / "out", jobs=2,
+                       kernel_tree=broken_tree)
+    with pytest.raises(BuildError) as err:
+        build_driver(req)
+    message = str(err.value)
+    assert err.value.exit_code == 2
+    assert "undeclared_thing" in message
+    assert "fixbad.c:8:" in message  # the rewritten file has the hook header's line
+    assert "original line 7: return netif_rx(skb) + undeclared_thing;" in message
+    assert not (tmp_path / "out" / kernel.release / "fixbad").exists()
+    assert leftovers(tmp_path / "out") == []
+
+
+@kbuild
+def test_interrupt_leaves_no_partial_output(kernel: Kernel, broken_tree: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(omatic.build, "_run_make", interrupted)
+    req = BuildRequest(driver="fixbad", kernel=kernel, out_root=tmp_path / "out", jobs=2,
+                       kernel_tree=broken_tree)
+    with pytest.raises(KeyboardInterrupt):
+        build_driver(req)
+    assert [p.name for p in (tmp_path / "out" / kernel.release).iterdir()] == [".fixbad.lock"]
+
+
+@kbuild
+def test_unknown_driver_suggests_near_names(kernel: Kernel, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UnknownDriverError, match="did you mean e1000, e1000e"):
+        build_driver(BuildRequest(driver="e1000x", kernel=kernel, out_root=tmp_path))
+    assert main(["build", "e1000x", "--kernel", kernel.release, "--out", str(tmp_path)]) == 1
+    assert "did you mean" in capsys.readouterr().err
+
+
+@kbuild
+def test_dry_run_prints_commands_and_runs_nothing(kernel: Kernel, tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert main(["build", "e1000e", "--kernel", kernel.release, "--out", str(tmp_path / "o"),
+                 "--dry-run"], out=out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith(f"make -C {kernel.build_dir} M=")
+    assert "KBUILD_EXTRA_SYMBOLS=" in lines[-1] and "CONFIG_E1000E=m" in lines[-1]
+    assert not (tmp_path / "o").exists()
+
+
+@unit
+def test_kernel_without_headers_names_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build", "e1000e", "--kernel", "5.10.0-99-amd64"]) == 1
+    err = capsys.readouterr().err
+    assert "install the Debian package linux-headers-5.10.0-99-amd64" in err
+
+
+@unit
+def test_output_that_cannot_be_written_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    req = BuildRequest(driver="e1000e", kernel=Kernel("0.0.0-test", tmp_path),
+                       out_root=tmp_path / "file")
+    with pytest.raises(OutputError) as err:
+        build_driver(req)
+    assert err.value.exit_code == 1
+
+
+@unit
+def test_a_second_build_of_the_same_target_waits(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    lock = tmp_path / ".e1000e.lock"
+    order = []
+    with file_lock(lock):
+        def second() -> None:
+            with file_lock(lock, "waiting for another build of e1000e"):
+                order.append("second")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"]
+    assert "waiting for another build of e1000e" in capsys.readouterr().out
