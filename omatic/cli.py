@@ -147,13 +147,15 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _print_build(result: Any, manifest: Any, out: TextIO) -> None:
+    from omatic.verify import report_lines
+
     report = result.report
     totals = report["rewrite"]["totals"]
     state = "up to date" if result.up_to_date else "built"
     out.write(f"{report['driver']} for {report['kernel']['release']}: {state} in "
               f"{result.out_dir} ({totals['sites']} site(s), "
               f"{totals['by_action'].get('rewrite', 0)} rewritten)\n")
-    for line in report["verify"].get("lines", []):
+    for line in report_lines(report["verify"]):
         out.write(f"  {line}\n")
     if manifest is not None and manifest.limits:
         out.write(f"  note: {manifest.limits}\n")

@@ -99,9 +99,14 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         """One line per check: `<file>: <check>: <status>[: details; ...]`."""
-        return [f"{module.path.name}: {check.name}: {check.status}"
-                + (f": {'; '.join(check.details)}" if check.details else "")
-                for module in self.modules for check in module.checks]
+        return report_lines(self.to_json())
+
+
+def report_lines(report: Mapping[str, Any]) -> list[str]:
+    """The lines of VerifyReport.lines() from its JSON form (as a build's report keeps it)."""
+    return [f"{Path(module['path']).name}: {check['name']}: {check['status']}"
+            + (f": {'; '.join(check['details'])}" if check["details"] else "")
+            for module in report["modules"] for check in module["checks"]]
 
 
 @dataclass(frozen=True)
