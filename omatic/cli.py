@@ -193,6 +193,62 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if verdict.ok else 2
 
 
+def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.drivers import resolve
+    from omatic.lab import GuestError, LabConfig, run_lab
+    from omatic.progress import Progress
+
+    name, manifest = resolve(args.driver)
+    model = args.nic_model or (manifest.nic_model if manifest else "")
+    if not model:
+        raise UserError(f"no QEMU NIC model known for {name}: pass --nic-model "
+                        "(qemu-system-x86_64 -device help lists them)")
+    results, code = [], 0
+    for kernel in _kernels_of(args.kernel):
+        config = LabConfig(driver=name, kernel=kernel, nic_model=model, frames=args.frames,
+                           out_root=Path(args.out), jobs=args.jobs or os.cpu_count() or 1,
+                           keep=args.keep, timeout=args.timeout, accel=args.accel)
+        progress = Progress(f"lab {name} {kernel.release}")
+        try:
+            result = run_lab(config, progress.step)
+        except GuestError as err:
+            if not args.json:
+                raise
+            print(f"pfq-omatic: error: {err}", file=sys.stderr)
+            results.append(json.loads((config.out_dir / "lab.json").read_text()))
+            code = 2
+            continue
+        code = max(code, 0 if result.ok else 2)
+        results.append(result.report)
+        if not args.json:
+            _print_lab(result.report, out)
+    if args.json:
+        _print_json({"driver": name, "labs": results}, out)
+    return code
+
+
+def _print_lab(report: dict[str, Any], out: TextIO) -> None:
+    checks = report["checks"]
+    out.write(f"{report['driver']} on {report['kernel']} ({report['nic_model']}, "
+              f"{report['accel']}): booted in {report['boot_seconds']} s, guest ran "
+              f"{report['guest_seconds']} s\n")
+    for phase in ("pass", "tap", "capture", "reload"):
+        c = checks[phase]
+        if not c.get("ran"):
+            continue
+        n, r = c["counters"], c["replies"]
+        pcap = f" pcap={c['pcap']['frames']} equal={c['pcap']['equal_to_sent']}" \
+            if "pcap" in c else ""
+        out.write(f"  {phase:8} sent={c['sent']['frames']} rx={n['rx_packets']} "
+                  f"hooks={n['packets']} to_stack={n['to_stack']} captured={n['captured']} "
+                  f"arp_replies={r['arp-reply']} echo_replies={r['echo-reply']}{pcap}\n")
+    for failure in report["failures"]:
+        out.write(f"  FAIL {failure}\n")
+    if report["console_log"]:
+        out.write(f"  console log: {report['console_log']}\n")
+    out.write(f"  {'ok' if report['ok'] else 'LAB FAILED'}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pfq-omatic",
@@ -237,6 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pfq.ko's Module.symvers (default: build or reuse the cached pfq.ko)")
     p.add_argument("--report", metavar="FILE",
                    help="the build's report.json (default: report.json beside the first KO)")
+
+    p = add("lab", cmd_lab, "boot Debian's kernel in QEMU with pfq.ko and the accelerated "
+                            "driver, inject frames and check every PFQ mode")
+    p.add_argument("driver", metavar="DRIVER", help="module name, e.g. e1000e, virtio_net")
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="release, series (6.1) or build dir; repeat for several "
+                        "(default as for build)")
+    p.add_argument("--nic-model", metavar="MODEL",
+                   help="QEMU -device model (default: the driver manifest's nic_model)")
+    p.add_argument("--frames", type=_jobs, default=100, metavar="N",
+                   help="frames injected per phase (default: 100)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the console log and pcaps even when the lab passes")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="output root: DIR/<kernel>/<driver>/lab.json (default: out)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="seconds before a guest counts as hung (default: 120)")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
+                   help="auto: KVM only if a probe boots a kernel with it, else TCG")
     return parser
 
 

@@ -1,0 +1,542 @@
+"""`pfq-omatic lab`: prove an accelerated driver in a QEMU guest booting Debian's kernel.
+
+One run: build (or reuse) pfq.ko and the accelerated driver, make an initramfs with
+busybox, those modules and the in-tree modules they need (never the in-tree copy of the
+driver), boot `/boot/vmlinuz-RELEASE` with the driver's NIC model on a dgram netdev bound
+to 127.0.0.1, and drive the guest's /init (templates/lab-init.sh.j2) over the serial
+console. For each phase the guest announces, the host injects frames (omatic.frames) and
+counts the guest's replies; the guest reports PFQ's counters, the NIC's rx_packets and
+the pcap stream. The host then checks:
+
+- bind: the NIC is bound to our module (sysfs driver link, pfq holds it, same build id);
+- pass: every frame the NIC received crossed a hook, and ARP and ping are answered;
+- tap: the pcap holds exactly the frames sent, byte for byte, and replies still come;
+- capture: the pcap holds them and the guest answers nothing;
+- dmesg: no Oops, BUG, WARNING, call trace or module version/symbol complaint;
+- reload: rmmod driver and pfq, insmod both, traffic passes again.
+
+QEMU runs under TCG unless a quick probe shows KVM boots a kernel (nested KVM can hang),
+is killed in a `finally`, and everything has a timeout. The report goes to
+`OUT/<release>/<driver>/lab.json`; the console log is kept beside it on failure or on
+request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shlex
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
+
+from omatic import __version__, frames
+from omatic.errors import BuildError, InfraError, UserError
+from omatic.kernel import Kernel
+from omatic.templates import render
+from omatic.vm import (
+    GuestModule,
+    build_initramfs,
+    check_nic_model,
+    choose_accel,
+    in_tree_needs,
+    kill,
+    qemu_binary,
+    qemu_command,
+    read_modules_dep,
+    udp_ports,
+)
+
+#: dmesg lines that fail the lab.
+DMESG_BAD = ("Oops", "BUG:", "WARNING:", "Call Trace", "disagrees about version",
+             "Unknown symbol")
+#: The phases of the guest's /init besides "reload": name and PFQ mode.
+PHASES = (("pass", "pass"), ("tap", "tap"), ("capture", "capture"))
+#: Seconds between two injected frames: the emulated NICs have 256 RX descriptors or
+#: fewer and the guest is slow under TCG; do not outrun them.
+FRAME_GAP = 0.001
+#: Lines of the console log shown with a failure.
+TAIL_LINES = 15
+
+
+class NoBootImageError(InfraError):
+    template = ("no boot image for kernel {release} ({path} is missing); install the Debian "
+                "package linux-image-{release}")
+
+
+class GuestError(BuildError):
+    """The guest failed in a way that stops the lab; the console log is kept."""
+
+    template = ("{what} ({driver} on {release}, NIC model {model}); console log: {log}\n"
+                "last lines of the console:\n{tail}")
+
+
+class GuestHangError(GuestError):
+    template = ("the guest hung: no end after {seconds:.0f} s ({driver} on {release}, NIC "
+                "model {model}); QEMU was killed. Console log: {log}\n"
+                "last lines of the console:\n{tail}")
+
+
+class GuestPanicError(GuestError):
+    template = ("the guest kernel panicked ({driver} on {release}, NIC model {model}); "
+                "console log: {log}\nlast lines of the console:\n{tail}")
+
+
+class BindError(GuestError):
+    template = ("{driver} loaded but no network device is bound to it on {release} with "
+                "NIC model {model} (found: {found}); is {model} a device {driver} drives? "
+                "Console log: {log}")
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """What to prove, and how."""
+
+    #: Module name of the driver ("e1000e").
+    driver: str
+    kernel: Kernel
+    #: QEMU -device model of the NIC ("e1000e", "virtio-net-pci").
+    nic_model: str
+    #: Frames injected per phase.
+    frames: int = 100
+    #: Root of the outputs: OUT/<release>/<driver>/ holds the build and lab.json.
+    out_root: Path = Path("out")
+    #: Make jobs for a build that is not up to date.
+    jobs: int = os.cpu_count() or 1
+    #: Keep the console log (and pcaps) even when every check holds.
+    keep: bool = False
+    #: Seconds from QEMU's start to the guest's end before it counts as hung.
+    timeout: float = 120.0
+    #: "auto" (KVM if the probe shows it boots, else TCG), "tcg" or "kvm".
+    accel: str = "auto"
+    #: Guest memory in MiB.
+    memory: int = 256
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out_root / self.kernel.release / self.driver
+
+    @property
+    def ring_slots(self) -> int:
+        """pfq.ko's ring size: large enough to hold a whole phase."""
+        return max(1024, self.frames)
+
+
+@dataclass
+class LabResult:
+    """The outcome of one lab run: `report` is what lab.json holds."""
+
+    report: dict[str, Any]
+    out_dir: Path
+    console_log: Path | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report.get("ok"))
+
+
+Step = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def _quiet_step(name: str) -> Iterator[None]:
+    yield
+
+
+# --- modules -------------------------------------------------------------------------
+
+
+def build_id(ko: Path) -> str:
+    """The GNU build id of a module (hex), "" if it has none: the guest reads the same
+    bytes from /sys/module/NAME/notes/.note.gnu.build-id."""
+    with open(ko, "rb") as f:
+        section = ELFFile(f).get_section_by_name(".note.gnu.build-id")
+        if not isinstance(section, NoteSection):
+            return ""
+        for note in section.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID":
+                return str(note["n_desc"])
+    return ""
+
+
+def _modinfo(ko: Path) -> dict[str, list[str]]:
+    from omatic.modfile import KernelModule
+
+    return KernelModule(ko).modinfo()
+
+
+def guest_modules(driver: str, kernel: Kernel, pfq_ko: Path,
+                  built: list[Path]) -> tuple[list[GuestModule], list[GuestModule]]:
+    """(in-tree modules to load first, ours to load after: pfq, helpers, the driver)."""
+    from omatic.vm import module_name
+
+    ours = [GuestModule("pfq", pfq_ko, "modules/pfq.ko", built=True)]
+    for ko in sorted(built, key=lambda p: module_name(p) == driver):
+        ours.append(GuestModule(module_name(ko), ko, f"modules/{module_name(ko)}.ko",
+                                built=True))
+    depends = [d for ko in built for line in _modinfo(ko).get("depends", [])
+               for d in line.split(",") if d]
+    deps = read_modules_dep(kernel)
+    names = in_tree_needs(depends, deps, {m.name for m in ours})
+    first = [GuestModule(n, deps[n][0], f"modules/{n}.ko", built=False) for n in names]
+    return first, ours
+
+
+# --- the console session -------------------------------------------------------------
+
+
+@dataclass
+class _Phase:
+    burst: frames.Burst
+    guest: dict[str, Any] = field(default_factory=dict)
+    replies: dict[str, int] = field(default_factory=lambda: {"arp-reply": 0, "echo-reply": 0,
+                                                             "other": 0})
+    pcap: bytes | None = None
+
+
+class _Session:
+    """Follows the guest's console lines and answers them: injects the frames of each
+    phase it announces, counts the replies, collects reports, pcaps and dmesg lines."""
+
+    def __init__(self, sock: socket.socket, guest_port: int, start: float) -> None:
+        self.sock = sock
+        self.guest_port = guest_port
+        self.start = start
+        self.events: list[dict[str, Any]] = []
+        self.phases: dict[str, _Phase] = {}
+        self.binds: dict[str, dict[str, Any]] = {}
+        self.dmesg: list[str] = []
+        self.failure: dict[str, Any] | None = None
+        self.unbound: dict[str, Any] | None = None
+        self.boot_seconds: float | None = None
+        self.ended = False
+        self._pcap: tuple[str, list[str]] | None = None
+        self._seq = 0
+
+    def _drain(self, phase: _Phase | None) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            if phase is not None:
+                phase.replies[frames.classify(data)] += 1
+
+    def feed(self, line: str) -> None:
+        if self._pcap is not None:
+            name, lines = self._pcap
+            if line.startswith("OMATIC-PCAP-END"):
+                import base64
+
+                self.phases[name].pcap = base64.b64decode("".join(lines))
+                self._pcap = None
+            else:
+                lines.append(line.strip())
+            return
+        if line.startswith("OMATIC-DMESG "):
+            self.dmesg.append(line.removeprefix("OMATIC-DMESG "))
+        elif line.startswith("OMATIC-PCAP-BEGIN "):
+            self._pcap = (line.split()[1], [])
+        elif line.startswith("OMATIC {"):
+            try:
+                event = json.loads(line.removeprefix("OMATIC "))
+            except ValueError:
+                return
+            self.events.append(event)
+            self._event(event)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "boot":
+            self.boot_seconds = round(time.monotonic() - self.start, 2)
+        elif kind == "bind":
+            self.binds[event["phase"]] = event
+        elif kind == "unbound":
+            self.unbound = event
+        elif kind == "fail":
+            self.failure = event
+        elif kind == "ready":
+            phase = _Phase(frames.burst(int(event["frames"]), self._seq))
+            self._seq += len(phase.burst.frames)
+            self.phases[event["phase"]] = phase
+            self._drain(None)
+            for frame in phase.burst.frames:
+                self.sock.sendto(frame, ("127.0.0.1", self.guest_port))
+                time.sleep(FRAME_GAP)
+        elif kind == "phase":
+            phase = self.phases[event["phase"]]
+            phase.guest = event
+            time.sleep(0.2)
+            self._drain(phase)
+        elif kind == "end":
+            self.ended = True
+
+
+def _tail(log: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return "(no console log)"
+    kept = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
+    return "\n".join("  " + line for line in kept[-lines:]) or "  (the console is empty)"
+
+
+def _run_guest(cmd: list[str], sock: socket.socket, guest_port: int, log: Path,
+               timeout: float) -> tuple[_Session, int | None, str, float]:
+    """Run QEMU, feeding its console to a session until the guest ends, QEMU exits or
+    `timeout` passes. Returns (session, QEMU's exit status or None if it was killed,
+    QEMU's stderr, seconds). QEMU never outlives this call."""
+    start = time.monotonic()
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    stderr: list[bytes] = []
+    session = _Session(sock, guest_port, start)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout, proc.stderr
+
+        def pump() -> None:
+            for raw in out:
+                lines.put(raw)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        threading.Thread(target=lambda: stderr.append(err.read()), daemon=True).start()
+        with open(log, "wb") as console:
+            while not session.ended:
+                left = start + timeout - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    raw = lines.get(timeout=min(left, 1.0))
+                except queue.Empty:
+                    continue
+                if raw is None:
+                    break
+                console.write(raw)
+                console.flush()
+                session.feed(raw.decode(errors="replace").rstrip("\r\n"))
+        if session.ended:  # the guest powers off by itself
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        status = proc.poll()
+    finally:
+        kill(proc)
+    return session, status, b"".join(stderr).decode(errors="replace"), time.monotonic() - start
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def _deltas(guest: dict[str, Any]) -> dict[str, int]:
+    before, after = guest.get("before", {}), guest.get("after", {})
+    return {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in after}
+
+
+def _check_phase(name: str, phase: _Phase | None, n: int) -> tuple[dict[str, Any], list[str]]:
+    """The figures of one phase and what is wrong with them."""
+    if phase is None or not phase.guest:
+        return {"ran": False}, [f"{name}: the guest never reported this phase"]
+    d = _deltas(phase.guest)
+    mode = phase.guest["mode"]
+    b = phase.burst
+    problems = []
+    if d["rx_packets"] != n:
+        problems.append(f"the NIC received {d['rx_packets']} of {n} frames")
+    if d["packets"] != d["rx_packets"]:
+        problems.append(f"PFQ's hooks counted {d['packets']} frames, the NIC received "
+                        f"{d['rx_packets']}")
+    want_stack, want_captured = {"pass": (n, 0), "tap": (n, n), "capture": (0, n)}[mode]
+    if d["to_stack"] != want_stack:
+        problems.append(f"to_stack={d['to_stack']}, expected {want_stack}")
+    if d["captured"] != want_captured or d["dropped"] != 0:
+        problems.append(f"captured={d['captured']} dropped={d['dropped']}, expected "
+                        f"captured={want_captured} dropped=0")
+    replies = phase.replies
+    if mode == "capture":
+        if replies["arp-reply"] or replies["echo-reply"]:
+            problems.append(f"the guest answered in capture mode: {replies['arp-reply']} ARP "
+                            f"and {replies['echo-reply']} echo replies")
+    elif (replies["arp-reply"], replies["echo-reply"]) != (b.arp, b.icmp):
+        problems.append(f"{replies['arp-reply']}/{b.arp} ARP replies and "
+                        f"{replies['echo-reply']}/{b.icmp} echo replies came back")
+    figures: dict[str, Any] = {
+        "ran": True, "mode": mode, "sent": {"frames": n, "arp": b.arp, "icmp": b.icmp,
+                                            "udp": b.udp},
+        "counters": d, "replies": dict(replies), "waited_s": phase.guest["waited_ticks"] / 10,
+    }
+    if mode != "pass":
+        if phase.pcap is None:
+            problems.append("no pcap stream came back")
+        else:
+            try:
+                got = frames.read_pcap(phase.pcap)
+            except frames.PcapError as err:
+                problems.append(f"the pcap stream is unreadable: {err}")
+                got = []
+            diff = frames.first_difference(b.frames, got)
+            figures["pcap"] = {"bytes": len(phase.pcap), "frames": len(got),
+                               "equal_to_sent": not diff}
+            if diff:
+                problems.append(f"the pcap is not what was sent: {diff}")
+    return figures, [f"{name}: {p}" for p in problems]
+
+
+def _check_bind(name: str, bind: dict[str, Any] | None, driver: str, want_id: str,
+                want_src: str) -> tuple[dict[str, Any], list[str]]:
+    if bind is None:
+        return {"bound": False}, [f"bind ({name}): no device bound to {driver}"]
+    problems = []
+    if bind["module"] != driver:
+        problems.append(f"the device's module is {bind['module']}, not {driver}")
+    if bind["pfq_holder"] != 1:
+        problems.append(f"pfq does not hold {driver}: the in-tree module is loaded?")
+    if not want_id or not bind["build_id"].endswith(want_id):
+        problems.append(f"build id in the guest {bind['build_id'][-40:] or '-'} != built "
+                        f"{want_id or '-'}")
+    if want_src and bind["srcversion"] != want_src:
+        problems.append(f"srcversion {bind['srcversion']!r} != built {want_src!r}")
+    figures = {"bound": True, "iface": bind["iface"], "module": bind["module"],
+               "build_id": want_id, "build_id_matches": bool(want_id) and
+               bind["build_id"].endswith(want_id),
+               "srcversion": bind["srcversion"] or None,
+               "srcversion_checked": bool(want_src), "pfq_holder": bind["pfq_holder"] == 1,
+               "taint": bind["taint"]}
+    return figures, [f"bind ({name}): {p}" for p in problems]
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def run_lab(config: LabConfig, step: Step = _quiet_step) -> LabResult:
+    """Build what is needed, boot the guest, inject, check; see the module docstring.
+    Returns the result (ok or not); raises a GuestError when the guest could not be
+    driven to the end (hang, panic, no bound device, a failed insmod)."""
+    from omatic.build import BuildRequest, build_driver, ensure_kmod
+
+    if config.frames < 5 or config.frames > 100_000:
+        raise UserError(f"--frames {config.frames}: expected 5 to 100000")
+    qemu = qemu_binary()
+    check_nic_model(qemu, config.nic_model)
+    vmlinuz = config.kernel.boot_image
+    if vmlinuz is None:
+        raise NoBootImageError(release=config.kernel.release,
+                               path=f"/boot/vmlinuz-{config.kernel.release}")
+    with step("build"):
+        built = build_driver(BuildRequest(driver=config.driver, kernel=config.kernel,
+                                          out_root=config.out_root, jobs=config.jobs))
+        if not built.ok:
+            raise BuildError(f"{config.driver} for {config.kernel.release} does not verify; "
+                             f"see {built.out_dir / 'report.json'}")
+        kmod = ensure_kmod(config.kernel, config.jobs)
+    driver_ko = built.out_dir / f"{config.driver}.ko"
+    deps, ours = guest_modules(config.driver, config.kernel, kmod.ko, built.modules)
+    want_id = build_id(driver_ko)
+    want_src = (_modinfo(driver_ko).get("srcversion") or [""])[0]
+    with step("accelerator"):
+        accel, accel_why = choose_accel(qemu, config.accel, vmlinuz)
+    out_dir = built.out_dir
+    log = out_dir / "lab-console.log"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pfq-omatic-lab-") as tmp, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        host_port, guest_port = udp_ports(sock)
+        initrd = Path(tmp) / "initrd.cpio"
+        init = render("lab-init.sh.j2", driver=config.driver, release=config.kernel.release,
+                      frames=config.frames, wait_ticks=150, ring_slots=config.ring_slots,
+                      ours=ours, deps=deps, phases=PHASES,
+                      guest_ip=frames.ip_text(frames.GUEST_IP),
+                      host_ip=frames.ip_text(frames.HOST_IP),
+                      host_mac=frames.mac_text(frames.HOST_MAC),
+                      dmesg_pattern="|".join(DMESG_BAD))
+        with step("initramfs"):
+            build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
+        cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
+                           host_port, config.memory)
+        with step(f"boot ({accel})"):
+            session, status, stderr, seconds = _run_guest(cmd, sock, guest_port, log,
+                                                          config.timeout)
+    report: dict[str, Any] = {
+        "tool": "pfq-omatic", "version": __version__, "driver": config.driver,
+        "kernel": config.kernel.release, "nic_model": config.nic_model,
+        "frames_per_phase": config.frames, "accel": accel, "accel_reason": accel_why,
+        "qemu": {"command": shlex.join(cmd), "exit": status,
+                 "ports": {"guest": guest_port, "host": host_port}},
+        "modules": {"in_tree": [m.name for m in deps], "ours": [m.name for m in ours]},
+        "boot_seconds": session.boot_seconds, "guest_seconds": round(seconds, 2),
+        "total_seconds": round(time.monotonic() - started, 2),
+    }
+    ctx: dict[str, Any] = {"driver": config.driver, "release": config.kernel.release,
+           "model": config.nic_model, "log": log, "tail": _tail(log)}
+    error: GuestError | None = None
+    console = log.read_text(errors="replace") if log.exists() else ""
+    if "Kernel panic" in console:
+        error = GuestPanicError(**ctx)
+    elif session.failure is not None and session.failure.get("step") == "bind":
+        found = session.unbound or {}
+        error = BindError(found=f"interfaces:{found.get('nets') or ' none'}; NICs (PCI "
+                                f"vendor:device=driver):{found.get('nics') or ' none'}", **ctx)
+    elif session.failure is not None:
+        f = session.failure
+        error = GuestError(what=f"the guest failed at {f.get('step')} {f.get('detail')}",
+                           **ctx)
+    elif not session.ended and status is None:
+        error = GuestHangError(seconds=config.timeout, **ctx)
+    elif not session.ended:
+        error = GuestError(what=f"QEMU exited ({status}) before the guest ended: "
+                                f"{stderr.strip()[-500:] or 'no message'}", **ctx)
+    failures: list[str] = []
+    checks: dict[str, Any] = {}
+    for name in ("first", "reload"):
+        checks[f"bind_{name}"], problems = _check_bind(name, session.binds.get(name),
+                                                       config.driver, want_id, want_src)
+        failures += problems
+    for name in [p for p, _ in PHASES] + ["reload"]:
+        checks[name], problems = _check_phase(name, session.phases.get(name), config.frames)
+        failures += problems
+    checks["dmesg"] = {"bad_lines": session.dmesg}
+    failures += [f"dmesg: {line}" for line in session.dmesg]
+    if error is not None:
+        failures.insert(0, str(error).splitlines()[0])
+    report["checks"] = checks
+    report["failures"] = failures
+    report["ok"] = not failures
+    keep = config.keep or bool(failures)
+    report["console_log"] = str(log) if keep else None
+    if keep:
+        for name, phase in session.phases.items():
+            (out_dir / f"lab-{name}-sent.pcap").write_bytes(frames.write_pcap(phase.burst.frames))
+            if phase.pcap is not None:
+                (out_dir / f"lab-{name}.pcap").write_bytes(phase.pcap)
+    else:
+        log.unlink(missing_ok=True)
+    _write_atomic(out_dir / "lab.json", json.dumps(report, indent=1) + "\n")
+    if error is not None:
+        raise error
+    return LabResult(report=report, out_dir=out_dir, console_log=log if keep else None,
+                     failures=failures)
