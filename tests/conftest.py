@@ -17,6 +17,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 KERNEL_SERIES = ("6.1", "6.12")
 
 
+TIERS = ("unit", "kbuild", "vm")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test belongs to a tier: `make test` selects by tier, so an unmarked test would
+    silently never run."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            raise pytest.UsageError(f"{item.nodeid} has no tier marker ({', '.join(TIERS)})")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """HOME and the XDG dirs point into a temp dir: no test reads or fills the user's."""
