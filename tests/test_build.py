@@ -164,3 +164,42 @@ def test_a_second_build_of_the_same_target_waits(tmp_path: Path,
     thread.join(5)
     assert order == ["first done", "second"]
     assert "waiting for another build of e1000e" in capsys.readouterr().out
+
+
+GOOD = """\
+// SPDX-License-Identifier: GPL-2.0
+#include <linux/module.h>
+#include <linux/netdevice.h>
+
+int fixgood_rx(struct sk_buff *skb);
+int fixgood_rx(struct sk_buff *skb)
+{
+	return netif_rx(skb);
+}
+EXPORT_SYMBOL_GPL(fixgood_rx);
+MODULE_LICENSE("GPL");
+"""
+
+
+@kbuild
+@pytest.mark.parametrize("origin", ["kernel_tree", "source_dir"])
+def test_build_from_a_tree_or_an_out_of_tree_dir(kernel: Kernel, tmp_path: Path,
+                                                 origin: str) -> None:
+    if origin == "kernel_tree":
+        where = tmp_path / "linux"
+        driver_dir = where / "drivers/net/fixgood"
+        makefile = "obj-$(CONFIG_FIXGOOD) += fixgood.o\n"
+    else:
+        where = driver_dir = tmp_path / "fixgood-1.0"
+        makefile = "obj-m := fixgood.o\n"
+    driver_dir.mkdir(parents=True)
+    (driver_dir / "Makefile").write_text(makefile)
+    (driver_dir / "fixgood.c").write_text(GOOD)
+    req = BuildRequest(driver="fixgood", kernel=kernel, out_root=tmp_path / "out", jobs=2,
+                       **{origin: where})
+    result = build_driver(req)
+    assert result.ok, result.report["verify"]
+    assert result.report["source"]["origin"] == {"kernel_tree": "tree", "source_dir": "dir"}[origin]
+    module = KernelModule(result.out_dir / "fixgood.ko")
+    assert "pfq_netif_rx" in module.undefined() and "netif_rx" not in module.undefined()
+    assert (driver_dir / "fixgood.c").read_text() == GOOD  # the user's tree is only read
