@@ -177,7 +177,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     rewrite = None
     if report_path.is_file():
         try:
-            rewrite = json.loads(report_path.read_text()).get("rewrite")
+            data = json.loads(report_path.read_text())
+            # A build's report.json holds the rewrite under "rewrite"; patch's is the rewrite.
+            rewrite = data.get("rewrite", data) if isinstance(data, dict) else None
         except ValueError:
             raise UserError(f"{report_path}: not a pfq-omatic report (bad JSON)") from None
     elif args.report:

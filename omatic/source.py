@@ -16,6 +16,7 @@ the files it includes by relative path, transitively.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import fcntl
 import hashlib
@@ -273,7 +274,7 @@ class TarballCache:
             return {k: ModuleDef(**{**v, "objects": tuple(v["objects"]),
                                     "lines": tuple(v["lines"])}) for k, v in raw.items()}
         index = index_modules(self.tree)
-        memo.write_text(json.dumps({k: m.__dict__ for k, m in index.items()}))
+        memo.write_text(json.dumps({k: dataclasses.asdict(m) for k, m in index.items()}))
         return index
 
     def tree_for(self, module: ModuleDef) -> Path:

@@ -203,3 +203,25 @@ def test_build_from_a_tree_or_an_out_of_tree_dir(kernel: Kernel, tmp_path: Path,
     module = KernelModule(result.out_dir / "fixgood.ko")
     assert "pfq_netif_rx" in module.undefined() and "netif_rx" not in module.undefined()
     assert (driver_dir / "fixgood.c").read_text() == GOOD  # the user's tree is only read
+
+
+@kbuild
+def test_verify_command_passes_a_build_and_fails_a_tampered_copy(
+        kernel: Kernel, out_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = build_driver(BuildRequest(driver="e1000e", kernel=kernel, out_root=out_root, jobs=2))
+    ko = result.out_dir / "e1000e.ko"
+    out = io.StringIO()
+    assert main(["verify", str(ko), "--kernel", kernel.release, "--json"], out=out) == 0
+    checks = {c["name"]: c["status"] for c in json.loads(out.getvalue())["modules"][0]["checks"]}
+    assert checks["entry-points"] == "pass"  # from the report.json beside the module
+    # The same module with its depends entry renamed: the kernel would not load pfq first.
+    data = ko.read_bytes()
+    assert data.count(b"depends=pfq\0") == 1
+    tampered = tmp_path / "e1000e.ko"
+    tampered.write_bytes(data.replace(b"depends=pfq\0", b"depends=pfx\0"))
+    out = io.StringIO()
+    assert main(["verify", str(tampered), "--kernel", kernel.release,
+                 "--pfq-symvers", result.report["kmod"]["symvers"]], out=out) == 2
+    assert "e1000e.ko: depends: fail" in out.getvalue()
+    assert main(["verify", str(tmp_path / "missing.ko")]) == 1
+    assert "no such module file" in capsys.readouterr().err
