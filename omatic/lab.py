@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shlex
 import socket
 import subprocess
@@ -89,8 +90,8 @@ class GuestHangError(GuestError):
 
 
 class GuestPanicError(GuestError):
-    template = ("the guest kernel panicked ({driver} on {release}, NIC model {model}); "
-                "console log: {log}\nlast lines of the console:\n{tail}")
+    template = ("the guest kernel panicked ({driver} on {release}, NIC model {model}): "
+                "{panic}\nconsole log: {log}\nlast lines of the console:\n{tail}")
 
 
 class BindError(GuestError):
@@ -122,6 +123,8 @@ class LabConfig:
     accel: str = "auto"
     #: Guest memory in MiB.
     memory: int = 256
+    #: Seconds the guest waits in each phase for its frames to be counted.
+    phase_wait: float = 15.0
 
     @property
     def out_dir(self) -> Path:
@@ -206,14 +209,15 @@ class _Phase:
     pcap: bytes | None = None
 
 
-class _Session:
+class Session:
     """Follows the guest's console lines and answers them: injects the frames of each
     phase it announces, counts the replies, collects reports, pcaps and dmesg lines."""
 
-    def __init__(self, sock: socket.socket, guest_port: int, start: float) -> None:
+    def __init__(self, sock: socket.socket, guest_port: int) -> None:
         self.sock = sock
         self.guest_port = guest_port
-        self.start = start
+        #: When QEMU started (set by run_guest).
+        self.start = time.monotonic()
         self.events: list[dict[str, Any]] = []
         self.phases: dict[str, _Phase] = {}
         self.binds: dict[str, dict[str, Any]] = {}
@@ -233,6 +237,10 @@ class _Session:
                 return
             if phase is not None:
                 phase.replies[frames.classify(data)] += 1
+
+    def send(self, frame: bytes) -> None:
+        """One frame to the guest's NIC: one datagram to QEMU's end of the netdev."""
+        self.sock.sendto(frame, ("127.0.0.1", self.guest_port))
 
     def feed(self, line: str) -> None:
         if self._pcap is not None:
@@ -255,9 +263,9 @@ class _Session:
             except ValueError:
                 return
             self.events.append(event)
-            self._event(event)
+            self.on_event(event)
 
-    def _event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "boot":
             self.boot_seconds = round(time.monotonic() - self.start, 2)
@@ -273,7 +281,7 @@ class _Session:
             self.phases[event["phase"]] = phase
             self._drain(None)
             for frame in phase.burst.frames:
-                self.sock.sendto(frame, ("127.0.0.1", self.guest_port))
+                self.send(frame)
                 time.sleep(FRAME_GAP)
         elif kind == "phase":
             phase = self.phases[event["phase"]]
@@ -293,15 +301,15 @@ def _tail(log: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join("  " + line for line in kept[-lines:]) or "  (the console is empty)"
 
 
-def _run_guest(cmd: list[str], sock: socket.socket, guest_port: int, log: Path,
-               timeout: float) -> tuple[_Session, int | None, str, float]:
-    """Run QEMU, feeding its console to a session until the guest ends, QEMU exits or
-    `timeout` passes. Returns (session, QEMU's exit status or None if it was killed,
-    QEMU's stderr, seconds). QEMU never outlives this call."""
+def run_guest(cmd: list[str], session: Session, log: Path,
+              timeout: float) -> tuple[int | None, str, float]:
+    """Run QEMU, feeding its console to `session` until the guest ends, QEMU exits or
+    `timeout` passes. Returns (QEMU's exit status or None if it was killed, QEMU's
+    stderr, seconds). QEMU never outlives this call."""
     start = time.monotonic()
+    session.start = start
     lines: queue.Queue[bytes | None] = queue.Queue()
     stderr: list[bytes] = []
-    session = _Session(sock, guest_port, start)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
@@ -335,7 +343,7 @@ def _run_guest(cmd: list[str], sock: socket.socket, guest_port: int, log: Path,
         status = proc.poll()
     finally:
         kill(proc)
-    return session, status, b"".join(stderr).decode(errors="replace"), time.monotonic() - start
+    return status, b"".join(stderr).decode(errors="replace"), time.monotonic() - start
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -468,19 +476,20 @@ def run_lab(config: LabConfig, step: Step = _quiet_step) -> LabResult:
         host_port, guest_port = udp_ports(sock)
         initrd = Path(tmp) / "initrd.cpio"
         init = render("lab-init.sh.j2", driver=config.driver, release=config.kernel.release,
-                      frames=config.frames, wait_ticks=150, ring_slots=config.ring_slots,
+                      frames=config.frames, wait_ticks=round(config.phase_wait * 10),
+                      ring_slots=config.ring_slots,
                       ours=ours, deps=deps, phases=PHASES,
                       guest_ip=frames.ip_text(frames.GUEST_IP),
                       host_ip=frames.ip_text(frames.HOST_IP),
                       host_mac=frames.mac_text(frames.HOST_MAC),
-                      dmesg_pattern="|".join(DMESG_BAD))
+                      dmesg_pattern="|".join(DMESG_BAD), pps=False)
         with step("initramfs"):
             build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
                            host_port, config.memory)
         with step(f"boot ({accel})"):
-            session, status, stderr, seconds = _run_guest(cmd, sock, guest_port, log,
-                                                          config.timeout)
+            session = Session(sock, guest_port)
+            status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
     report: dict[str, Any] = {
         "tool": "pfq-omatic", "version": __version__, "driver": config.driver,
         "kernel": config.kernel.release, "nic_model": config.nic_model,
@@ -495,8 +504,9 @@ def run_lab(config: LabConfig, step: Step = _quiet_step) -> LabResult:
            "model": config.nic_model, "log": log, "tail": _tail(log)}
     error: GuestError | None = None
     console = log.read_text(errors="replace") if log.exists() else ""
-    if "Kernel panic" in console:
-        error = GuestPanicError(**ctx)
+    panic = re.search(r"Kernel panic - .*", console)
+    if panic is not None:
+        error = GuestPanicError(panic=panic[0].strip(), **ctx)
     elif session.failure is not None and session.failure.get("step") == "bind":
         found = session.unbound or {}
         error = BindError(found=f"interfaces:{found.get('nets') or ' none'}; NICs (PCI "
