@@ -36,10 +36,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The main job: build and verify an accelerated e1000e for the default kernel.
+# The main job: build and verify an accelerated e1000e for the default kernel, then
+# prove it in QEMU (every frame through PFQ, the stack intact, capture exact).
 demo: setup
 	$(BIN)/pfq-omatic kernels
 	$(BIN)/pfq-omatic build e1000e
+	$(BIN)/pfq-omatic lab e1000e
 
 lint: venv
 	$(BIN)/ruff check omatic tests bench
