@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from omatic.data import KMOD_DIR, PATCHES_DIR
 from omatic.errors import BuildError, InfraError, PathError, UserError
 from omatic.kbuild import KmodBuild, build_kmod
 from omatic.kernel import Kernel
+from omatic.progress import Step, quiet_step
 from omatic.rules import load_rules
 from omatic.source import (
     DriverSource,
@@ -84,14 +85,6 @@ class BuildResult:
     @property
     def ok(self) -> bool:
         return bool(self.report.get("verify", {}).get("ok"))
-
-
-Step = Callable[[str], contextlib.AbstractContextManager[None]]
-
-
-@contextlib.contextmanager
-def _quiet_step(name: str) -> Iterator[None]:
-    yield
 
 
 def _run_make(cmd: Sequence[str], log: Path) -> int:
@@ -250,7 +243,7 @@ def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str,
     return [*cmd, "modules"]
 
 
-def build_driver(req: BuildRequest, step: Step = _quiet_step) -> BuildResult:
+def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
     """Build, verify and write one accelerated driver; see the module docstring."""
     from omatic.verify import verify_modules
 

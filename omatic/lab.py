@@ -34,7 +34,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from elftools.elf.sections import NoteSection
 from omatic import __version__, frames
 from omatic.errors import BuildError, InfraError, UserError
 from omatic.kernel import Kernel
+from omatic.progress import Step, quiet_step
 from omatic.templates import render
 from omatic.vm import (
     GuestModule,
@@ -148,14 +148,6 @@ class LabResult:
     @property
     def ok(self) -> bool:
         return bool(self.report.get("ok"))
-
-
-Step = Callable[[str], contextlib.AbstractContextManager[None]]
-
-
-@contextlib.contextmanager
-def _quiet_step(name: str) -> Iterator[None]:
-    yield
 
 
 # --- modules -------------------------------------------------------------------------
@@ -441,7 +433,7 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def run_lab(config: LabConfig, step: Step = _quiet_step) -> LabResult:
+def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
     """Build what is needed, boot the guest, inject, check; see the module docstring.
     Returns the result (ok or not); raises a GuestError when the guest could not be
     driven to the end (hang, panic, no bound device, a failed insmod)."""

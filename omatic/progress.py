@@ -5,10 +5,19 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from rich.console import Console
+
+#: How a pipeline reports its steps: `with step("kbuild"): ...`.
+Step = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def quiet_step(name: str) -> Iterator[None]:
+    """A Step that reports nothing (library use, tests)."""
+    yield
 
 
 class Progress:
