@@ -116,9 +116,15 @@ def kmod_key(kernel: Kernel) -> str:
     return h.hexdigest()[:20]
 
 
-def ensure_kmod(kernel: Kernel, jobs: int) -> KmodBuild:
-    """pfq.ko for `kernel`, built once and kept in the cache."""
-    final = cache_root() / "kmod" / f"{kernel.release}-{kmod_key(kernel)}"
+def kmod_dir(kernel: Kernel) -> Path:
+    """Where the cache keeps pfq.ko for `kernel`: named by release and kmod_key."""
+    return cache_root() / "kmod" / f"{kernel.release}-{kmod_key(kernel)}"
+
+
+def ensure_kmod(kernel: Kernel, jobs: int, final: Path | None = None) -> KmodBuild:
+    """pfq.ko for `kernel`, built once and kept in the cache (at `final`, when the caller
+    already has kmod_dir(kernel))."""
+    final = final or kmod_dir(kernel)
     with file_lock(final.with_suffix(".lock"), f"waiting for another build of pfq.ko "
                                                 f"for {kernel.release}"):
         if (final / "pfq.ko").is_file() and (final / "Module.symvers").is_file():
@@ -150,12 +156,13 @@ def _stage(req: BuildRequest, dest: Path) -> DriverSource:
     return stage_from_tarball(tarball, req.driver, dest)
 
 
-def build_key(source: DriverSource, kernel: Kernel) -> str:
-    """The hash of every input of a driver build."""
+def build_key(source: DriverSource, kmod: Path) -> str:
+    """The hash of every input of a driver build; `kmod` is kmod_dir() of its kernel,
+    whose name carries the PFQ module's and the kernel's hash."""
     h = hashlib.sha256(__version__.encode())
     h.update(source.digest().encode())
     _hash_files(h, PATCHES_DIR, "*.toml")
-    h.update(kmod_key(kernel).encode())
+    h.update(kmod.name.encode())
     return h.hexdigest()
 
 
@@ -203,7 +210,7 @@ def _write_output(out_dir: Path, staged: Path) -> None:
 
 def dry_run_commands(req: BuildRequest) -> list[str]:
     """The commands a build would run, as shell lines (nothing is run)."""
-    kmod = cache_root() / "kmod" / f"{req.kernel.release}-{kmod_key(req.kernel)}"
+    kmod = kmod_dir(req.kernel)
     work = req.out_dir.parent / f".build-{req.driver}-XXXX"
     driver_dir, config = work / "accel" / "DRIVER_DIR", "CONFIG_DRIVER"
     cmds = []
@@ -271,7 +278,8 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
         try:
             with timed("source"):
                 source = _stage(req, work / "src")
-                key = build_key(source, req.kernel)
+                kmod_cache = kmod_dir(req.kernel)
+                key = build_key(source, kmod_cache)
             previous = out_dir / "report.json"
             if not req.force and previous.is_file():
                 with contextlib.suppress(ValueError, OSError):
@@ -280,7 +288,7 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
                         return BuildResult(out_dir=out_dir, report=old, up_to_date=True,
                                            modules=sorted(out_dir.glob("*.ko")))
             with timed("kmod"):
-                kmod = ensure_kmod(req.kernel, req.jobs)
+                kmod = ensure_kmod(req.kernel, req.jobs, kmod_cache)
             with timed("rewrite"):
                 rewrite = patch_tree(source.root, work / "accel", rules, jobs=req.jobs)
                 rewrite_json = rewrite.to_json("patch")
