@@ -32,11 +32,10 @@ from omatic.kbuild import KmodBuild, build_kmod
 from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.rules import load_rules
+from omatic.cache import cache_root, file_lock, made_dirs
 from omatic.source import (
     DriverSource,
     TarballCache,
-    cache_root,
-    file_lock,
     lookup,
     stage_from_dir,
     stage_from_tarball,
@@ -256,8 +255,10 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
 
     rules = load_rules()
     out_dir = req.out_dir
+    # A run that fails before writing its output leaves no folder it made (nor a lock).
+    parents = contextlib.ExitStack()
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        parents.enter_context(made_dirs(out_dir.parent))
     except OSError as err:
         raise OutputError(err.strerror or str(err), path=out_dir.parent) from None
     timings: dict[str, float] = {}
@@ -269,8 +270,9 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
             yield
         timings[name] = round(time.monotonic() - start, 3)
 
-    with file_lock(out_dir.parent / f".{req.driver}.lock",
-                   f"waiting for another build of {req.driver} for {req.kernel.release}"):
+    with parents, file_lock(out_dir.parent / f".{req.driver}.lock",
+                            f"waiting for another build of {req.driver} for "
+                            f"{req.kernel.release}"):
         try:
             work = Path(tempfile.mkdtemp(prefix=f".build-{req.driver}-", dir=out_dir.parent))
         except OSError as err:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from omatic.cache import cache_root, file_lock
 from omatic.errors import PathError, UserError
 from omatic.templates import render
 
@@ -48,28 +49,6 @@ class UnknownDriverError(UserError):
 
 class TarballError(UserError):
     template = "{path}: {message}"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pfq-omatic"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, on_wait: str | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created); print `on_wait` if someone else has it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                print(on_wait, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- Makefiles --------------------------------------------------------------------------

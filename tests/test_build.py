@@ -16,7 +16,8 @@ from omatic.cli import main
 from omatic.errors import BuildError
 from omatic.kernel import Kernel
 from omatic.modfile import KernelModule
-from omatic.source import UnknownDriverError, file_lock
+from omatic.cache import file_lock
+from omatic.source import UnknownDriverError
 
 kbuild = pytest.mark.kbuild
 unit = pytest.mark.unit
