@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -251,6 +254,138 @@ def _print_lab(report: dict[str, Any], out: TextIO) -> None:
     out.write(f"  {'ok' if report['ok'] else 'LAB FAILED'}\n")
 
 
+def _note(text: str) -> None:
+    print(f"pfq-omatic: {text}", file=sys.stderr, flush=True)
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from omatic.system import SystemSpec
+
+    return SystemSpec.of(args.suite, args.include or (), args.variant)
+
+
+def cmd_env_list(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.system import cached_systems, load_suites
+
+    suites, cached = load_suites(), cached_systems()
+    if args.json:
+        _print_json({"suites": {n: {"release": s.release, "sources": s.source_lines()}
+                                for n, s in sorted(suites.items())},
+                     "cached": cached}, out)
+        return 0
+    for name, suite in sorted(suites.items()):
+        out.write(f"{name}\tDebian {suite.release}\t{' | '.join(suite.source_lines())}\n")
+    for c in cached:
+        packages = ",".join(c["packages"]) or "-"
+        out.write(f"cached\t{c['suite']}\t{c['variant']}\t{packages}\t{c['created']}\t"
+                  f"{c['bytes'] / 2**20:.0f} MiB\t{c['tarball']}\n")
+    return 0
+
+
+def cmd_env_create(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.system import ensure_system
+
+    spec = _spec(args)
+    if args.dry_run:
+        out.write(shlex.join(spec.mmdebstrap_argv(Path(f"{args.suite}.tar"))) + "\n")
+        return 0
+    tarball, made = ensure_system(spec, refresh=args.refresh, note=_note)
+    if args.json:
+        _print_json({**spec.to_json(), "tarball": str(tarball), "made": made}, out)
+    else:
+        out.write(f"{tarball}\t{'made' if made else 'cached'}\n")
+    return 0
+
+
+def _binds(specs: list[str] | None, default_target: str | None = None) -> list[Any]:
+    from omatic.errors import PathError
+    from omatic.system import Bind
+
+    binds = []
+    for spec in specs or ():
+        source, _, target = spec.partition(":")
+        target = target or default_target or str(Path(source).absolute())
+        if not Path(source).is_dir():
+            raise PathError("no such folder", path=source)
+        if not target.startswith("/"):
+            raise UserError(f"{spec}: the path inside the system must be absolute")
+        binds.append(Bind(Path(source), target))
+    return binds
+
+
+def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.system import enter_argv, run_command
+
+    argv = args.argv
+    if not argv:
+        raise UserError("no command to run: pfq-omatic env run SUITE -- CMD...")
+    spec = _spec(args)
+    binds = _binds(args.bind)
+    clones = []
+    if args.clone:
+        name = Path(args.clone.partition(":")[0]).resolve().name
+        clones = _binds([args.clone], f"/root/{name}")
+    workdir = args.workdir or (clones[0].target if clones else "/root")
+    if args.dry_run:
+        tarball = Path(f"{args.suite}.tar")
+        out.write(shlex.join(spec.mmdebstrap_argv(tarball)) + "\n")
+        out.write(shlex.join(enter_argv(tarball, Path("ROOT"), Path("STATUS"), argv, binds,
+                                        clones, workdir)) + "\n")
+        return 0
+    run_command(spec, argv, fresh=args.fresh, refresh=args.refresh, binds=binds,
+                clones=clones, workdir=workdir, note=_note)
+    return 0
+
+
+def cmd_env_clean(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.system import cached_systems, remove_cached
+
+    for c in cached_systems():
+        remove_cached(Path(c["tarball"]))
+        out.write(f"removed {c['tarball']}\n")
+    return 0
+
+
+def _add_env(sub: Any) -> None:
+    env = sub.add_parser("env", help="pristine Debian systems: list, create, run a command in",
+                         description="Pristine Debian systems made by mmdebstrap, cached as "
+                                     "tarballs; each run gets a disposable copy.")
+    verbs = env.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, handler: Handler, help: str, suite: bool = True
+             ) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        if suite:
+            p.add_argument("suite", metavar="SUITE", help="bookworm, bullseye, trixie, sid")
+            p.add_argument("--include", action="append", metavar="PKG[,PKG...]",
+                           help="packages to install on top of the variant's; repeatable")
+            p.add_argument("--variant", default="minbase", choices=("minbase", "buildd"),
+                           help="mmdebstrap's variant (default: minbase)")
+            p.add_argument("--refresh", action="store_true",
+                           help="make the cached system anew, even if it is recent")
+            p.add_argument("--dry-run", action="store_true",
+                           help="print the commands, run nothing")
+        return p
+
+    verb("list", cmd_env_list, "the suites known, and the systems in the cache", suite=False)
+    verb("create", cmd_env_create, "make (or find in the cache) a system; print its tarball")
+    p = verb("run", cmd_env_run, "run a command in a disposable copy of a system")
+    p.add_argument("--fresh", action="store_true",
+                   help="make the system for this run alone, outside the cache")
+    p.add_argument("--bind", action="append", metavar="DIR[:PATH]",
+                   help="bind a host folder at PATH inside (default: the same path)")
+    p.add_argument("--clone", metavar="REPO[:PATH]",
+                   help="git clone REPO to PATH inside (default: /root/NAME); the command "
+                        "starts there")
+    p.add_argument("--workdir", metavar="PATH", help="where the command starts (default: "
+                                                     "the clone, else /root)")
+    p.add_argument("argv", nargs="*", metavar="CMD",
+                   help="the command and its arguments, after --")
+    verb("clean", cmd_env_clean, "remove every cached system", suite=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pfq-omatic",
@@ -274,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="where the rewritten tree goes")
 
     add("kernels", cmd_kernels, "list the kernels with installed headers")
+    _add_env(sub)
 
     p = add("build", cmd_build, "build and verify an accelerated driver for installed kernels")
     p.add_argument("driver", metavar="DRIVER", help="module name, e.g. e1000e, ixgbe")
@@ -320,8 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run one command; returns the exit code."""
     out = out or sys.stdout
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: guests, namespaces and temporary
+    # folders are cleaned up on the way out.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(list(sys.argv[1:] if argv is None else argv))
         code: int = args.handler(args, out)
         return code
     except OmaticError as err:
@@ -330,3 +471,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print("pfq-omatic: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; what follows a `--` is the command of `env run`, options and all
+    (argparse loses a `--` on its way through subcommands)."""
+    tail: list[str] | None = None
+    if "--" in argv:
+        at = argv.index("--")
+        argv, tail = argv[:at], argv[at + 1:]
+    args = build_parser().parse_args(argv)
+    if tail is not None:
+        if not hasattr(args, "argv"):
+            raise UserError("'--' is only for the command of 'pfq-omatic env run'")
+        args.argv = [*args.argv, *tail]
+    return args
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

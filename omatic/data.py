@@ -1,8 +1,9 @@
 """Where pfq-omatic's data lives, and the one loader for its TOML files.
 
-Knowledge about rewrite rules (`patches/`) and drivers (`drivers/`) is data. Each kind is a
-frozen dataclass; `load_toml_dir` reads every file of a folder into it, rejecting unknown
-keys, missing keys and values of the wrong type with an error that names the file.
+Knowledge about rewrite rules (`patches/`), drivers (`drivers/`) and Debian suites
+(`suites/`) is data. Each kind is a frozen dataclass; `load_toml_dir` reads every file of
+a folder into it, rejecting unknown keys, missing keys and values of the wrong type with an
+error that names the file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PROJECT_ROOT = Path(os.environ.get("PFQ_OMATIC_ROOT", Path(__file__).resolve().p
 PATCHES_DIR = PROJECT_ROOT / "patches"
 DRIVERS_DIR = PROJECT_ROOT / "drivers"
 KMOD_DIR = PROJECT_ROOT / "kmod"
+SUITES_DIR = PROJECT_ROOT / "suites"
 
 T = TypeVar("T")
 

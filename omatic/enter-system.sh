@@ -1,0 +1,61 @@
+#!/bin/sh
+# Unpack a Debian system and run one command in it, for pfq-omatic's `system` module.
+#
+#   enter-system.sh TARBALL ROOT STATUS [--bind SRC DST]... [--clone REPO DST]... -- ARGV...
+#
+# pfq-omatic starts this in private mount and PID namespaces (util-linux unshare as root,
+# `mmdebstrap --unshare-helper` otherwise), so every mount made here lives only in that
+# namespace and goes with it, however the run ends. ARGV runs with chroot into ROOT; its
+# exit status is written to STATUS (which stays absent if entering failed). DST paths are
+# inside the system.
+set -eu
+tarball=$1 root=$2 status=$3
+shift 3
+
+# Mounts made below must not propagate back. Inside a chroot "/" is not a mount point and
+# cannot be made private: then no mount visible here may be shared.
+if ! mount --make-rprivate / 2>/dev/null && grep -q ' shared:' /proc/self/mountinfo; then
+    echo "enter-system: mounts here are shared and cannot be made private" >&2
+    exit 1
+fi
+
+tar -C "$root" --numeric-owner --xattrs --xattrs-include='*' -xf "$tarball"
+mount -t proc proc "$root/proc"
+mount --rbind /sys "$root/sys"
+mount --rbind /dev "$root/dev"
+# The host's resolver, as for any chroot that must reach the archive.
+rm -f "$root/etc/resolv.conf"
+cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+
+# The site's own CA certificates (a proxy's, say), which update-ca-certificates adds to the
+# bundle now if the system has ca-certificates, or when the package is installed.
+for cert in /usr/local/share/ca-certificates/*.crt; do
+    [ -f "$cert" ] || continue
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp "$cert" "$root/usr/local/share/ca-certificates/"
+done
+if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
+    chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
+fi
+
+while [ "$1" != -- ]; do
+    case $1 in
+        --bind)
+            mkdir -p "$root$3"
+            mount --bind "$2" "$root$3"
+            ;;
+        --clone)
+            git -c safe.directory='*' clone --quiet --no-hardlinks "$2" "$root$3"
+            ;;
+        *)
+            echo "enter-system: unknown option $1" >&2
+            exit 1
+            ;;
+    esac
+    shift 3
+done
+shift
+
+code=0
+chroot "$root" "$@" || code=$?
+echo "$code" >"$status"
