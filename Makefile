@@ -4,13 +4,18 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Debian packages the tool and its tests use: kernel headers and sources of the two
-# kernels we target, the compiler Kbuild needs, QEMU and a static busybox for the lab,
-# Coccinelle as the benchmark's peer, tcpdump to read the pcap streams of pfq.ko.
-DEBS := build-essential bc bison flex libelf-dev libssl-dev xz-utils zstd patch kmod cpio \
+# Debian packages the tool and its tests use, on top of what the README says a user starts
+# from (Debian 12 with make and python3): python3-venv and ca-certificates for the
+# virtualenv and PyPI; the headers, boot images (with their modules) and source tarballs of
+# the two kernels we target; the compiler Kbuild needs; QEMU and a static busybox for the
+# lab; tcpdump to read the pcap streams of pfq.ko; mmdebstrap for pristine Debian systems;
+# git to clone a checkout into one; Coccinelle as the benchmark's peer.
+DEBS := python3-venv ca-certificates git \
+        build-essential bc bison flex libelf-dev libssl-dev xz-utils zstd patch kmod cpio \
         linux-headers-amd64 linux-headers-6.12-amd64 \
+        linux-image-amd64 linux-image-6.12-amd64 \
         linux-source-6.1 linux-source-6.12 \
-        qemu-system-x86 busybox-static coccinelle tcpdump
+        qemu-system-x86 busybox-static tcpdump mmdebstrap coccinelle
 
 .PHONY: setup debs venv demo test lint unit clean
 
