@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -181,6 +182,40 @@ def test_extract_refuses_members_escaping(tmp_path: Path, member: str, content: 
     with pytest.raises(TarballError, match=message):
         extract(tarball, tmp_path / "out", WANTED)
     assert not (tmp_path / "etc").exists() and not (tmp_path / "evil.c").exists()
+
+
+def test_extract_admits_inner_links_and_drops_set_id_bits(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        suid = tarfile.TarInfo("linux-source-9.9/drivers/net/a.c")
+        suid.size, suid.mode, suid.uid, suid.uname = 2, 0o4777, 4242, "nobody"
+        tar.addfile(suid, io.BytesIO(b"a\n"))
+        link = tarfile.TarInfo("linux-source-9.9/drivers/net/sub/b.c")
+        link.type, link.linkname = tarfile.SYMTYPE, "../a.c"
+        tar.addfile(link)
+        hard = tarfile.TarInfo("linux-source-9.9/drivers/net/c.c")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "linux-source-9.9/drivers/net/a.c"
+        tar.addfile(hard)
+    tarball = tmp_path / "t.tar.xz"
+    tarball.write_bytes(lzma.compress(raw.getvalue()))
+    assert extract(tarball, tmp_path / "out", WANTED) == 3
+    out = tmp_path / "out/drivers/net"
+    assert (out / "sub/b.c").read_text() == (out / "c.c").read_text() == "a\n"
+    assert (out / "a.c").stat().st_mode & 0o7002 == 0
+    assert (out / "a.c").stat().st_uid == os.getuid()
+
+
+def test_extract_refuses_devices(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        dev = tarfile.TarInfo("linux-source-9.9/drivers/net/mem")
+        dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 1
+        tar.addfile(dev)
+    tarball = tmp_path / "t.tar.xz"
+    tarball.write_bytes(lzma.compress(raw.getvalue()))
+    with pytest.raises(TarballError, match="not a file, folder or link"):
+        extract(tarball, tmp_path / "out", WANTED)
+    assert not (tmp_path / "out/drivers/net/mem").exists()
 
 
 def test_corrupt_or_missing_tarball_is_a_user_error(tmp_path: Path) -> None:
