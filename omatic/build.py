@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__
+from omatic.cache import cache_root, file_lock, made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
 from omatic.errors import BuildError, InfraError, PathError, UserError
 from omatic.kbuild import KmodBuild, build_kmod
 from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.rules import load_rules
-from omatic.cache import cache_root, file_lock, made_dirs
 from omatic.source import (
     DriverSource,
     TarballCache,

@@ -354,7 +354,7 @@ def _add_env(sub: Any) -> None:
 
     def verb(name: str, handler: Handler, help: str, suite: bool = True
              ) -> argparse.ArgumentParser:
-        p = verbs.add_parser(name, help=help, description=help)
+        p: argparse.ArgumentParser = verbs.add_parser(name, help=help, description=help)
         p.set_defaults(handler=handler)
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         if suite:

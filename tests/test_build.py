@@ -12,11 +12,11 @@ import pytest
 
 import omatic.build
 from omatic.build import BuildRequest, OutputError, build_driver
+from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import BuildError
 from omatic.kernel import Kernel
 from omatic.modfile import KernelModule
-from omatic.cache import file_lock
 from omatic.source import UnknownDriverError
 
 kbuild = pytest.mark.kbuild
@@ -108,7 +108,7 @@ def test_interrupt_leaves_no_partial_output(kernel: Kernel, broken_tree: Path, t
                        kernel_tree=broken_tree)
     with pytest.raises(KeyboardInterrupt):
         build_driver(req)
-    assert [p.name for p in (tmp_path / "out" / kernel.release).iterdir()] == [".fixbad.lock"]
+    assert not (tmp_path / "out").exists()  # no lock, no folder it made
 
 
 @kbuild
@@ -116,8 +116,14 @@ def test_unknown_driver_suggests_near_names(kernel: Kernel, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UnknownDriverError, match="did you mean e1000, e1000e"):
         build_driver(BuildRequest(driver="e1000x", kernel=kernel, out_root=tmp_path))
-    assert main(["build", "e1000x", "--kernel", kernel.release, "--out", str(tmp_path)]) == 1
+    out = tmp_path / "out"
+    assert main(["build", "e1000x", "--kernel", kernel.release, "--out", str(out)]) == 1
     assert "did you mean" in capsys.readouterr().err
+    assert not out.exists()  # neither a lock file nor an empty folder
+    assert main(["build", "e1000e", "--kernel", kernel.release, "--out", str(out),
+                 "--source", str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @kbuild
@@ -165,6 +171,18 @@ def test_a_second_build_of_the_same_target_waits(tmp_path: Path,
     thread.join(5)
     assert order == ["first done", "second"]
     assert "waiting for another build of e1000e" in capsys.readouterr().out
+    assert not lock.exists()  # the last holder removed it
+
+
+@unit
+def test_made_dirs_removes_only_the_empty_folders_it_made(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with made_dirs(tmp_path / "a" / "b" / "c"):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and not any((tmp_path / "a").iterdir())
+    with made_dirs(tmp_path / "a" / "b" / "c") as folder:
+        (folder.parent / "kept").write_text("output")
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["kept"]
 
 
 GOOD = """\
