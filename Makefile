@@ -53,7 +53,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest -m "unit or kbuild or vm"
+	$(BIN)/pytest -m "unit or kbuild or vm or system"
 
 unit: venv
 	$(BIN)/pytest -m unit

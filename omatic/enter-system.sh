@@ -1,16 +1,16 @@
 #!/bin/sh
-# Unpack a Debian system and run one command in it, for pfq-omatic's `system` module.
+# Run a command with private mounts, or unpack a Debian system and run one command in it;
+# for pfq-omatic's `system` module.
 #
-#   enter-system.sh TARBALL ROOT STATUS [--bind SRC DST]... [--clone REPO DST]... -- ARGV...
+#   enter-system.sh exec ARGV...
+#   enter-system.sh enter TARBALL ROOT STATUS [--bind SRC DST]... [--clone REPO DST]... -- ARGV...
 #
 # pfq-omatic starts this in private mount and PID namespaces (util-linux unshare as root,
-# `mmdebstrap --unshare-helper` otherwise), so every mount made here lives only in that
-# namespace and goes with it, however the run ends. ARGV runs with chroot into ROOT; its
-# exit status is written to STATUS (which stays absent if entering failed). DST paths are
+# `mmdebstrap --unshare-helper` otherwise), so every mount made here or by ARGV lives only
+# in that namespace and goes with it, however the run ends. `enter` runs ARGV with chroot
+# into ROOT and writes its exit status to STATUS (absent if entering failed). DST paths are
 # inside the system.
 set -eu
-tarball=$1 root=$2 status=$3
-shift 3
 
 # Mounts made below must not propagate back. Inside a chroot "/" is not a mount point and
 # cannot be made private: then no mount visible here may be shared.
@@ -18,6 +18,14 @@ if ! mount --make-rprivate / 2>/dev/null && grep -q ' shared:' /proc/self/mounti
     echo "enter-system: mounts here are shared and cannot be made private" >&2
     exit 1
 fi
+
+what=$1
+shift
+if [ "$what" = exec ]; then
+    exec "$@"
+fi
+tarball=$1 root=$2 status=$3
+shift 3
 
 tar -C "$root" --numeric-owner --xattrs --xattrs-include='*' -xf "$tarball"
 mount -t proc proc "$root/proc"

@@ -197,10 +197,14 @@ def _classify(log: str, spec: SystemSpec, dest: Path, log_path: Path) -> OmaticE
 
 def make_tarball(spec: SystemSpec, dest: Path) -> dict[str, Any]:
     """Run mmdebstrap for `spec` into `dest` (written whole or not at all, its log beside it
-    as DEST.log) and return what is known of it, also written to DEST.json."""
+    as DEST.log) and return what is known of it, also written to DEST.json.
+
+    mmdebstrap works in a folder of ours (its TMPDIR), which goes afterwards; as root it
+    mounts in the host's namespace, so it runs in a private one of its own."""
     if shutil.which(MMDEBSTRAP) is None:
         raise MmdebstrapMissingError(tool=MMDEBSTRAP)
-    partial = dest.with_name(f".{dest.stem}.{os.getpid()}.tar")
+    folder = Path(tempfile.mkdtemp(prefix=f".making-{dest.stem}-", dir=dest.parent))
+    partial = folder / dest.name
     log_path = dest.with_suffix(".log")
     argv = spec.mmdebstrap_argv(partial)
     start = time.monotonic()
@@ -208,8 +212,10 @@ def make_tarball(spec: SystemSpec, dest: Path) -> dict[str, Any]:
         with open(log_path, "w") as log:
             log.write("$ " + shlex.join(argv) + "\n")
             log.flush()
-            code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, check=False).returncode
+            private = [*_helper(), "/bin/sh", str(ENTER_SCRIPT), "exec"] \
+                if os.geteuid() == 0 else []
+            code = _run_owned([*private, *argv], stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "TMPDIR": str(folder)})
         if code != 0:
             raise _classify(log_path.read_text(errors="replace"), spec, dest, log_path)
         meta = {**spec.to_json(), "tarball": str(dest),
@@ -224,7 +230,7 @@ def make_tarball(spec: SystemSpec, dest: Path) -> dict[str, Any]:
             raise NoSpaceError(path=dest.parent, suite=spec.suite.name) from None
         raise
     finally:
-        partial.unlink(missing_ok=True)
+        _remove_tree(folder)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -330,8 +336,8 @@ def enter_argv(tarball: Path, root: Path, status: Path, argv: Sequence[str],
            {"PATH": _PATH, "HOME": "/root", "LANG": "C.UTF-8", **site_env()}.items()]
     inside = ["/usr/bin/env", "-i", *env, "/bin/sh", "-c",
               'cd "$1" && shift && exec "$@"', "sh", workdir, *argv]
-    return [*_helper(), "/bin/sh", str(ENTER_SCRIPT), str(tarball), str(root), str(status),
-            *opts, "--", *inside]
+    return [*_helper(), "/bin/sh", str(ENTER_SCRIPT), "enter", str(tarball), str(root),
+            str(status), *opts, "--", *inside]
 
 
 def _children(pid: int) -> list[int]:
@@ -349,11 +355,17 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    for pid in [proc.pid, *_children(proc.pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
+def _run_owned(argv: Sequence[str], **popen: Any) -> int:
+    """Run `argv` and wait; if we are interrupted, kill it with every process it started."""
+    proc = subprocess.Popen(argv, **popen)
+    try:
+        return proc.wait()
+    except BaseException:
+        for pid in [proc.pid, *_children(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        raise
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -368,16 +380,16 @@ def mounts_under(path: Path) -> list[str]:
     return found
 
 
-def _remove_tree(work: Path) -> None:
+def _remove_tree(folder: Path) -> None:
     """Remove a run's folder. Its mounts lived in the run's namespace only; should one show
     here all the same, the folder is left alone rather than deleted through a bind."""
-    left = mounts_under(work)
+    left = mounts_under(folder)
     if left:
-        raise InfraError(f"{left[0]} is still mounted; {work} was left in place")
+        raise InfraError(f"{left[0]} is still mounted; {folder} was left in place")
     if os.geteuid() != 0:  # files owned by the subordinate ids need the namespace to go
-        subprocess.run([*_helper(), "rm", "-rf", "--one-file-system", str(work / "root")],
+        subprocess.run([*_helper(), "rm", "-rf", "--one-file-system", str(folder)],
                        stdin=subprocess.DEVNULL, check=False)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_in_system(tarball: Path, suite: str, argv: Sequence[str],
@@ -392,15 +404,10 @@ def run_in_system(tarball: Path, suite: str, argv: Sequence[str],
         status = work / "status"
         cmd = enter_argv(tarball, work / "root", status, argv, binds, clones, workdir)
         try:
-            proc = subprocess.Popen(cmd, stdin=sys.stdin if sys.stdin.isatty()
-                                    else subprocess.DEVNULL)
+            code = _run_owned(cmd, stdin=sys.stdin if sys.stdin.isatty()
+                              else subprocess.DEVNULL)
         except FileNotFoundError as err:
             raise EnterError(f"{err.filename} is not installed", suite=suite) from None
-        try:
-            code = proc.wait()
-        except BaseException:
-            _kill_tree(proc)
-            raise
         if not status.is_file():
             raise EnterError(f"exit {code}", suite=suite)
         return int(status.read_text())

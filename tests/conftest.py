@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 KERNEL_SERIES = ("6.1", "6.12")
 
 
-TIERS = ("unit", "kbuild", "vm")
+TIERS = ("unit", "kbuild", "vm", "system")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
