@@ -8,9 +8,10 @@ BIN    := $(VENV)/bin
 # from (Debian 12 with make and python3): python3-venv and ca-certificates for the
 # virtualenv and PyPI; the headers, boot images (with their modules) and source tarballs of
 # the two kernels we target; the compiler Kbuild needs; QEMU and a static busybox for the
-# lab; tcpdump to read the pcap streams of pfq.ko; mmdebstrap for pristine Debian systems;
+# lab; tcpdump to read the pcap streams of pfq.ko; mmdebstrap for pristine Debian systems
+# (uidmap for its unshare mode, when not root);
 # git to clone a checkout into one; Coccinelle as the benchmark's peer.
-DEBS := python3-venv ca-certificates git \
+DEBS := python3-venv ca-certificates git uidmap \
         build-essential bc bison flex libelf-dev libssl-dev xz-utils zstd patch kmod cpio \
         linux-headers-amd64 linux-headers-6.12-amd64 \
         linux-image-amd64 linux-image-6.12-amd64 \

@@ -199,8 +199,8 @@ def make_tarball(spec: SystemSpec, dest: Path) -> dict[str, Any]:
     """Run mmdebstrap for `spec` into `dest` (written whole or not at all, its log beside it
     as DEST.log) and return what is known of it, also written to DEST.json.
 
-    mmdebstrap works in a folder of ours (its TMPDIR), which goes afterwards; as root it
-    mounts in the host's namespace, so it runs in a private one of its own."""
+    As root, mmdebstrap mounts in the caller's namespace: it runs in a private one, with a
+    folder of ours as its TMPDIR, which goes afterwards."""
     if shutil.which(MMDEBSTRAP) is None:
         raise MmdebstrapMissingError(tool=MMDEBSTRAP)
     folder = Path(tempfile.mkdtemp(prefix=f".making-{dest.stem}-", dir=dest.parent))
@@ -212,10 +212,13 @@ def make_tarball(spec: SystemSpec, dest: Path) -> dict[str, Any]:
         with open(log_path, "w") as log:
             log.write("$ " + shlex.join(argv) + "\n")
             log.flush()
-            private = [*_helper(), "/bin/sh", str(ENTER_SCRIPT), "exec"] \
-                if os.geteuid() == 0 else []
+            # Without root, mmdebstrap's namespace is its own, and its temp folder must be
+            # one the namespace's root can write to: the default, /tmp.
+            root = os.geteuid() == 0
+            private = [*_helper(), "/bin/sh", str(ENTER_SCRIPT), "exec"] if root else []
+            env = {**os.environ, "TMPDIR": str(folder)} if root else None
             code = _run_owned([*private, *argv], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TMPDIR": str(folder)})
+                              env=env)
         if code != 0:
             raise _classify(log_path.read_text(errors="replace"), spec, dest, log_path)
         meta = {**spec.to_json(), "tarball": str(dest),
@@ -387,9 +390,25 @@ def _remove_tree(folder: Path) -> None:
     if left:
         raise InfraError(f"{left[0]} is still mounted; {folder} was left in place")
     if os.geteuid() != 0:  # files owned by the subordinate ids need the namespace to go
-        subprocess.run([*_helper(), "rm", "-rf", "--one-file-system", str(folder)],
-                       stdin=subprocess.DEVNULL, check=False)
+        subprocess.run([*_helper(), "rm", "-rf", "--one-file-system", str(folder / "root")],
+                       stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _make_root(root: Path) -> None:
+    """Make the folder a system is unpacked into. Without root, the namespace's root is a
+    subordinate id, so the folder must be made by it: `work` is opened to it meanwhile."""
+    if os.geteuid() == 0:
+        root.mkdir()
+        return
+    work = root.parent
+    work.chmod(0o777)
+    try:
+        subprocess.run([*_helper(), "mkdir", str(root)], stdin=subprocess.DEVNULL, check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise InfraError(f"cannot make {root} in a user namespace: {err}") from None
+    finally:
+        work.chmod(0o755)
 
 
 def run_in_system(tarball: Path, suite: str, argv: Sequence[str],
@@ -399,10 +418,12 @@ def run_in_system(tarball: Path, suite: str, argv: Sequence[str],
     runs = systems_dir() / "run"
     runs.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{suite}-", dir=runs))
+    root = work / "root"
     try:
-        (work / "root").mkdir()
-        status = work / "status"
-        cmd = enter_argv(tarball, work / "root", status, argv, binds, clones, workdir)
+        _make_root(root)
+        # Written by the namespace's root, which may not write into `work`.
+        status = root / ".pfq-omatic-status"
+        cmd = enter_argv(tarball, root, status, argv, binds, clones, workdir)
         try:
             code = _run_owned(cmd, stdin=sys.stdin if sys.stdin.isatty()
                               else subprocess.DEVNULL)
