@@ -225,8 +225,8 @@ def dry_run_commands(req: BuildRequest) -> list[str]:
             cmds.append(shlex.join(["xz", "-dc", str(tarball)]) + " | (extract drivers/net "
                         f"and the Kbuild files of drivers/ into {cache.tree})")
     if not (kmod / "pfq.ko").is_file():
-        cmds.append(shlex.join(["make", "-C", str(req.kernel.build_dir), f"M={kmod}",
-                                f"-j{req.jobs}", "W=1", "modules"]))
+        cmds.append(shlex.join(req.kernel.kbuild_argv(kmod, [f"-j{req.jobs}", "W=1",
+                                                             "modules"])))
     cmds.append(shlex.join(_driver_make(req, kmod, driver_dir, config, work / "accel")))
     return cmds
 
@@ -241,12 +241,12 @@ def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str,
     kcflags = f"-I{kmod / 'include'}"
     if tree is not None:
         kcflags += f" -I{tree.absolute() / 'include' / 'trace'}"
-    cmd = ["make", "-C", str(req.kernel.build_dir), f"M={driver_dir.absolute()}",
-           f"-j{req.jobs}", f"KBUILD_EXTRA_SYMBOLS={kmod / 'Module.symvers'}",
-           f"KCFLAGS={kcflags}"]
+    args = [f"-j{req.jobs}", f"KBUILD_EXTRA_SYMBOLS={kmod / 'Module.symvers'}",
+            f"KCFLAGS={kcflags}"]
     if config:
-        cmd.append(f"{config}=m")
-    return [*cmd, "modules"]
+        args.append(f"{config}=m")
+    uses = [kmod] if tree is None else [kmod, tree.absolute()]
+    return req.kernel.kbuild_argv(driver_dir, [*args, "modules"], uses)
 
 
 def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:

@@ -95,6 +95,8 @@ def cmd_patch(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.kernel import default_kernel, installed_kernels
 
+    if args.available:
+        return _available_kernels(args, out)
     kernels = installed_kernels()
     default = default_kernel().release if kernels else None
     if args.json:
@@ -113,10 +115,32 @@ def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.archive import available_kernels
+    from omatic.kernel import installed_kernels
+    from omatic.system import cached_systems
+
+    here = {k.release for k in installed_kernels()}
+    kept = {p.removeprefix("linux-headers-"): c["suite"] for c in cached_systems()
+            for p in c.get("packages", []) if p.startswith("linux-headers-")}
+    rows = []
+    for kernel in available_kernels(refresh=args.refresh):
+        where = ("here" if kernel.release in here
+                 else f"{kernel.suite} system" if kernel.release in kept else "")
+        rows.append({**kernel.to_json(), "installed": where or None})
+    if args.json:
+        _print_json({"kernels": rows}, out)
+        return 0
+    for row in rows:
+        out.write(f"{row['release']}\t{row['suite']}\t{row['flavor']}\t"
+                  f"{row['installed'] or '-'}\n")
+    return 0
+
+
 def _kernels_of(specs: list[str] | None) -> list[Any]:
     from omatic.kernel import default_kernel, find_kernel
 
-    return [find_kernel(s) for s in specs] if specs else [default_kernel()]
+    return [find_kernel(s, note=_note) for s in specs] if specs else [default_kernel()]
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
@@ -408,7 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="the driver tree to read (never written)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the rewritten tree goes")
 
-    add("kernels", cmd_kernels, "list the kernels with installed headers")
+    p = add("kernels", cmd_kernels, "list the kernels with installed headers")
+    p.add_argument("--available", action="store_true",
+                   help="every kernel Debian's archive offers (suite, flavor, installed)")
+    p.add_argument("--refresh", action="store_true",
+                   help="with --available: read the archive's indexes anew")
     _add_env(sub)
 
     p = add("build", cmd_build, "build and verify an accelerated driver for installed kernels")

@@ -1,15 +1,18 @@
 #!/bin/sh
-# Run a command with private mounts, or unpack a Debian system and run one command in it;
-# for pfq-omatic's `system` module.
+# Run a command with private mounts, or enter a Debian system; for pfq-omatic's `system`
+# module.
 #
 #   enter-system.sh exec ARGV...
+#   enter-system.sh unpack TARBALL ROOT
 #   enter-system.sh enter TARBALL ROOT STATUS [--bind SRC DST]... [--clone REPO DST]... -- ARGV...
+#   enter-system.sh chroot ROOT [--bind SRC DST]... -- ARGV...
 #
 # pfq-omatic starts this in private mount and PID namespaces (util-linux unshare as root,
 # `mmdebstrap --unshare-helper` otherwise), so every mount made here or by ARGV lives only
-# in that namespace and goes with it, however the run ends. `enter` runs ARGV with chroot
-# into ROOT and writes its exit status to STATUS (absent if entering failed). DST paths are
-# inside the system.
+# in that namespace and goes with it, however the run ends. `enter` unpacks TARBALL at ROOT
+# (an empty folder), runs ARGV with chroot into it and writes its exit status to STATUS
+# (absent if entering failed); `chroot` enters a system unpacked before and exits with
+# ARGV's status. DST paths are inside the system.
 set -eu
 
 # Mounts made below must not propagate back. Inside a chroot "/" is not a mount point and
@@ -24,29 +27,52 @@ shift
 if [ "$what" = exec ]; then
     exec "$@"
 fi
-tarball=$1 root=$2 status=$3
-shift 3
 
-# /dev comes from the host below; its nodes in the tarball cannot be made without root.
-tar -C "$root" --numeric-owner --xattrs --xattrs-include='*' --exclude='./dev/*' \
-    -xf "$tarball"
-mount -t proc proc "$root/proc"
-mount --rbind /sys "$root/sys"
-mount --rbind /dev "$root/dev"
-# The host's resolver, as for any chroot that must reach the archive.
-rm -f "$root/etc/resolv.conf"
-cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+unpack() {
+    # /dev comes from the host; its nodes in the tarball cannot be made without root.
+    tar -C "$2" --numeric-owner --xattrs --xattrs-include='*' --exclude='./dev/*' -xf "$1"
+}
 
-# The site's own CA certificates (a proxy's, say), which update-ca-certificates adds to the
-# bundle now if the system has ca-certificates, or when the package is installed.
-for cert in /usr/local/share/ca-certificates/*.crt; do
-    [ -f "$cert" ] || continue
-    mkdir -p "$root/usr/local/share/ca-certificates"
-    cp "$cert" "$root/usr/local/share/ca-certificates/"
-done
-if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
-    chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
-fi
+mount_basics() {
+    mount -t proc proc "$1/proc"
+    mount --rbind /sys "$1/sys"
+    mount --rbind /dev "$1/dev"
+}
+
+case $what in
+    unpack)
+        unpack "$1" "$2"
+        exit 0
+        ;;
+    chroot)
+        root=$1
+        shift
+        mount_basics "$root"
+        ;;
+    enter)
+        tarball=$1 root=$2 status=$3
+        shift 3
+        unpack "$tarball" "$root"
+        mount_basics "$root"
+        # The host's resolver, as for any chroot that must reach the archive.
+        rm -f "$root/etc/resolv.conf"
+        cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+        # The site's own CA certificates (a proxy's, say), which update-ca-certificates
+        # adds to the bundle now if the system has ca-certificates, or when it is installed.
+        for cert in /usr/local/share/ca-certificates/*.crt; do
+            [ -f "$cert" ] || continue
+            mkdir -p "$root/usr/local/share/ca-certificates"
+            cp "$cert" "$root/usr/local/share/ca-certificates/"
+        done
+        if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
+            chroot "$root" /usr/sbin/update-ca-certificates >/dev/null
+        fi
+        ;;
+    *)
+        echo "enter-system: unknown mode $what" >&2
+        exit 1
+        ;;
+esac
 
 while [ "$1" != -- ]; do
     case $1 in
@@ -66,6 +92,9 @@ while [ "$1" != -- ]; do
 done
 shift
 
+if [ "$what" = chroot ]; then
+    exec chroot "$root" "$@"
+fi
 code=0
 chroot "$root" "$@" || code=$?
 echo "$code" >"$status"

@@ -76,8 +76,7 @@ def build_kmod(kernel: Kernel | str | Path, out_dir: Path, jobs: int = 2,
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(KMOD_DIR, out_dir, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(*_PRODUCTS))
-    cmd = ["make", "-C", str(found.build_dir), f"M={out_dir.resolve()}", f"-j{jobs}",
-           *make_args, "modules"]
+    cmd = found.kbuild_argv(out_dir.resolve(), [f"-j{jobs}", *make_args, "modules"])
     start = time.monotonic()
     try:
         run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

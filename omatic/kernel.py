@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,43 @@ class NoHeadersError(PathError):
 
 @dataclass(frozen=True)
 class Kernel:
-    """One kernel with installed headers."""
+    """One kernel with installed headers: on this machine, or in a kept Debian system of
+    its own suite (whose compiler and host tools Kbuild needs)."""
 
     #: Its UTS_RELEASE, e.g. "6.1.0-56-amd64".
     release: str
-    #: Kbuild's output tree for it, e.g. /usr/src/linux-headers-6.1.0-56-amd64.
+    #: Kbuild's output tree for it, as seen from here, e.g.
+    #: /usr/src/linux-headers-6.1.0-56-amd64.
     build_dir: Path
+    #: The system it lives in, as seen from here; "/" for this machine.
+    root: Path = Path("/")
+    #: That system's suite; None for this machine.
+    suite: str | None = None
+
+    @property
+    def on_host(self) -> bool:
+        return self.suite is None
+
+    def _in_root(self, host_root: Path, system_path: str) -> Path:
+        return host_root if self.on_host else self.root / system_path
+
+    def inside(self, path: Path) -> str:
+        """`path` (under root) as its system sees it."""
+        return str(path) if self.on_host else "/" + str(path.relative_to(self.root))
+
+    def kbuild_argv(self, module_dir: Path, args: Sequence[str], uses: Sequence[Path] = ()
+                    ) -> list[str]:
+        """`make -C <headers> M=module_dir ARGS...`, run where the kernel lives: in its
+        system, module_dir and the folders ARGS name (`uses`) are bound at their own paths."""
+        make = ["make", "-C", self.inside(self.build_dir), f"M={module_dir.absolute()}",
+                *args]
+        if self.on_host:
+            return make
+        from omatic.system import Bind, chroot_argv
+
+        folders = sorted({p.absolute() for p in (module_dir, *uses)})
+        outer = [f for f in folders if not any(o in f.parents for o in folders)]
+        return chroot_argv(self.root, make, [Bind(f, str(f)) for f in outer])
 
     @property
     def series(self) -> str:
@@ -52,18 +84,18 @@ class Kernel:
     @property
     def source_tarball(self) -> Path | None:
         """Debian's linux-source tarball of this kernel's series, if installed."""
-        path = SRC_ROOT / f"linux-source-{self.series}.tar.xz"
+        path = self._in_root(SRC_ROOT, "usr/src") / f"linux-source-{self.series}.tar.xz"
         return path if path.is_file() else None
 
     @property
     def boot_image(self) -> Path | None:
-        path = BOOT_ROOT / f"vmlinuz-{self.release}"
+        path = self._in_root(BOOT_ROOT, "boot") / f"vmlinuz-{self.release}"
         return path if path.is_file() else None
 
     @property
     def modules_dir(self) -> Path | None:
         """The in-tree modules of the installed image, if any."""
-        path = MODULES_ROOT / self.release / "kernel"
+        path = self._in_root(MODULES_ROOT, "lib/modules") / self.release / "kernel"
         return path if path.is_dir() else None
 
     def config(self) -> dict[str, str]:
@@ -94,6 +126,7 @@ class Kernel:
     def to_json(self) -> dict[str, Any]:
         return {
             "release": self.release, "series": self.series, "build_dir": str(self.build_dir),
+            "suite": self.suite, "root": str(self.root),
             "config": (self.build_dir / ".config").is_file(),
             "symvers": self.symvers.is_file(),
             "source_tarball": str(self.source_tarball) if self.source_tarball else None,
@@ -147,8 +180,10 @@ def _version_key(release: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", release))
 
 
-def find_kernel(spec: str | Path) -> Kernel:
-    """A kernel from its release ("6.1.0-56-amd64"), a series ("6.12") or a build dir."""
+def find_kernel(spec: str | Path, archive: bool = True, note: Any = None) -> Kernel:
+    """A kernel from its release ("6.1.0-56-amd64"), a series ("6.12") or a build dir:
+    installed here, else (with `archive`) any kernel Debian's archive offers, in a kept
+    system of its suite, made on first use."""
     path = Path(spec)
     if path.is_dir():
         kernel = kernel_at(path)
@@ -163,7 +198,11 @@ def find_kernel(spec: str | Path) -> Kernel:
     series = [k for k in kernels if k.series == str(spec)]
     if series:
         return series[0]
-    raise NoHeadersError(release=str(spec))
+    if not archive:
+        raise NoHeadersError(release=str(spec))
+    from omatic.archive import available_kernels, find_available, system_kernel
+
+    return system_kernel(find_available(str(spec), available_kernels()), note=note)
 
 
 def default_kernel() -> Kernel:

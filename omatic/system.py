@@ -303,6 +303,60 @@ def fresh_system(spec: SystemSpec) -> Iterator[tuple[Path, dict[str, Any]]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# -- kept systems ------------------------------------------------------------------------
+
+def roots_dir() -> Path:
+    return cache_root() / "roots"
+
+
+def ensure_root(spec: SystemSpec, note: Any = None) -> Path:
+    """A system of `spec` unpacked and kept, for commands that change nothing in it but the
+    folders bound in (a Kbuild run). Unpacked once from the cached tarball under a partial
+    name, then renamed: a folder under its own name is whole. A root of an older tarball
+    of the same spec is removed."""
+    if os.geteuid() != 0:
+        raise InfraError(f"building in the {spec.suite.name} system needs root: without it "
+                         "the system's files belong to subordinate ids that cannot write "
+                         "the build folder")
+    tarball, _ = ensure_system(spec, note=note)
+    folder = roots_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder / tarball.stem
+    with file_lock(folder / f".{tarball.stem}.lock",
+                   f"waiting for another run unpacking the {spec.suite.name} system"):
+        if root.is_dir():
+            return root
+        if note:
+            note(f"unpacking the {spec.suite.name} system")
+        partial = folder / f".{tarball.stem}.partial"
+        _remove_tree(partial)
+        partial.mkdir()
+        try:
+            code = _run_owned([*_helper(), "/bin/sh", str(ENTER_SCRIPT), "unpack",
+                               str(tarball), str(partial)], stdin=subprocess.DEVNULL)
+            if code != 0:
+                raise InfraError(f"unpacking {tarball} failed (exit {code})")
+            partial.rename(root)
+        finally:
+            _remove_tree(partial)
+    for old in folder.glob(f"{spec.suite.name}-{spec.key()}-*"):
+        if old != root and old.is_dir():
+            _remove_tree(old)
+    return root
+
+
+def chroot_argv(root: Path, argv: Sequence[str], binds: Sequence[Bind] = (),
+                workdir: str = "/") -> list[str]:
+    """The command running `argv` in the kept system at `root`, with `binds`; it exits
+    with argv's status."""
+    opts = [arg for bind in binds for arg in ("--bind", str(bind.source.absolute()),
+                                              bind.target)]
+    inside = ["/usr/bin/env", "-i", f"PATH={_PATH}", "HOME=/root", "LANG=C.UTF-8",
+              "/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", workdir, *argv]
+    return [*_helper(), "/bin/sh", str(ENTER_SCRIPT), "chroot", str(root), *opts, "--",
+            *inside]
+
+
 # -- running a command in a disposable copy ----------------------------------------------
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+import omatic.archive
 import omatic.build
+from omatic.archive import ArchiveKernel
 from omatic.build import BuildRequest, OutputError, build_driver
 from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import BuildError
-from omatic.kernel import Kernel
+from omatic.kernel import Kernel, NoHeadersError, find_kernel
 from omatic.modfile import KernelModule
 from omatic.source import UnknownDriverError
 
@@ -138,10 +140,22 @@ def test_dry_run_prints_commands_and_runs_nothing(kernel: Kernel, tmp_path: Path
 
 
 @unit
-def test_kernel_without_headers_names_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_kernel_neither_here_nor_in_the_archive_lists_the_nearest(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    offered = [ArchiveKernel(r, "bullseye-security", "bullseye")
+               for r in ("5.10.0-46-amd64", "5.10.0-46-rt-amd64")]
+    monkeypatch.setattr(omatic.archive, "available_kernels", lambda: offered)
     assert main(["build", "e1000e", "--kernel", "5.10.0-99-amd64"]) == 1
     err = capsys.readouterr().err
-    assert "install the Debian package linux-headers-5.10.0-99-amd64" in err
+    assert "no kernel '5.10.0-99-amd64' in Debian's archive; nearest: 5.10.0-46-amd64" in err
+    assert len(err.splitlines()) == 1
+
+
+@unit
+def test_without_the_archive_a_missing_kernel_names_its_headers() -> None:
+    with pytest.raises(NoHeadersError, match=r"install the Debian package "
+                       r"linux-headers-5\.10\.0-99-amd64"):
+        find_kernel("5.10.0-99-amd64", archive=False)
 
 
 @unit

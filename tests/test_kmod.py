@@ -226,7 +226,7 @@ def test_find_kernel_without_headers(tmp_path: Path) -> None:
         find_kernel(tmp_path)
     assert err.value.exit_code == 1
     with pytest.raises(PathError):
-        find_kernel("0.0.0-no-such-kernel")
+        find_kernel("0.0.0-no-such-kernel", archive=False)
 
 
 @unit

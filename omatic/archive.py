@@ -1,0 +1,212 @@
+"""The kernels Debian's archive offers, read from its package indexes through apt.
+
+apt runs with a state folder of ours per suite (`$XDG_CACHE_HOME/pfq-omatic/apt/SUITE`):
+its own sources.list (the suite's lines from `suites/SUITE.toml`), lists, cache and an
+empty dpkg status, so the host's apt sources and state are never read or touched. The
+indexes are refreshed once a day, or on demand.
+
+A kernel is a `linux-image-RELEASE` package whose RELEASE ends in a flavor we build for
+(amd64, cloud-amd64, rt-amd64), listed with the archive suite that carries it
+("trixie-backports") and the suite whose system builds for it ("trixie"): that system has
+the compiler the kernel was built with, and host tools linked against its own glibc.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omatic.cache import cache_root, file_lock
+from omatic.errors import InfraError, UserError
+from omatic.kernel import Kernel
+from omatic.system import Suite, SystemSpec, ensure_root, load_suites
+
+FLAVORS = ("amd64", "cloud-amd64", "rt-amd64")
+#: Hours the downloaded indexes serve before `apt-get update` runs again.
+MAX_AGE_HOURS = 24
+_IMAGE = re.compile(r"^Package: linux-image-(\d+\.\d+[^\s]*?-(?:cloud-|rt-)?amd64)$",
+                    re.MULTILINE)
+APT_HELPER = "/usr/lib/apt/apt-helper"
+
+
+class ArchiveIndexError(InfraError):
+    template = ("cannot read Debian's package indexes for {suite}: {message} (check the "
+                "network, or set PFQ_OMATIC_MIRROR to a mirror this machine reaches)")
+
+
+class UnknownKernelError(UserError):
+    template = "no kernel {spec!r} in Debian's archive{hint}"
+
+
+@dataclass(frozen=True)
+class ArchiveKernel:
+    """A kernel the archive offers."""
+
+    #: Its UTS release, which names its packages: "7.3.4+deb13-amd64".
+    release: str
+    #: The archive suite carrying its image: "trixie-backports".
+    archive_suite: str
+    #: The suite whose system builds for it: "trixie".
+    suite: str
+
+    @property
+    def flavor(self) -> str:
+        return next(f for f in sorted(FLAVORS, key=len, reverse=True)
+                    if self.release.endswith("-" + f))
+
+    @property
+    def series(self) -> str:
+        return ".".join(re.findall(r"\d+", self.release)[:2])
+
+    def packages(self) -> list[str]:
+        """What a system building for this kernel holds, on top of its suite's minbase:
+        the headers (which pull the compiler and linux-kbuild), the image with its modules,
+        the source tarball of the series, make and xz."""
+        return [f"linux-headers-{self.release}", f"linux-image-{self.release}",
+                f"linux-source-{self.series}", "make", "xz-utils", "kmod"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"release": self.release, "suite": self.archive_suite, "system": self.suite,
+                "flavor": self.flavor, "series": self.series}
+
+
+def version_key(release: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", release))
+
+
+def _apt_dir(suite: Suite) -> Path:
+    return cache_root() / "apt" / suite.name
+
+
+def _apt_options(suite: Suite, root: Path) -> list[str]:
+    options = {
+        "Dir::Etc::SourceList": root / "sources.list",
+        "Dir::Etc::SourceParts": root / "sources.list.d",
+        "Dir::Etc::Preferences": root / "preferences",
+        "Dir::Etc::PreferencesParts": root / "preferences.d",
+        "Dir::State": root / "state",
+        "Dir::State::status": root / "status",
+        "Dir::Cache": root / "cache",
+        "APT::Architecture": "amd64",
+        "APT::Architectures": "amd64",
+        "Acquire::Languages": "none",
+        "APT::Sandbox::User": "root" if os.geteuid() == 0 else os.environ.get("USER", ""),
+        "Acquire::Check-Valid-Until": "true" if suite.check_valid_until else "false",
+    }
+    return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+
+
+def update_indexes(suite: Suite, refresh: bool = False) -> Path:
+    """Download (if older than MAX_AGE_HOURS, or `refresh`) the suite's package indexes;
+    return apt's folder for the suite."""
+    root = _apt_dir(suite)
+    lists = root / "state" / "lists"
+    stamp = root / "updated"
+    with file_lock(root.with_suffix(".lock"), f"waiting for another read of {suite.name}'s "
+                   "indexes"):
+        if (not refresh and stamp.is_file()
+                and time.time() - stamp.stat().st_mtime < MAX_AGE_HOURS * 3600):
+            return root
+        for folder in (root / "sources.list.d", root / "preferences.d", lists / "partial",
+                       root / "cache" / "archives" / "partial"):
+            folder.mkdir(parents=True, exist_ok=True)
+        (root / "sources.list").write_text("".join(line + "\n"
+                                                   for line in suite.source_lines()))
+        (root / "status").touch()
+        stamp.unlink(missing_ok=True)
+        try:
+            run = subprocess.run(["apt-get", *_apt_options(suite, root), "-q", "update"],
+                                 stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                 errors="replace", check=False)
+        except FileNotFoundError:
+            raise InfraError("apt-get is not installed (is this Debian?)") from None
+        failed = [line for line in (run.stdout + run.stderr).splitlines()
+                  if line.startswith(("E:", "Err:"))]
+        if run.returncode != 0 or failed:
+            raise ArchiveIndexError((failed or [f"apt-get exit {run.returncode}"])[0],
+                                    suite=suite.name)
+        stamp.touch()
+    return root
+
+
+def read_kernels(suite: Suite, refresh: bool = False) -> list[ArchiveKernel]:
+    """The kernels in the suite's Packages indexes, found and decompressed by apt itself
+    (`apt-get indextargets`, `apt-helper cat-file`) whatever format it keeps them in."""
+    root = update_indexes(suite, refresh)
+    targets = _apt(["apt-get", *_apt_options(suite, root), "indextargets", "--format",
+                    "$(FILENAME)\t$(CODENAME)", "Identifier: Packages"], suite)
+    found = []
+    for line in targets.splitlines():
+        path, _, codename = line.partition("\t")
+        if not Path(path).is_file():
+            continue
+        text = _apt([APT_HELPER, "cat-file", path], suite)
+        for release in sorted(set(_IMAGE.findall(text))):
+            if not re.search(r"-(?:unsigned|dbg)$", release):
+                found.append(ArchiveKernel(release=release, archive_suite=codename,
+                                           suite=suite.name))
+    return found
+
+
+def _apt(argv: list[str], suite: Suite) -> str:
+    try:
+        run = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             errors="replace", check=False)
+    except FileNotFoundError:
+        raise InfraError(f"{argv[0]} is not installed (is this Debian?)") from None
+    if run.returncode != 0:
+        last = run.stderr.strip().splitlines()[-1:] or [f"{argv[0]} exit {run.returncode}"]
+        raise ArchiveIndexError(last[0], suite=suite.name)
+    return run.stdout
+
+
+def available_kernels(suites: Sequence[str] | None = None, refresh: bool = False
+                      ) -> list[ArchiveKernel]:
+    """Every kernel the archive offers for our flavors, newest first; a release carried
+    by two suites is listed with the first suite of suites/ that has it (by release)."""
+    known = load_suites()
+    names = list(suites) if suites else sorted(known, key=lambda n: _suite_order(known[n]))
+    kernels: dict[str, ArchiveKernel] = {}
+    for name in names:
+        for kernel in read_kernels(known[name], refresh):
+            kernels.setdefault(kernel.release, kernel)
+    return sorted(kernels.values(), key=lambda k: (version_key(k.release), k.release),
+                  reverse=True)
+
+
+def _suite_order(suite: Suite) -> tuple[int, str]:
+    return (int(suite.release) if suite.release.isdigit() else 1000, suite.name)
+
+
+def find_available(spec: str, kernels: Sequence[ArchiveKernel]) -> ArchiveKernel:
+    """The kernel named by `spec`: a release ("7.3.4+deb13-amd64"), or a series with an
+    optional flavor ("5.10", "7.3-rt-amd64"), newest first."""
+    for kernel in kernels:
+        if kernel.release == spec:
+            return kernel
+    series, _, flavor = spec.partition("-")
+    flavor = flavor or "amd64"
+    matching = [k for k in kernels if k.series == series and k.flavor == flavor]
+    if matching:
+        return matching[0]
+    near = difflib.get_close_matches(spec, [k.release for k in kernels], n=3, cutoff=0.5)
+    hint = f"; nearest: {', '.join(near)}" if near else ""
+    raise UnknownKernelError(spec=spec, hint=hint + " (pfq-omatic kernels --available)")
+
+
+def system_kernel(kernel: ArchiveKernel, note: Any = None) -> Kernel:
+    """`kernel` in a kept system of its suite holding its packages, made on first use."""
+    spec = SystemSpec.of(kernel.suite, kernel.packages())
+    root = ensure_root(spec, note=note)
+    build_dir = root / "usr/src" / f"linux-headers-{kernel.release}"
+    if not (build_dir / "Module.symvers").is_file():
+        raise InfraError(f"the {kernel.suite} system at {root} has no headers for "
+                         f"{kernel.release}")
+    return Kernel(release=kernel.release, build_dir=build_dir, root=root, suite=kernel.suite)
