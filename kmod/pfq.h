@@ -26,6 +26,11 @@
 #error "kmod/probes/netif_rx.c did not compile: the feature probes in Kbuild are broken"
 #endif
 
+/* pde_data() is PDE_DATA() before 5.17 (kmod/probes/pde_data.c). */
+#ifndef PFQ_HAVE_PDE_DATA
+#define pde_data(inode) PDE_DATA(inode)
+#endif
+
 enum pfq_mode {
 	PFQ_PASS,	/* count, then hand to the kernel unchanged */
 	PFQ_TAP,	/* copy to the ring, then hand to the kernel */
@@ -41,6 +46,9 @@ enum pfq_hook {
 	PFQ_HOOK_NETIF_RX,
 #ifdef PFQ_HAVE_NETIF_RX_NI
 	PFQ_HOOK_NETIF_RX_NI,
+#endif
+#ifdef PFQ_HAVE_NETIF_RX_ANY_CONTEXT
+	PFQ_HOOK_NETIF_RX_ANY_CONTEXT,
 #endif
 	PFQ_HOOK_MAX,
 };

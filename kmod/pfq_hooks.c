@@ -192,3 +192,16 @@ int pfq_netif_rx_ni(struct sk_buff *skb)
 }
 EXPORT_SYMBOL_GPL(pfq_netif_rx_ni);
 #endif
+
+#ifdef PFQ_HAVE_NETIF_RX_ANY_CONTEXT
+int pfq_netif_rx_any_context(struct sk_buff *skb)
+{
+	enum pfq_verdict v = pfq_rx_dev(skb->dev, PFQ_HOOK_NETIF_RX_ANY_CONTEXT, skb,
+					pfq_mac_offset(skb));
+
+	if (likely(v == PFQ_TO_STACK))
+		return netif_rx_any_context(skb);
+	return pfq_rx_verdict(skb, v);
+}
+EXPORT_SYMBOL_GPL(pfq_netif_rx_any_context);
+#endif

@@ -36,6 +36,9 @@ const char *const pfq_hook_names[PFQ_HOOK_MAX] = {
 #ifdef PFQ_HAVE_NETIF_RX_NI
 	[PFQ_HOOK_NETIF_RX_NI] = "netif_rx_ni",
 #endif
+#ifdef PFQ_HAVE_NETIF_RX_ANY_CONTEXT
+	[PFQ_HOOK_NETIF_RX_ANY_CONTEXT] = "netif_rx_any_context",
+#endif
 };
 
 const char *const pfq_mode_names[PFQ_MODE_MAX] = {

@@ -24,7 +24,8 @@ struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen)
 	spin_lock_init(&ring->lock);
 	ring->slots = slots;
 	ring->snaplen = snaplen;
-	ring->slot_size = ALIGN(struct_size_t(struct pfq_slot, data, snaplen), 8);
+	/* struct_size() on a typed null pointer: struct_size_t() is only in 6.5 and later. */
+	ring->slot_size = ALIGN(struct_size((struct pfq_slot *)NULL, data, snaplen), 8);
 	ring->mem = vmalloc(array_size(slots, ring->slot_size));
 	if (!ring->mem) {
 		kfree(ring);

@@ -20,6 +20,7 @@ EXPECTED_HOOKS = {
     "napi_gro_frags": "pfq_gro_frags",
     "netif_rx": "pfq_netif_rx",
     "netif_rx_ni": "pfq_netif_rx_ni",
+    "netif_rx_any_context": "pfq_netif_rx_any_context",
 }
 
 

@@ -10,11 +10,11 @@
  * tap and capture modes and for what each hook returns when PFQ keeps a packet.
  *
  * The header is self-contained. Kernels differ in which entry points exist:
- * netif_rx_ni() is gone since 5.18 ("net: Remove netif_rx_any_context()
- * and netif_rx_ni()."). pfq.ko exports pfq_netif_rx_ni only
- * where a build-time probe finds netif_rx_ni() (kmod/probes/netif_rx_ni.c); declaring
- * it everywhere is harmless because the rewriter only emits calls to it on kernels
- * that have netif_rx_ni(), and its prototype uses only types every kernel has.
+ * netif_rx_ni() and netif_rx_any_context() are gone since 5.18 ("net: Remove
+ * netif_rx_any_context() and netif_rx_ni()."). pfq.ko exports their hooks only where a
+ * build-time probe finds them (kmod/probes/); declaring them everywhere is harmless
+ * because the rewriter only emits calls to them on kernels that have the callee, and
+ * their prototypes use only types every kernel has.
  */
 #ifndef _PFQ_HOOKS_H
 #define _PFQ_HOOKS_H
@@ -40,5 +40,9 @@ int pfq_netif_rx(struct sk_buff *skb);
 
 /* netif_rx_ni(): netif_rx() from process context; exported only where it exists. */
 int pfq_netif_rx_ni(struct sk_buff *skb);
+
+/* netif_rx_any_context(): netif_rx() from any context, 5.10 to 5.17; exported only
+ * where it exists. */
+int pfq_netif_rx_any_context(struct sk_buff *skb);
 
 #endif /* _PFQ_HOOKS_H */
