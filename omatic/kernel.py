@@ -198,11 +198,29 @@ def find_kernel(spec: str | Path, archive: bool = True, note: Any = None) -> Ker
     series = [k for k in kernels if k.series == str(spec)]
     if series:
         return series[0]
+    for kernel in kept_kernels():
+        if kernel.release == str(spec):
+            return kernel
     if not archive:
         raise NoHeadersError(release=str(spec))
     from omatic.archive import available_kernels, find_available, system_kernel
 
     return system_kernel(find_available(str(spec), available_kernels()), note=note)
+
+
+def kept_kernels() -> list[Kernel]:
+    """The kernels of the kept systems made for earlier builds (omatic.system.ensure_root),
+    named SUITE-KEY-DATE."""
+    from omatic.system import roots_dir
+
+    found = []
+    for root in sorted(roots_dir().glob("*-*-*")):
+        for build_dir in sorted(root.glob("usr/src/linux-headers-*")):
+            release = _release_of(build_dir)
+            if release is not None and (build_dir / "Module.symvers").is_file():
+                found.append(Kernel(release=release, build_dir=build_dir, root=root,
+                                    suite=root.name.split("-")[0]))
+    return found
 
 
 def default_kernel() -> Kernel:
