@@ -7,6 +7,7 @@ line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -439,6 +440,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --available: read the archive's indexes anew")
     _add_env(sub)
 
+    p = add("matrix", cmd_matrix, "build and verify (and prove) drivers x kernels, report")
+    p.add_argument("--driver", action="append", metavar="DRIVER",
+                   help="a driver; repeat (default: every driver of drivers/)")
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="a kernel, here or in Debian's archive; repeat (default: the default)")
+    p.add_argument("--lab", action="store_true", help="prove each cell in QEMU too")
+    p.add_argument("--out", default="matrix-out", help="output folder (default: matrix-out)")
+    p.add_argument("--known-failures", metavar="FILE",
+                   help="TOML [[failure]] tables (driver, kernel, reason): expected, not fatal")
+    p.add_argument("--force", action="store_true", help="redo cells even when unchanged")
+    p.add_argument("--emit", choices=("github-actions",),
+                   help="print a CI workflow running this matrix instead of running it")
+
     p = add("build", cmd_build, "build and verify an accelerated driver for installed kernels")
     p.add_argument("driver", metavar="DRIVER", help="module name, e.g. e1000e, ixgbe")
     p.add_argument("--kernel", action="append", metavar="KVER",
@@ -495,6 +509,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return code
     except OmaticError as err:
         print(f"pfq-omatic: error: {err}", file=sys.stderr)
+        _record_failure(err)
         return err.exit_code
     except KeyboardInterrupt:
         print("pfq-omatic: interrupted", file=sys.stderr)
@@ -502,6 +517,55 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _record_failure(err: OmaticError) -> None:
+    """For a matrix cell: what kind of error ended this command, in the file it names."""
+    from omatic.errors import BuildError
+    from omatic.matrix import FAILURE_ENV
+
+    path = os.environ.get(FAILURE_ENV)
+    if not path:
+        return
+    kind = ("user" if isinstance(err, UserError) else
+            "build" if isinstance(err, BuildError) else "infra")
+    with contextlib.suppress(OSError):
+        Path(path).write_text(json.dumps({"kind": kind, "error": type(err).__name__,
+                                          "message": str(err)}))
+
+
+def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.drivers import load_manifests, resolve
+    from omatic.matrix import MatrixRun, load_known_failures, run_matrix
+    from omatic.matrix_report import emit_github_actions, exit_code
+
+    drivers = sorted({resolve(d)[0] for d in args.driver} if args.driver
+                     else load_manifests())
+    kernels = _kernels_of(args.kernel)
+    if args.emit:
+        out.write(emit_github_actions([(k.release, k.suite or "bookworm") for k in kernels],
+                                      drivers, args.lab))
+        return 0
+    run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=args.lab,
+                    known=load_known_failures(Path(args.known_failures)
+                                              if args.known_failures else None),
+                    workers=args.jobs or os.cpu_count() or 1, force=args.force,
+                    command=shlex.join(["pfq-omatic", "matrix", *sys.argv[2:]]))
+
+    def told(cell: Any, reused: bool) -> None:
+        if not args.json:
+            flag = " (unchanged)" if reused else ""
+            why = f": {cell.reason}" if cell.reason else ""
+            out.write(f"{cell.status:5} {cell.driver} on {cell.kernel} "
+                      f"({cell.seconds:.0f} s){flag}{why}\n")
+            out.flush()
+
+    cells = run_matrix(run, told)
+    if args.json:
+        _print_json({"cells": [c.to_json() for c in cells]}, out)
+    else:
+        out.write(f"wrote {Path(args.out) / 'matrix.md'}, matrix.json, junit.xml\n")
+    return exit_code(cells)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -1,0 +1,282 @@
+"""`pfq-omatic matrix`: every driver on every kernel, each cell a build + verify (+ lab).
+
+A cell is the same command a person would type (`pfq-omatic build DRIVER --kernel K`, then
+`pfq-omatic lab ...`), run as a process of its own with its output in the cell's log: one
+cell's failure or crash never stops the others, Ctrl-C kills the running ones whole, and
+the reproducer shown is exactly what ran. Kernels are resolved first, one at a time (a
+kernel of another suite may need its system made); cells then run in parallel, as many
+as the machine has cores, each with its share of them for make.
+
+A cell's status says whose fault it is: `pass`; `fail` (the driver did not build, verify
+or prove itself); `error` (the infrastructure failed: network, QEMU, a missing tool);
+`skip` (that kernel has no such driver). A failure listed in the known-failures file is
+expected: shown, not fatal. Each finished cell is written at once (`cells/KERNEL/DRIVER.json`)
+with a key of everything it depends on; a rerun with the same key reuses it, and the
+reports (omatic.matrix_report) are rewritten from all cells after each one finishes, so an
+interrupted matrix leaves every finished cell's results and no half-written one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omatic import __version__
+from omatic.build import kmod_key
+from omatic.data import DRIVERS_DIR, PATCHES_DIR
+from omatic.errors import UserError
+from omatic.kernel import Kernel
+from omatic.matrix_report import Cell, write_outputs
+
+#: Where main() writes what kind of error ended a cell's command (read here, then removed).
+FAILURE_ENV = "PFQ_OMATIC_FAILURE_FILE"
+#: Errors that mean "this kernel does not have that driver".
+_SKIP_ERRORS = ("UnknownDriverError",)
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    """A cell expected to fail: driver and kernel are shell patterns ("5.10.*")."""
+
+    driver: str
+    kernel: str
+    reason: str
+
+    def matches(self, driver: str, kernel: str) -> bool:
+        return fnmatch.fnmatchcase(driver, self.driver) and fnmatch.fnmatchcase(kernel,
+                                                                               self.kernel)
+
+
+def load_known_failures(path: Path | None) -> list[KnownFailure]:
+    """The `[[failure]]` tables of a TOML file (driver, kernel, reason)."""
+    if path is None:
+        return []
+    try:
+        data = tomllib.loads(path.read_text())
+        return [KnownFailure(driver=str(f["driver"]), kernel=str(f["kernel"]),
+                             reason=str(f["reason"])) for f in data.get("failure", [])]
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the known failures: {err.strerror}") from None
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a known-failures file ([[failure]] with driver, "
+                        f"kernel, reason): {err}") from None
+
+
+def _tree_digest(h: Any, folder: Path) -> None:
+    for path in sorted(folder.rglob("*.toml")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+
+
+def cell_key(driver: str, kernel: Kernel, lab: bool) -> str:
+    """Everything a cell's result depends on: the tool, the rules, the manifests, pfq.ko's
+    inputs and the kernel's ABI."""
+    h = hashlib.sha256(f"{__version__}\0{driver}\0{kernel.release}\0{lab}\0".encode())
+    h.update(kmod_key(kernel).encode())
+    _tree_digest(h, PATCHES_DIR)
+    _tree_digest(h, DRIVERS_DIR)
+    for part in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(part.read_bytes())
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class MatrixRun:
+    drivers: Sequence[str]
+    kernels: Sequence[Kernel]
+    out_dir: Path
+    lab: bool = False
+    known: Sequence[KnownFailure] = ()
+    workers: int = os.cpu_count() or 1
+    #: The command line shown at the top of the reports.
+    command: str = "pfq-omatic matrix"
+    force: bool = False
+
+    def cell_argvs(self, driver: str, kernel: Kernel) -> list[list[str]]:
+        jobs = str(max(1, (os.cpu_count() or 1) // max(1, self.workers)))
+        out = str(self.out_dir / "builds")
+        argvs = [["pfq-omatic", "build", driver, "--kernel", kernel.release, "--out", out,
+                  "-j", jobs]]
+        if self.lab:
+            argvs.append(["pfq-omatic", "lab", driver, "--kernel", kernel.release, "--out",
+                          out, "-j", jobs])
+        return argvs
+
+
+def _suite(kernel: Kernel) -> str:
+    return kernel.suite or "host"
+
+
+def _reproducer(argvs: list[list[str]]) -> str:
+    return " && ".join(shlex.join(a) for a in argvs)
+
+
+def _cell_path(out_dir: Path, kernel: str, driver: str) -> Path:
+    return out_dir / "cells" / kernel / f"{driver}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Procs:
+    """The cells' running processes, to kill whole on Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.live: set[subprocess.Popen[bytes]] = set()
+        self.stopping = False
+
+    def run(self, argv: list[str], log: Any, env: dict[str, str]) -> int:
+        with self.lock:
+            if self.stopping:
+                raise KeyboardInterrupt
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.live.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+
+    def kill_all(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for proc in self.live:
+                # Its own session: SIGTERM to the group reaches make, QEMU and the rest;
+                # pfq-omatic unwinds on SIGTERM (mounts, guests, temp folders).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in list(self.live):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _run_cell(run: MatrixRun, driver: str, kernel: Kernel, procs: _Procs) -> Cell:
+    argvs = run.cell_argvs(driver, kernel)
+    log_rel = f"cells/{kernel.release}/{driver}.log"
+    log_path = run.out_dir / log_rel
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    failure = log_path.with_suffix(".failure")
+    failure.unlink(missing_ok=True)
+    env = {**os.environ, FAILURE_ENV: str(failure)}
+    start = time.monotonic()
+    status, reason = "pass", ""
+    with open(log_path, "wb") as log:
+        for argv in argvs:
+            log.write(f"$ {shlex.join(argv)}\n".encode())
+            log.flush()
+            code = procs.run([sys.executable, "-m", "omatic", *argv[1:]], log, env)
+            if code == 0:
+                continue
+            status, reason = _classify(code, failure, log_path)
+            break
+    failure.unlink(missing_ok=True)
+    expected = next((k for k in run.known if k.matches(driver, kernel.release)), None)
+    if expected and status == "fail":
+        reason = f"{expected.reason} ({reason})" if reason else expected.reason
+    return Cell(driver=driver, kernel=kernel.release, suite=_suite(kernel), status=status,
+                seconds=round(time.monotonic() - start, 1), log=log_rel,
+                reproducer=_reproducer(argvs), reason=reason,
+                expected=bool(expected and status == "fail"), lab=run.lab)
+
+
+def _classify(code: int, failure: Path, log: Path) -> tuple[str, str]:
+    """(status, reason) of a cell command that exited `code`."""
+    try:
+        record = json.loads(failure.read_text())
+    except (OSError, ValueError):
+        record = None
+    if record is None:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit {code}"
+        if code == 130 or code < 0:
+            return "error", f"interrupted or killed (exit {code})"
+        # A verify or lab failure is reported, not raised: exit 2 with no error record.
+        return ("fail", last) if code == 2 else ("error", f"exit {code}: {last}")
+    message = str(record.get("message", ""))
+    if record.get("error") in _SKIP_ERRORS:
+        return "skip", message
+    if record.get("kind") == "build":
+        return "fail", message
+    return "error", message
+
+
+def run_matrix(run: MatrixRun, on_cell: Callable[[Cell, bool], None] | None = None
+               ) -> list[Cell]:
+    """Run every cell not already done with the same key; write the reports after each.
+    `on_cell(cell, reused)` is told of each finished cell."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    date = time.strftime("%Y-%m-%d")
+    cells: dict[tuple[str, str], Cell] = {}
+    todo: list[tuple[str, Kernel, str]] = []
+    for kernel in run.kernels:
+        for driver in run.drivers:
+            key = cell_key(driver, kernel, run.lab)
+            done = _reuse(run.out_dir, kernel.release, driver, key)
+            if done is not None and not run.force:
+                cells[(kernel.release, driver)] = done
+                if on_cell:
+                    on_cell(done, True)
+            else:
+                todo.append((driver, kernel, key))
+    lock = threading.Lock()
+
+    def finish(cell: Cell, key: str) -> None:
+        with lock:
+            _write_atomic(_cell_path(run.out_dir, cell.kernel, cell.driver),
+                          json.dumps({"key": key, "cell": cell.to_json()}, indent=1) + "\n")
+            cells[(cell.kernel, cell.driver)] = cell
+            write_outputs(list(cells.values()), run.out_dir, run.command, date)
+        if on_cell:
+            on_cell(cell, False)
+
+    procs = _Procs()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, run.workers))
+    try:
+        futures = {pool.submit(_run_cell, run, driver, kernel, procs): key
+                   for driver, kernel, key in todo}
+        for future in concurrent.futures.as_completed(futures):
+            finish(future.result(), futures[future])
+    except BaseException:
+        procs.kill_all()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    result = list(cells.values())
+    write_outputs(result, run.out_dir, run.command, date)
+    return result
+
+
+def _reuse(out_dir: Path, kernel: str, driver: str, key: str) -> Cell | None:
+    """The cell written by an earlier run with the same key, unless it was an error (the
+    infrastructure may work now)."""
+    try:
+        data = json.loads(_cell_path(out_dir, kernel, driver).read_text())
+        cell = Cell.from_json(data["cell"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cell if data.get("key") == key and cell.status != "error" else None

@@ -1,0 +1,82 @@
+"""pfq-omatic matrix: cells of real builds, their statuses, reuse and the reports."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from omatic.cli import main
+from omatic.matrix import KnownFailure, load_known_failures
+from omatic.matrix_report import read_cells
+
+kbuild = pytest.mark.kbuild
+unit = pytest.mark.unit
+
+
+@kbuild
+def test_a_matrix_passes_skips_and_reuses_its_cells(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    known = tmp_path / "known.toml"
+    known.write_text('[[failure]]\ndriver = "no_*"\nkernel = "6.*"\nreason = "not a driver"\n')
+    argv = ["matrix", "--driver", "e1000e", "--driver", "no_such_nic", "--kernel", "6.1",
+            "--out", str(out), "--known-failures", str(known)]
+    text = io.StringIO()
+    assert main(argv, out=text) == 0, text.getvalue()
+    cells = {c.driver: c for c in read_cells(out)}
+    assert cells["e1000e"].status == "pass"
+    assert (out / cells["e1000e"].log).read_text().startswith("$ pfq-omatic build e1000e")
+    # A kernel without that driver is a skip with the reason, not a failure.
+    assert cells["no_such_nic"].status == "skip"
+    assert "unknown driver 'no_such_nic'" in cells["no_such_nic"].reason
+    assert cells["e1000e"].reproducer.startswith("pfq-omatic build e1000e --kernel 6.1.")
+    assert "| e1000e | pass |" in (out / "matrix.md").read_text()
+    assert 'testsuite' in (out / "junit.xml").read_text()
+    # Unchanged: nothing is redone.
+    start = time.monotonic()
+    text = io.StringIO()
+    assert main(argv, out=text) == 0
+    assert time.monotonic() - start < 5
+    assert text.getvalue().count("(unchanged)") == 2
+
+
+@kbuild
+def test_a_cell_whose_inputs_changed_is_redone(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    text = io.StringIO()
+    code = main(["matrix", "--driver", "e100", "--kernel", "6.1", "--out", str(out)], out=text)
+    assert code == 0
+    cell_file = next((out / "cells").glob("*/e100.json"))
+    data = json.loads(cell_file.read_text())
+    data["key"] = "stale"
+    cell_file.write_text(json.dumps(data))
+    # A stale key is redone, not reused.
+    text = io.StringIO()
+    assert main(["matrix", "--driver", "e100", "--kernel", "6.1", "--out", str(out)],
+                out=text) == 0
+    assert "(unchanged)" not in text.getvalue()
+
+
+@unit
+def test_known_failures_are_read_and_matched(tmp_path: Path) -> None:
+    path = tmp_path / "k.toml"
+    path.write_text('[[failure]]\ndriver = "ice"\nkernel = "5.10.*"\nreason = "no XDP"\n')
+    (rule,) = load_known_failures(path)
+    assert rule == KnownFailure("ice", "5.10.*", "no XDP")
+    assert rule.matches("ice", "5.10.0-46-amd64") and not rule.matches("ice", "6.1.0-56-amd64")
+    path.write_text("[[failure]]\ndriver = 1\n")
+    with pytest.raises(Exception, match="not a known-failures file"):
+        load_known_failures(path)
+
+
+@unit
+def test_a_bad_known_failures_file_is_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["matrix", "--driver", "e1000e", "--out", str(tmp_path / "m"),
+                 "--known-failures", str(tmp_path / "missing.toml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pfq-omatic: error: ") and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()
