@@ -1,6 +1,6 @@
 """The kernels Debian's archive offers, read from its package indexes through apt.
 
-apt runs with a state folder of ours per suite (`$XDG_CACHE_HOME/pfq-omatic/apt/SUITE`):
+apt runs with a state folder of ours per suite and sources (`$XDG_CACHE_HOME/pfq-omatic/apt/`):
 its own sources.list (the suite's lines from `suites/SUITE.toml`), lists, cache and an
 empty dpkg status, so the host's apt sources and state are never read or touched. The
 indexes are refreshed once a day, or on demand.
@@ -14,6 +14,8 @@ the compiler the kernel was built with, and host tools linked against its own gl
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -82,7 +84,9 @@ def version_key(release: str) -> tuple[int, ...]:
 
 
 def _apt_dir(suite: Suite) -> Path:
-    return cache_root() / "apt" / suite.name
+    """apt's folder for the suite, named by what it reads: other sources, another folder."""
+    what = json.dumps([suite.source_lines(), suite.check_valid_until])
+    return cache_root() / "apt" / f"{suite.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
 def _apt_options(suite: Suite, root: Path) -> list[str]:
@@ -150,7 +154,9 @@ def read_kernels(suite: Suite, refresh: bool = False) -> list[ArchiveKernel]:
         text = _apt([APT_HELPER, "cat-file", path], suite)
         for release in sorted(set(_IMAGE.findall(text))):
             if not re.search(r"-(?:unsigned|dbg)$", release):
-                found.append(ArchiveKernel(release=release, archive_suite=codename,
+                # An index without a Release file leaves the field unexpanded.
+                where = suite.name if codename.startswith("$(") else codename
+                found.append(ArchiveKernel(release=release, archive_suite=where,
                                            suite=suite.name))
     return found
 

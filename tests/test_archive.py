@@ -1,0 +1,59 @@
+"""The kernels of Debian's archive, read through apt from a small archive made here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omatic.archive import (
+    ArchiveIndexError,
+    ArchiveKernel,
+    UnknownKernelError,
+    find_available,
+    read_kernels,
+)
+from omatic.system import Suite
+
+pytestmark = pytest.mark.unit
+
+PACKAGES = "".join(f"Package: {name}\nVersion: 1\nArchitecture: amd64\n\n" for name in (
+    "linux-image-9.9.0-1-amd64", "linux-image-9.9.0-1-rt-amd64", "linux-image-9.9.0-1-amd64-dbg",
+    "linux-image-9.8.0-3-cloud-amd64", "linux-image-9.9.0-1-amd64-unsigned",
+    "linux-headers-9.9.0-1-amd64", "hello"))
+
+
+def local_suite(tmp_path: Path) -> Suite:
+    """A suite whose archive is a folder here (no Release file: trusted by option)."""
+    index = tmp_path / "archive/dists/fake/main/binary-amd64"
+    index.mkdir(parents=True)
+    (index / "Packages").write_text(PACKAGES)
+    return Suite(name="fake", path=tmp_path / "fake.toml", release="99", sources=(
+        f"deb [trusted=yes allow-insecure=yes] file:{tmp_path / 'archive'} fake main",))
+
+
+def test_images_of_our_flavors_are_kernels(tmp_path: Path) -> None:
+    kernels = read_kernels(local_suite(tmp_path))
+    assert sorted(k.release for k in kernels) == [
+        "9.8.0-3-cloud-amd64", "9.9.0-1-amd64", "9.9.0-1-rt-amd64"]
+    assert {k.suite for k in kernels} == {"fake"}
+    assert {k.flavor for k in kernels} == {"amd64", "rt-amd64", "cloud-amd64"}
+
+
+def test_an_unreachable_archive_is_an_infrastructure_error(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of the loopback: the connection is refused at once.
+    suite = Suite(name="fake", path=tmp_path / "fake.toml", release="99",
+                  sources=("deb http://127.0.0.1:9/debian fake main",))
+    with pytest.raises(ArchiveIndexError) as err:
+        read_kernels(suite)
+    assert err.value.exit_code == 2 and "fake" in str(err.value)
+
+
+def test_a_kernel_is_found_by_release_series_or_flavor() -> None:
+    offered = [ArchiveKernel(r, "sid", "sid") for r in (
+        "7.2.13+deb14-amd64", "7.2.13+deb14-rt-amd64", "7.1.2+deb14-amd64")]
+    assert find_available("7.2", offered).release == "7.2.13+deb14-amd64"
+    assert find_available("7.2-rt-amd64", offered).release == "7.2.13+deb14-rt-amd64"
+    assert find_available("7.1.2+deb14-amd64", offered).release == "7.1.2+deb14-amd64"
+    with pytest.raises(UnknownKernelError, match=r"nearest: 7\.2\.13"):
+        find_available("7.2.13+deb41-amd64", offered)
