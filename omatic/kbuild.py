@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +100,15 @@ def expected_hooks(rules: Iterable[Rule], release: str) -> set[str]:
 
 
 def check_kmod(ko: Path, symvers: Path, release: str, vermagic: str,
-               rules: Iterable[Rule]) -> list[str]:
+               rules: Iterable[Rule],
+               symbols_of: Callable[[str], Sequence[str]] = lambda callee: (callee,)
+               ) -> list[str]:
     """Every way `ko` and its `symvers` break the contract for `release`; [] when none.
 
     The contract: exports == the rules' hooks for that release, all EXPORT_SYMBOL_GPL;
     Module.symvers lists exactly them with the CRCs the .ko carries; each hook calls the
-    kernel function it stands for; license GPL; vermagic `vermagic`.
+    kernel function it stands for (the symbols `symbols_of` the callee: Kernel.callee_symbols
+    where the callee is an inline); license GPL; vermagic `vermagic`.
     """
     rules = list(rules)
     module = KernelModule(ko)
@@ -136,7 +139,7 @@ def check_kmod(ko: Path, symvers: Path, release: str, vermagic: str,
                         f"{', '.join(stale)}")
     needed = module.undefined()
     for rule in rules:
-        if rule.exists_in(release) and rule.callee not in needed:
+        if rule.exists_in(release) and not set(symbols_of(rule.callee)) & needed:
             problems.append(f"{rule.hook} does not call {rule.callee}")
     info = module.modinfo()
     if info.get("license") != ["GPL"]:

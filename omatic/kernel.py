@@ -98,6 +98,28 @@ class Kernel:
         path = self._in_root(MODULES_ROOT, "lib/modules") / self.release / "kernel"
         return path if path.is_dir() else None
 
+    def callee_symbols(self, callee: str) -> tuple[str, ...]:
+        """The symbols a module calling `callee` imports on this kernel: the callee itself
+        when the kernel exports it, else, for a static inline of the headers, the exported
+        functions its body calls. napi_gro_receive() became an inline over
+        gro_receive_skb() in 6.15 ("net: gro: decouple GRO from the NAPI layer",
+        291515c76409): this finds that in the headers, not by version."""
+        from omatic.modfile import read_symvers
+
+        exported = read_symvers(self.symvers)
+        if callee in exported:
+            return (callee,)
+        body = _inline_body(self._include_dirs(), callee)
+        calls = re.findall(r"\b([A-Za-z_]\w*)\s*\(", body)
+        return tuple(sorted({name for name in calls if name in exported}))
+
+    def _include_dirs(self) -> list[Path]:
+        """The headers' include folders: Debian splits them into the flavor's folder and a
+        common one (linux-headers-6.1.0-56-common for linux-headers-6.1.0-56-amd64)."""
+        base = re.sub(r"-(?:cloud-|rt-)?amd64$", "", self.release)
+        common = sorted(self.build_dir.parent.glob(f"linux-headers-{base}-common*/include"))
+        return [self.build_dir / "include", *common]
+
     def config(self) -> dict[str, str]:
         """The kernel's .config as CONFIG_X -> value ("y", "m", a string without quotes)."""
         return _read_config(self.build_dir / ".config")
@@ -133,6 +155,26 @@ class Kernel:
             "boot_image": str(self.boot_image) if self.boot_image else None,
             "modules": str(self.modules_dir) if self.modules_dir else None,
         }
+
+
+def _inline_body(include_dirs: Sequence[Path], name: str) -> str:
+    """The body of `static inline ... name(...) { ... }` in include/linux or include/net of
+    the headers, or "" when there is none."""
+    start = re.compile(rf"static\s+(?:__always_)?inline\b[^;{{}}]*?\b{re.escape(name)}\s*\(")
+    for folder in include_dirs:
+        for header in sorted([*folder.glob("linux/*.h"), *folder.glob("net/*.h")]):
+            text = header.read_text(errors="replace")
+            match = start.search(text)
+            if match is None:
+                continue
+            open_at = text.find("{", match.end())
+            depth, at = 0, open_at
+            while open_at >= 0 and at < len(text):
+                depth += {"{": 1, "}": -1}.get(text[at], 0)
+                if depth == 0:
+                    return text[open_at:at + 1]
+                at += 1
+    return ""
 
 
 @functools.lru_cache(maxsize=8)

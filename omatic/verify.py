@@ -194,6 +194,7 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
     # by one of them; which one, the report (per source file) cannot say.
     imported = set().union(*(m.undefined() for m in loaded))
     unused = sorted((rewritten_to or set()) - imported)
+    symbols = {callee: kernel.callee_symbols(callee) for callee in fully_rewritten or ()}
     reports = []
     for index, module in enumerate(loaded):
         visible = dict(providers)
@@ -208,7 +209,7 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
             _check_license(ctx),
             _check_depends(ctx, used),
             _check_hooks(ctx, used, unused, [m.path.name for m in loaded]),
-            _check_entry_points(ctx, fully_rewritten),
+            _check_entry_points(ctx, fully_rewritten, symbols),
             _check_symbols(ctx),
             _check_this_module(ctx, kernel, ref),
         ]))
@@ -357,14 +358,25 @@ def _check_hooks(ctx: _Context, hooks: set[str], unused: Sequence[str],
                                       for h in sorted(hooks)])
 
 
-def _check_entry_points(ctx: _Context, gone: dict[str, tuple[str, int]] | None) -> Check:
+def _check_entry_points(ctx: _Context, gone: dict[str, tuple[str, int]] | None,
+                        symbols: Mapping[str, Sequence[str]]) -> Check:
+    """Every callee whose sites were all rewritten is gone from the module's imports, as
+    the symbols it resolves to on this kernel (gro_receive_skb for an inline
+    napi_gro_receive)."""
     if gone is None:
         return Check("entry-points", "skipped", ("no rewrite report",))
-    problems = [f"{callee} is still referenced though all {sites} of its sites were "
+
+    def named(callee: str) -> str:
+        syms = [s for s in symbols.get(callee, (callee,)) if s != callee]
+        return f"{callee} (as {', '.join(syms)})" if syms else callee
+
+    problems = [f"{named(callee)} is still referenced though all {sites} of its sites were "
                 f"rewritten to {hook}"
-                for callee, (hook, sites) in sorted(gone.items()) if callee in ctx.undefined]
+                for callee, (hook, sites) in sorted(gone.items())
+                if {callee, *symbols.get(callee, ())} & ctx.undefined]
+    listed = ", ".join(named(c) for c in sorted(gone))
     return _check("entry-points", problems,
-                  [f"gone: {', '.join(sorted(gone)) or '(no entry point fully rewritten)'}"])
+                  [f"gone: {listed or '(no entry point fully rewritten)'}"])
 
 
 def _check_symbols(ctx: _Context) -> Check:

@@ -21,7 +21,7 @@ import omatic.kbuild
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, OutputExistsError, PathError
 from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
-from omatic.kernel import find_kernel
+from omatic.kernel import Kernel, find_kernel
 from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import Rule
 
@@ -268,3 +268,27 @@ def test_readers_reject_bad_input(tmp_path: Path) -> None:
         read_symvers(symvers)
     symvers.write_text("0x0000beef\tname\tvmlinux\tEXPORT_SYMBOL\t\n")
     assert read_symvers(symvers)["name"].crc == 0xBEEF
+
+
+@unit
+def test_a_callee_that_became_an_inline_resolves_to_what_it_calls(tmp_path: Path) -> None:
+    # Debian's layout: the flavor's folder, and the common one holding include/.
+    build = tmp_path / "linux-headers-7.9.1+deb14-amd64"
+    common = tmp_path / "linux-headers-7.9.1+deb14-common" / "include" / "linux"
+    common.mkdir(parents=True)
+    build.mkdir()
+    (common / "netdevice.h").write_text(
+        "gro_result_t gro_receive_skb(struct gro_node *gro, struct sk_buff *skb);\n"
+        "static inline gro_result_t napi_gro_receive(struct napi_struct *napi,\n"
+        "\t\t\t\t\t    struct sk_buff *skb)\n{\n"
+        "\tif (unlikely(!skb)) { return GRO_DROP; }\n"
+        "\treturn gro_receive_skb(&napi->gro, skb);\n}\n"
+        "static inline int not_this(void) { return napi_gro_flush(0); }\n")
+    (build / "Module.symvers").write_text(
+        "0x1\tgro_receive_skb\tvmlinux\tEXPORT_SYMBOL\t\n"
+        "0x2\tnetif_rx\tvmlinux\tEXPORT_SYMBOL\t\n"
+        "0x3\tnapi_gro_flush\tvmlinux\tEXPORT_SYMBOL\t\n")
+    kernel = Kernel("7.9.1+deb14-amd64", build)
+    assert kernel.callee_symbols("napi_gro_receive") == ("gro_receive_skb",)
+    assert kernel.callee_symbols("netif_rx") == ("netif_rx",)
+    assert kernel.callee_symbols("no_such_function") == ()
