@@ -13,6 +13,7 @@ the compiler the kernel was built with, and host tools linked against its own gl
 
 from __future__ import annotations
 
+import concurrent.futures
 import difflib
 import hashlib
 import json
@@ -71,8 +72,13 @@ class ArchiveKernel:
         """What a system building for this kernel holds, on top of its suite's minbase:
         the headers (which pull the compiler and linux-kbuild), the image with its modules,
         the source tarball of the series, make and xz."""
-        return [f"linux-headers-{self.release}", f"linux-image-{self.release}",
-                f"linux-source-{self.series}", "make", "xz-utils", "kmod"]
+        packages = [f"linux-headers-{self.release}", f"linux-image-{self.release}",
+                    f"linux-source-{self.series}", "make", "xz-utils", "kmod"]
+        if self.archive_suite.endswith("-backports"):
+            # apt takes a dependency from backports only when told: the image needs the
+            # newer linux-base there.
+            packages.append(f"linux-base/{self.archive_suite}")
+        return packages
 
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "suite": self.archive_suite, "system": self.suite,
@@ -209,10 +215,45 @@ def find_available(spec: str, kernels: Sequence[ArchiveKernel]) -> ArchiveKernel
 
 def system_kernel(kernel: ArchiveKernel, note: Any = None) -> Kernel:
     """`kernel` in a kept system of its suite holding its packages, made on first use."""
-    spec = SystemSpec.of(kernel.suite, kernel.packages())
-    root = ensure_root(spec, note=note)
-    build_dir = root / "usr/src" / f"linux-headers-{kernel.release}"
-    if not (build_dir / "Module.symvers").is_file():
-        raise InfraError(f"the {kernel.suite} system at {root} has no headers for "
-                         f"{kernel.release}")
-    return Kernel(release=kernel.release, build_dir=build_dir, root=root, suite=kernel.suite)
+    return system_kernels([kernel], note=note)[0]
+
+
+def system_kernels(kernels: Sequence[ArchiveKernel], note: Any = None) -> list[Kernel]:
+    """`kernels` in kept systems, one per suite holding the packages of all of that suite's
+    kernels asked for: a matrix makes each suite's system once."""
+    def make(suite: str) -> Path:
+        packages = sorted({p for k in kernels if k.suite == suite for p in k.packages()})
+        return ensure_root(SystemSpec.of(suite, packages), note=note)
+
+    # Making a system waits mostly on the archive and dpkg: two at once use the machine.
+    suites = sorted({k.suite for k in kernels})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        roots = dict(zip(suites, pool.map(make, suites), strict=True))
+    found = []
+    for kernel in kernels:
+        root = roots[kernel.suite]
+        build_dir = root / "usr/src" / f"linux-headers-{kernel.release}"
+        if not (build_dir / "Module.symvers").is_file():
+            raise InfraError(f"the {kernel.suite} system at {root} has no headers for "
+                             f"{kernel.release}")
+        found.append(Kernel(release=kernel.release, build_dir=build_dir, root=root,
+                            suite=kernel.suite))
+    return found
+
+
+def matrix_kernels(offered: Sequence[ArchiveKernel]) -> list[ArchiveKernel]:
+    """The kernels a matrix covers by default: for each suite and each series it names
+    (`kernels` in suites/SUITE.toml), the newest amd64 kernel; for the suite's newest
+    series, its cloud and rt flavors too."""
+    chosen = []
+    for suite in load_suites().values():
+        newest = max(suite.kernels, key=version_key, default=None)
+        for series in suite.kernels:
+            for flavor in FLAVORS if series == newest else ("amd64",):
+                match = [k for k in offered if k.suite == suite.name and k.series == series
+                         and k.flavor == flavor]
+                if not match:
+                    raise ArchiveIndexError(f"no {series} kernel of flavor {flavor}",
+                                            suite=suite.name)
+                chosen.append(max(match, key=lambda k: version_key(k.release)))
+    return sorted(chosen, key=lambda k: (version_key(k.release), k.release))

@@ -444,8 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--driver", action="append", metavar="DRIVER",
                    help="a driver; repeat (default: every driver of drivers/)")
     p.add_argument("--kernel", action="append", metavar="KVER",
-                   help="a kernel, here or in Debian's archive; repeat (default: the default)")
-    p.add_argument("--lab", action="store_true", help="prove each cell in QEMU too")
+                   help="a kernel, here or in Debian's archive; repeat (default: the series "
+                   "each suites/*.toml names, newest amd64, plus cloud and rt of the newest)")
+    p.add_argument("--lab", action="store_true",
+                   help="prove in QEMU too, each driver that has a QEMU NIC model")
     p.add_argument("--out", default="matrix-out", help="output folder (default: matrix-out)")
     p.add_argument("--known-failures", metavar="FILE",
                    help="TOML [[failure]] tables (driver, kernel, reason): expected, not fatal")
@@ -539,14 +541,16 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.matrix import MatrixRun, load_known_failures, run_matrix
     from omatic.matrix_report import emit_github_actions, exit_code
 
-    drivers = sorted({resolve(d)[0] for d in args.driver} if args.driver
-                     else load_manifests())
-    kernels = _kernels_of(args.kernel)
+    manifests = load_manifests()
+    drivers = sorted({resolve(d, manifests)[0] for d in args.driver} if args.driver
+                     else manifests)
+    kernels = _matrix_kernels(args.kernel)
     if args.emit:
         out.write(emit_github_actions([(k.release, k.suite or "bookworm") for k in kernels],
                                       drivers, args.lab))
-        return 0
-    run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=args.lab,
+    lab = {d for d in drivers if d in manifests and manifests[d].nic_model} if args.lab \
+        else set()
+    run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=lab,
                     known=load_known_failures(Path(args.known_failures)
                                               if args.known_failures else None),
                     workers=args.jobs or os.cpu_count() or 1, force=args.force,
@@ -566,6 +570,34 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(f"wrote {Path(args.out) / 'matrix.md'}, matrix.json, junit.xml\n")
     return exit_code(cells)
+
+
+def _matrix_kernels(specs: list[str] | None) -> list[Any]:
+    """The kernels named (default: suites/*.toml's), in the order given: those here or in
+    a kept system as they are, the others in one new system per suite."""
+    from omatic.archive import (
+        available_kernels,
+        find_available,
+        matrix_kernels,
+        system_kernels,
+    )
+    from omatic.kernel import NoHeadersError, find_kernel
+
+    offered = None
+    if not specs:
+        offered = available_kernels()
+        specs = [k.release for k in matrix_kernels(offered)]
+    found: dict[str, Any] = {}
+    missing = {}
+    for spec in specs:
+        try:
+            found[spec] = find_kernel(spec, archive=False)
+        except NoHeadersError:
+            offered = offered or available_kernels()
+            missing[spec] = find_available(spec, offered)
+    made = system_kernels(list(missing.values()), note=_note)
+    found.update(zip(missing, made, strict=True))
+    return [found[spec] for spec in specs]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -99,7 +99,8 @@ class MatrixRun:
     drivers: Sequence[str]
     kernels: Sequence[Kernel]
     out_dir: Path
-    lab: bool = False
+    #: The drivers proven in the lab too.
+    lab: frozenset[str] | set[str] = frozenset()
     known: Sequence[KnownFailure] = ()
     workers: int = os.cpu_count() or 1
     #: The command line shown at the top of the reports.
@@ -111,7 +112,7 @@ class MatrixRun:
         out = str(self.out_dir / "builds")
         argvs = [["pfq-omatic", "build", driver, "--kernel", kernel.release, "--out", out,
                   "-j", jobs]]
-        if self.lab:
+        if driver in self.lab:
             argvs.append(["pfq-omatic", "lab", driver, "--kernel", kernel.release, "--out",
                           out, "-j", jobs])
         return argvs
@@ -201,7 +202,7 @@ def _run_cell(run: MatrixRun, driver: str, kernel: Kernel, procs: _Procs) -> Cel
     return Cell(driver=driver, kernel=kernel.release, suite=_suite(kernel), status=status,
                 seconds=round(time.monotonic() - start, 1), log=log_rel,
                 reproducer=_reproducer(argvs), reason=reason,
-                expected=bool(expected and status == "fail"), lab=run.lab)
+                expected=bool(expected and status == "fail"), lab=driver in run.lab)
 
 
 def _classify(code: int, failure: Path, log: Path) -> tuple[str, str]:
@@ -235,7 +236,7 @@ def run_matrix(run: MatrixRun, on_cell: Callable[[Cell, bool], None] | None = No
     todo: list[tuple[str, Kernel, str]] = []
     for kernel in run.kernels:
         for driver in run.drivers:
-            key = cell_key(driver, kernel, run.lab)
+            key = cell_key(driver, kernel, driver in run.lab)
             done = _reuse(run.out_dir, kernel.release, driver, key)
             if done is not None and not run.force:
                 cells[(kernel.release, driver)] = done

@@ -110,6 +110,8 @@ class Suite:
     sources: tuple[str, ...]
     #: False where the mirror may serve a Release file past its Valid-Until date.
     check_valid_until: bool = True
+    #: Kernel series of this suite a matrix covers by default ("6.1", "6.12").
+    kernels: tuple[str, ...] = ()
 
     def source_lines(self) -> list[str]:
         return [s.format(mirror=MIRROR, security=SECURITY_MIRROR) for s in self.sources]
@@ -144,7 +146,7 @@ class SystemSpec:
            ) -> SystemSpec:
         names = sorted({p for item in packages for p in item.split(",") if p})
         for name in names:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+(?:/[a-z0-9-]+)?", name):
                 raise UserError(f"{name!r} is not a Debian package name")
         return cls(suite=find_suite(suite), packages=tuple(names), variant=variant)
 

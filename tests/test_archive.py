@@ -11,6 +11,7 @@ from omatic.archive import (
     ArchiveKernel,
     UnknownKernelError,
     find_available,
+    matrix_kernels,
     read_kernels,
 )
 from omatic.system import Suite
@@ -57,3 +58,30 @@ def test_a_kernel_is_found_by_release_series_or_flavor() -> None:
     assert find_available("7.1.2+deb14-amd64", offered).release == "7.1.2+deb14-amd64"
     with pytest.raises(UnknownKernelError, match=r"nearest: 7\.2\.13"):
         find_available("7.2.13+deb41-amd64", offered)
+
+
+def test_a_matrix_covers_each_suites_series_and_the_flavors_of_its_newest() -> None:
+    offered = [ArchiveKernel(release, archive, suite) for release, archive, suite in [
+        (f"5.10.0-{abi}-{flavor}", "bullseye-security", "bullseye")
+        for abi in (45, 46) for flavor in ("amd64", "rt-amd64", "cloud-amd64")] + [
+        ("6.1.0-56-amd64", "bookworm", "bookworm"),
+        ("6.12.117+deb12-amd64", "bookworm-security", "bookworm"),
+        ("6.12.117+deb12-rt-amd64", "bookworm-security", "bookworm"),
+        ("6.12.117+deb12-cloud-amd64", "bookworm-security", "bookworm"),
+        ("6.12.117+deb13-amd64", "trixie", "trixie"),
+        ("7.3.4+deb13-amd64", "trixie-backports", "trixie"),
+        ("7.3.4+deb13-rt-amd64", "trixie-backports", "trixie"),
+        ("7.3.4+deb13-cloud-amd64", "trixie-backports", "trixie"),
+        ("7.2.13+deb14-amd64", "sid", "sid"),
+        ("7.2.13+deb14-rt-amd64", "sid", "sid"),
+        ("7.2.13+deb14-cloud-amd64", "sid", "sid")]]
+    chosen = [k.release for k in matrix_kernels(offered)]
+    assert [r for r in chosen if r.endswith("-amd64") and "-rt-" not in r
+            and "-cloud-" not in r] == ["5.10.0-46-amd64", "6.1.0-56-amd64",
+                                        "6.12.117+deb12-amd64", "6.12.117+deb13-amd64",
+                                        "7.2.13+deb14-amd64", "7.3.4+deb13-amd64"]
+    assert len(chosen) == 6 + 2 * 4
+    # A backports kernel brings its newer linux-base from there.
+    assert "linux-base/trixie-backports" in offered[-4].packages()
+    with pytest.raises(ArchiveIndexError, match=r"no 7\.2 kernel of flavor rt-amd64"):
+        matrix_kernels([k for k in offered if k.release != "7.2.13+deb14-rt-amd64"])
