@@ -71,9 +71,10 @@ class ArchiveKernel:
     def packages(self) -> list[str]:
         """What a system building for this kernel holds, on top of its suite's minbase:
         the headers (which pull the compiler and linux-kbuild), the image with its modules,
-        the source tarball of the series, make and xz."""
+        the source tarball of the series, make and xz; perl for W=1's kernel-doc (its
+        Pod::Usage is not in perl-base)."""
         packages = [f"linux-headers-{self.release}", f"linux-image-{self.release}",
-                    f"linux-source-{self.series}", "make", "xz-utils", "kmod"]
+                    f"linux-source-{self.series}", "make", "xz-utils", "kmod", "perl"]
         if self.archive_suite.endswith("-backports"):
             # apt takes a dependency from backports only when told: the image needs the
             # newer linux-base there.

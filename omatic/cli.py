@@ -363,11 +363,13 @@ def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_env_clean(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.system import cached_systems, remove_cached
+    from omatic.system import cached_systems, remove_cached, remove_unpacked
 
     for c in cached_systems():
         remove_cached(Path(c["tarball"]))
         out.write(f"removed {c['tarball']}\n")
+    for folder in remove_unpacked():
+        out.write(f"removed {folder}\n")
     return 0
 
 
@@ -408,7 +410,8 @@ def _add_env(sub: Any) -> None:
                                                      "the clone, else /root)")
     p.add_argument("argv", nargs="*", metavar="CMD",
                    help="the command and its arguments, after --")
-    verb("clean", cmd_env_clean, "remove every cached system", suite=False)
+    verb("clean", cmd_env_clean, "remove every cached system, the kept ones of kernels and "
+         "what a killed run left (not while another run is going)", suite=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -544,6 +547,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     manifests = load_manifests()
     drivers = sorted({resolve(d, manifests)[0] for d in args.driver} if args.driver
                      else manifests)
+    known = load_known_failures(Path(args.known_failures) if args.known_failures else None)
     kernels = _matrix_kernels(args.kernel)
     if args.emit:
         out.write(emit_github_actions([(k.release, k.suite or "bookworm") for k in kernels],
@@ -551,8 +555,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     lab = {d for d in drivers if d in manifests and manifests[d].nic_model} if args.lab \
         else set()
     run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=lab,
-                    known=load_known_failures(Path(args.known_failures)
-                                              if args.known_failures else None),
+                    known=known,
                     workers=args.jobs or os.cpu_count() or 1, force=args.force,
                     command=shlex.join(["pfq-omatic", "matrix", *sys.argv[2:]]))
 

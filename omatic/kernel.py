@@ -10,6 +10,7 @@ modules of the image (`/lib/modules/RELEASE/kernel`).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -252,16 +253,27 @@ def find_kernel(spec: str | Path, archive: bool = True, note: Any = None) -> Ker
 
 def kept_kernels() -> list[Kernel]:
     """The kernels of the kept systems made for earlier builds (omatic.system.ensure_root),
-    named SUITE-KEY-DATE."""
-    from omatic.system import roots_dir
+    named SUITE-KEY-DATE, whose packages are still all a kernel's system needs (a system
+    made before a package was added to the list is not used)."""
+    from omatic.archive import ArchiveKernel
+    from omatic.system import roots_dir, systems_dir
 
     found = []
     for root in sorted(roots_dir().glob("*-*-*")):
+        suite = root.name.split("-")[0]
+        try:
+            meta = json.loads((systems_dir() / f"{root.name}.json").read_text())
+            has = {p.partition("/")[0] for p in meta["packages"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
         for build_dir in sorted(root.glob("usr/src/linux-headers-*")):
             release = _release_of(build_dir)
-            if release is not None and (build_dir / "Module.symvers").is_file():
+            if release is None or not (build_dir / "Module.symvers").is_file():
+                continue
+            needs = {p.partition("/")[0] for p in ArchiveKernel(release, suite, suite).packages()}
+            if needs <= has:
                 found.append(Kernel(release=release, build_dir=build_dir, root=root,
-                                    suite=root.name.split("-")[0]))
+                                    suite=suite))
     return found
 
 

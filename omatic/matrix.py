@@ -218,7 +218,8 @@ def _classify(code: int, failure: Path, log: Path) -> tuple[str, str]:
             return "error", f"interrupted or killed (exit {code})"
         # A verify or lab failure is reported, not raised: exit 2 with no error record.
         return ("fail", last) if code == 2 else ("error", f"exit {code}: {last}")
-    message = str(record.get("message", ""))
+    # One line: the error's first, and the first line of detail under it if any.
+    message = " ".join(str(record.get("message", "")).splitlines()[:2])[:300]
     if record.get("error") in _SKIP_ERRORS:
         return "skip", message
     if record.get("kind") == "build":

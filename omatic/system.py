@@ -347,6 +347,16 @@ def ensure_root(spec: SystemSpec, note: Any = None) -> Path:
     return root
 
 
+def remove_unpacked() -> list[Path]:
+    """Remove the kept systems and the folders of runs that were killed; return them."""
+    gone = []
+    for folder in [*roots_dir().glob("*"), *(systems_dir() / "run").glob("*")]:
+        if folder.is_dir():
+            _remove_tree(folder)
+            gone.append(folder)
+    return gone
+
+
 def chroot_argv(root: Path, argv: Sequence[str], binds: Sequence[Bind] = (),
                 workdir: str = "/") -> list[str]:
     """The command running `argv` in the kept system at `root`, with `binds`; it exits

@@ -33,6 +33,8 @@ from omatic.system import (
     SystemSpec,
     UnknownPackageError,
     cached_systems,
+    chroot_argv,
+    ensure_root,
     ensure_system,
     load_suites,
     mounts_under,
@@ -266,6 +268,26 @@ def test_a_command_runs_inside_with_binds_and_nothing_stays(tiny: Path, tmp_path
     assert (work / "output").read_text() == "written\n"
     assert (work / "input").read_text() == "from the host\n"  # a bound folder is kept
     assert run_in_system(tiny, "bookworm", ["sh", "-c", "exit 3"]) == 3
+
+
+@unit
+def test_a_kept_system_is_unpacked_once_entered_and_cleaned(fake: Path, tmp_path: Path,
+                                                            ) -> None:
+    spec = SystemSpec.of("bookworm", ["make"])
+    root = ensure_root(spec)
+    assert (root / "etc/suite").is_file() and ensure_root(spec) == root
+    assert len(calls(fake)) == 1
+    work = tmp_path / "build"
+    work.mkdir()
+    argv = chroot_argv(root, ["sh", "-c", f"cat /etc/suite > {work}/out; exit 4"],
+                       [Bind(work, str(work))])
+    assert subprocess.run(argv, check=False).returncode == 4
+    assert (work / "out").read_text() == (root / "etc/suite").read_text()
+    assert not mounts_under(root)
+    # The bind's mount point is all that stays in the kept system.
+    assert not any((root / str(work).lstrip("/")).iterdir())
+    assert main(["env", "clean"], out=io.StringIO()) == 0
+    assert not root.exists() and not cached_systems()
 
 
 @unit
