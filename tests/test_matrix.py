@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from omatic.archive import available_kernels, matrix_kernels, version_key
 from omatic.cli import main
 from omatic.matrix import KnownFailure, load_known_failures
 from omatic.matrix_report import read_cells
@@ -75,8 +76,32 @@ def test_known_failures_are_read_and_matched(tmp_path: Path) -> None:
 @unit
 def test_a_bad_known_failures_file_is_one_line(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["matrix", "--driver", "e1000e", "--out", str(tmp_path / "m"),
+    assert main(["matrix", "--driver", "e1000e", "--kernel", "6.1", "--out", str(tmp_path / "m"),
                  "--known-failures", str(tmp_path / "missing.toml")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pfq-omatic: error: ") and len(err.splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.system
+def test_every_suite_builds_a_driver_and_the_newest_kernel_proves_it(tmp_path: Path) -> None:
+    """CI's slice of `make matrix`: e1000e built and verified on the newest amd64 kernel of
+    each series the suites name (a system per suite made for it), and proven in QEMU on
+    the newest of them."""
+    offered = available_kernels()
+    releases = [k.release for k in matrix_kernels(offered) if k.flavor == "amd64"]
+    assert {k.suite for k in offered if k.release in releases} == {
+        "bullseye", "bookworm", "trixie", "sid"}
+    out = tmp_path / "m"
+    text = io.StringIO()
+    argv = ["matrix", "--driver", "e1000e", "--out", str(out)]
+    assert main([*argv, *(a for r in releases for a in ("--kernel", r))], out=text) == 0, \
+        text.getvalue()
+    cells = read_cells(out)
+    assert sorted(c.kernel for c in cells) == sorted(releases)
+    assert {c.status for c in cells} == {"pass"}
+    newest = max(releases, key=version_key)
+    text = io.StringIO()
+    assert main(["lab", "e1000e", "--kernel", newest, "--out", str(tmp_path / "lab")],
+                out=text) == 0, text.getvalue()
+    assert "ok" in text.getvalue().splitlines()[-1]
