@@ -68,5 +68,5 @@ matrix: setup
 	  status=$$?; cp matrix-out/matrix.md docs/compat.md; exit $$status
 
 clean:
-	rm -rf out build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf out build matrix-out .pytest_cache .mypy_cache .ruff_cache
 	$(MAKE) -C kmod clean 2>/dev/null || true
