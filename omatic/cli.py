@@ -280,7 +280,10 @@ def _print_lab(report: dict[str, Any], out: TextIO) -> None:
 
 
 def _note(text: str) -> None:
-    print(f"pfq-omatic: {text}", file=sys.stderr, flush=True)
+    # One write per line: systems are made two at a time, and print() writes the newline
+    # apart, so two notes could run into one line.
+    sys.stderr.write(f"pfq-omatic: {text}\n")
+    sys.stderr.flush()
 
 
 def _spec(args: argparse.Namespace) -> Any:
