@@ -28,7 +28,7 @@ from typing import Any
 
 from omatic.cache import cache_root, file_lock
 from omatic.errors import InfraError, UserError
-from omatic.kernel import Kernel
+from omatic.kernel import Kernel, version_key
 from omatic.system import Suite, SystemSpec, ensure_root, load_suites
 
 FLAVORS = ("amd64", "cloud-amd64", "rt-amd64")
@@ -84,10 +84,6 @@ class ArchiveKernel:
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "suite": self.archive_suite, "system": self.suite,
                 "flavor": self.flavor, "series": self.series}
-
-
-def version_key(release: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", release))
 
 
 def _apt_dir(suite: Suite) -> Path:

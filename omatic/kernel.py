@@ -216,10 +216,11 @@ def installed_kernels() -> list[Kernel]:
         kernel = kernel_at(build_dir)
         if kernel is not None and kernel.release not in found:
             found[kernel.release] = kernel
-    return sorted(found.values(), key=lambda k: _version_key(k.release), reverse=True)
+    return sorted(found.values(), key=lambda k: version_key(k.release), reverse=True)
 
 
-def _version_key(release: str) -> tuple[int, ...]:
+def version_key(release: str) -> tuple[int, ...]:
+    """Sort key of a release by its numbers: 6.1 before 6.12 before 7.2, -9 before -10."""
     return tuple(int(x) for x in re.findall(r"\d+", release))
 
 

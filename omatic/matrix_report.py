@@ -29,6 +29,7 @@ from typing import Any
 import junitparser
 
 from omatic.errors import PathError, UserError
+from omatic.kernel import version_key
 from omatic.templates import render
 
 #: What became of a cell: `pass`; `fail`, the driver failed to build, verify or prove in
@@ -117,7 +118,7 @@ def _holds(annotation: str, value: Any) -> bool:
 def kernel_order(release: str) -> tuple[tuple[int, ...], str]:
     """Sort key of a kernel release: by its numbers (6.1 before 6.12 before 7.2), then its
     text."""
-    return tuple(int(n) for n in re.findall(r"\d+", release)), release
+    return version_key(release), release
 
 
 def summarize(cells: Sequence[Cell]) -> dict[str, Any]:
