@@ -97,7 +97,7 @@ def _run_make(cmd: Sequence[str], log: Path) -> int:
         raise InfraError("make is not installed; run `make setup`") from None
 
 
-def _hash_files(h: Any, root: Path, pattern: str = "**/*") -> None:
+def hash_files(h: Any, root: Path, pattern: str = "**/*") -> None:
     for path in sorted(root.glob(pattern)):
         if path.is_file() and not path.name.endswith((".o", ".ko", ".cmd")):
             h.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -107,7 +107,7 @@ def _hash_files(h: Any, root: Path, pattern: str = "**/*") -> None:
 def kmod_key(kernel: Kernel) -> str:
     """What a built pfq.ko depends on: its sources and the kernel's ABI."""
     h = hashlib.sha256(__version__.encode())
-    _hash_files(h, KMOD_DIR)
+    hash_files(h, KMOD_DIR)
     h.update(kernel.release.encode())
     for name in (".config", "Module.symvers", "include/generated/utsrelease.h"):
         path = kernel.build_dir / name
@@ -160,7 +160,7 @@ def build_key(source: DriverSource, kmod: Path) -> str:
     whose name carries the PFQ module's and the kernel's hash."""
     h = hashlib.sha256(__version__.encode())
     h.update(source.digest().encode())
-    _hash_files(h, PATCHES_DIR, "*.toml")
+    hash_files(h, PATCHES_DIR, "*.toml")
     h.update(kmod.name.encode())
     return h.hexdigest()
 

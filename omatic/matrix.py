@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__
-from omatic.build import kmod_key
+from omatic.build import hash_files, kmod_key
 from omatic.data import DRIVERS_DIR, PATCHES_DIR
 from omatic.errors import UserError
 from omatic.kernel import Kernel
@@ -77,21 +78,21 @@ def load_known_failures(path: Path | None) -> list[KnownFailure]:
                         f"kernel, reason): {err}") from None
 
 
-def _tree_digest(h: Any, folder: Path) -> None:
-    for path in sorted(folder.rglob("*.toml")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+@functools.cache
+def _tool_digest() -> str:
+    """The tool's part of every cell key: its code, rules and manifests (read once a run)."""
+    h = hashlib.sha256(__version__.encode())
+    hash_files(h, PATCHES_DIR, "*.toml")
+    hash_files(h, DRIVERS_DIR, "*.toml")
+    hash_files(h, Path(__file__).parent, "*.py")
+    return h.hexdigest()
 
 
-def cell_key(driver: str, kernel: Kernel, lab: bool) -> str:
-    """Everything a cell's result depends on: the tool, the rules, the manifests, pfq.ko's
-    inputs and the kernel's ABI."""
-    h = hashlib.sha256(f"{__version__}\0{driver}\0{kernel.release}\0{lab}\0".encode())
-    h.update(kmod_key(kernel).encode())
-    _tree_digest(h, PATCHES_DIR)
-    _tree_digest(h, DRIVERS_DIR)
-    for part in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(part.read_bytes())
-    return h.hexdigest()[:20]
+def cell_key(driver: str, release: str, lab: bool, kmod: str) -> str:
+    """Everything a cell's result depends on: the tool, the driver, the kernel, whether it
+    goes to the lab, and `kmod` (build.kmod_key: pfq.ko's inputs and the kernel's ABI)."""
+    data = f"{_tool_digest()}\0{driver}\0{release}\0{lab}\0{kmod}"
+    return hashlib.sha256(data.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -236,8 +237,9 @@ def run_matrix(run: MatrixRun, on_cell: Callable[[Cell, bool], None] | None = No
     cells: dict[tuple[str, str], Cell] = {}
     todo: list[tuple[str, Kernel, str]] = []
     for kernel in run.kernels:
+        kmod = kmod_key(kernel)
         for driver in run.drivers:
-            key = cell_key(driver, kernel, driver in run.lab)
+            key = cell_key(driver, kernel.release, driver in run.lab, kmod)
             done = _reuse(run.out_dir, kernel.release, driver, key)
             if done is not None and not run.force:
                 cells[(kernel.release, driver)] = done
