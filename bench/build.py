@@ -25,20 +25,20 @@ import time
 from pathlib import Path
 
 from omatic.build import BuildRequest, build_driver, ensure_kmod
-from omatic.kernel import default_kernel, find_kernel
+from omatic.kernel import Kernel, default_kernel, find_kernel
 from omatic.source import TarballCache, lookup, stage
 
 
-def plain_kbuild(kernel_spec: str | None, driver: str, jobs: int, work: Path) -> float:
-    kernel = find_kernel(kernel_spec) if kernel_spec else default_kernel()
-    assert kernel.source_tarball is not None, "install linux-source for that kernel"
+def plain_kbuild(kernel: Kernel, driver: str, jobs: int, work: Path) -> float:
+    """Seconds of a plain Kbuild of the vanilla driver, its sources staged beforehand, run
+    where the kernel lives (here, or its kept system)."""
+    assert kernel.source_tarball is not None, f"no linux-source for {kernel.release}"
     cache = TarballCache(kernel.source_tarball)
     module = lookup(cache.index(), driver, kernel.source_tarball.name)
-    if work.exists():
-        shutil.rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     src = stage(cache.tree_for(module), module, work, "tarball", kernel.source_tarball)
-    cmd = ["make", "-C", str(kernel.build_dir), f"M={(work / src.dir).resolve()}",
-           f"-j{jobs}", f"{src.config}=m", "modules"]
+    cmd = kernel.kbuild_argv((work / src.dir).resolve(), [f"-j{jobs}", f"{src.config}=m",
+                                                         "modules"])
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -58,7 +58,7 @@ def main() -> int:
         out_root = Path(tmp) / "out"
         plain, ours, own = [], [], []
         for _ in range(args.runs):
-            plain.append(plain_kbuild(args.kernel, args.driver, args.jobs, Path(tmp) / "plain"))
+            plain.append(plain_kbuild(kernel, args.driver, args.jobs, Path(tmp) / "plain"))
             start = time.perf_counter()
             result = build_driver(BuildRequest(driver=args.driver, kernel=kernel,
                                                out_root=out_root, jobs=args.jobs, force=True))

@@ -17,34 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from build import plain_kbuild  # bench/build.py, beside this script
+
 from omatic.build import ensure_kmod
 from omatic.cli import _matrix_kernels
-from omatic.kernel import Kernel
-from omatic.source import TarballCache, lookup, stage
 
 DRIVERS = ("e1000e", "e1000", "e100", "igb", "ixgbe", "virtio_net")
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
-
-
-def plain_kbuild(kernel: Kernel, driver: str, jobs: int, work: Path) -> float:
-    """Seconds of a plain Kbuild of the vanilla driver, its sources staged beforehand."""
-    assert kernel.source_tarball is not None, f"no linux-source for {kernel.release}"
-    cache = TarballCache(kernel.source_tarball)
-    module = lookup(cache.index(), driver, kernel.source_tarball.name)
-    shutil.rmtree(work, ignore_errors=True)
-    src = stage(cache.tree_for(module), module, work, "tarball", kernel.source_tarball)
-    cmd = kernel.kbuild_argv((work / src.dir).resolve(), [f"-j{jobs}", f"{src.config}=m",
-                                                         "modules"])
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def matrix(argv: list[str]) -> float:
