@@ -21,7 +21,9 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,19 +240,57 @@ def system_kernels(kernels: Sequence[ArchiveKernel], note: Any = None) -> list[K
     return found
 
 
-def matrix_kernels(offered: Sequence[ArchiveKernel]) -> list[ArchiveKernel]:
+def served(kernel: ArchiveKernel) -> bool:
+    """True when the archive serves the kernel's image and headers: an index can list a
+    package the pool no longer holds (a mirror's 404), which would fail its system."""
+    suite = load_suites()[kernel.suite]
+    root = update_indexes(suite)
+    run = subprocess.run(["apt-get", *_apt_options(suite, root), "download", "--print-uris",
+                          f"linux-image-{kernel.release}", f"linux-headers-{kernel.release}"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         errors="replace", check=False)
+    uris = re.findall(r"^'([^']+)'", run.stdout, re.MULTILINE)
+    if run.returncode != 0 or len(uris) != 2:
+        return False
+    for uri in uris:
+        if uri.startswith("file:"):
+            if not Path(uri[len("file:"):]).is_file():
+                return False
+            continue
+        try:
+            urllib.request.urlopen(urllib.request.Request(uri, method="HEAD"), timeout=30)
+        except urllib.error.HTTPError:
+            return False
+        except (urllib.error.URLError, OSError) as err:
+            raise ArchiveIndexError(f"cannot reach {uri}: {err}", suite=kernel.suite) from None
+    return True
+
+
+def matrix_kernels(offered: Sequence[ArchiveKernel],
+                   usable: Callable[[ArchiveKernel], bool] = lambda kernel: True,
+                   note: Any = None) -> list[ArchiveKernel]:
     """The kernels a matrix covers by default: for each suite and each series it names
     (`kernels` in suites/SUITE.toml), the newest amd64 kernel; for the suite's newest
-    series, its cloud and rt flavors too."""
+    series, its cloud and rt flavors too. Of each, the newest that is `usable` (`served`):
+    a newer one is passed over with a note."""
     chosen = []
     for suite in load_suites().values():
         newest = max(suite.kernels, key=version_key, default=None)
         for series in suite.kernels:
             for flavor in FLAVORS if series == newest else ("amd64",):
-                match = [k for k in offered if k.suite == suite.name and k.series == series
-                         and k.flavor == flavor]
+                match = sorted((k for k in offered if k.suite == suite.name
+                                and k.series == series and k.flavor == flavor),
+                               key=lambda k: version_key(k.release), reverse=True)
                 if not match:
                     raise ArchiveIndexError(f"no {series} kernel of flavor {flavor}",
                                             suite=suite.name)
-                chosen.append(max(match, key=lambda k: version_key(k.release)))
+                pick = next((k for k in match if usable(k)), None)
+                if pick is None:
+                    raise ArchiveIndexError(f"the archive serves no {series} kernel of "
+                                            f"flavor {flavor} (its indexes list "
+                                            f"{match[0].release})", suite=suite.name)
+                if pick is not match[0] and note is not None:
+                    note(f"{match[0].release}: listed, but the archive does not serve its "
+                         f"packages; using {pick.release}")
+                chosen.append(pick)
     return sorted(chosen, key=lambda k: (version_key(k.release), k.release))
