@@ -91,7 +91,7 @@ def test_a_matrix_covers_each_suites_series_and_the_flavors_of_its_newest() -> N
     chosen = [k.release for k in matrix_kernels(
         offered, lambda k: k.release != "5.10.0-46-rt-amd64", notes.append)]
     assert "5.10.0-45-rt-amd64" in chosen and "5.10.0-46-rt-amd64" not in chosen
-    assert notes == ["5.10.0-46-rt-amd64: listed, but the archive does not serve its "
-                     "packages; using 5.10.0-45-rt-amd64"]
+    assert notes == [("5.10.0-46-rt-amd64: listed, but the archive does not serve its "
+                      "packages; using 5.10.0-45-rt-amd64")]
     with pytest.raises(ArchiveIndexError, match=r"serves no 7\.2 kernel of flavor cloud"):
         matrix_kernels(offered, lambda k: k.release != "7.2.13+deb14-cloud-amd64")
