@@ -25,8 +25,8 @@ from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import Rule
 
 #: Build products Kbuild leaves in kmod/ when someone builds in place; never copied.
-_PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "modules.order",
-             ".tmp_*", ".module-common.o")
+PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "modules.order",
+            ".tmp_*", ".module-common.o")
 #: A compiler or modpost diagnostic that W=1 must not produce.
 _WARNING = re.compile(r"(: warning: |^WARNING: )", re.MULTILINE)
 
@@ -75,7 +75,7 @@ def build_kmod(kernel: Kernel | str | Path, out_dir: Path, jobs: int = 2,
         raise OutputExistsError(path=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(KMOD_DIR, out_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(*_PRODUCTS))
+                    ignore=shutil.ignore_patterns(*PRODUCTS))
     cmd = found.kbuild_argv(out_dir.resolve(), [f"-j{jobs}", *make_args, "modules"])
     start = time.monotonic()
     try:
