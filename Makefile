@@ -16,7 +16,8 @@ DEBS := python3-venv ca-certificates git uidmap \
         linux-headers-amd64 linux-headers-6.12-amd64 \
         linux-image-amd64 linux-image-6.12-amd64 \
         linux-source-6.1 linux-source-6.12 \
-        qemu-system-x86 busybox-static tcpdump mmdebstrap coccinelle
+        qemu-system-x86 busybox-static tcpdump mmdebstrap coccinelle \
+        debhelper dh-dkms lintian
 
 .PHONY: setup debs venv demo test lint unit matrix clean
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -189,6 +190,44 @@ def _print_build(result: Any, manifest: Any, out: TextIO) -> None:
         out.write(f"  note: {manifest.limits}\n")
     verdict = "verified" if result.ok else "VERIFY FAILED"
     out.write(f"  {verdict}: {', '.join(report['modules'])}\n")
+
+
+def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.dkms import PACKAGE, build_deb, write_tree
+    from omatic.drivers import resolve
+    from omatic.kernel import find_kernel, installed_kernels
+    from omatic.progress import Progress
+
+    drivers = list(dict.fromkeys(resolve(d)[0] for d in args.drivers))
+    kernels = ([find_kernel(s, note=_note) for s in args.kernel] if args.kernel
+               else installed_kernels())
+    out_dir = Path(args.out)
+    progress = Progress("dkms")
+    tree = write_tree(drivers, kernels, out_dir / f"{PACKAGE}-{__version__}",
+                      command=shlex.join(["pfq-omatic", "dkms", *sys.argv[2:]]),
+                      jobs=args.jobs or os.cpu_count() or 1, step=progress.step)
+    if args.deb:
+        try:
+            with progress.step("deb"):
+                build_deb(tree, out_dir)
+        except BaseException:
+            shutil.rmtree(tree.path, ignore_errors=True)
+            raise
+    if args.json:
+        _print_json(tree.to_json(), out)
+        return 0
+    out.write(f"wrote {tree.path}: pfq.ko and {', '.join(drivers)} for kernel series "
+              f"{', '.join(s.name for s in tree.series)}\n")
+    for s in tree.series:
+        sites = ", ".join(f"{d.name} {d.rewritten}/{d.sites}" for d in s.drivers)
+        out.write(f"  {s.name}: sources of {s.kernel.release} (serves "
+                  f"{', '.join(s.kernels)}); sites rewritten: {sites}\n")
+    if tree.deb is not None:
+        warnings = [line for line in tree.lintian if line.startswith("W:")]
+        out.write(f"wrote {tree.deb} (lintian: no errors, {len(warnings)} warning(s))\n")
+        for line in warnings:
+            out.write(f"  {line}\n")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
@@ -474,6 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
 
+    p = add("dkms", cmd_dkms, "write a DKMS tree (and with --deb a Debian package) of pfq.ko "
+                              "and accelerated drivers, verified before DKMS installs them")
+    p.add_argument("drivers", nargs="+", metavar="DRIVER", help="module names, e.g. e1000e")
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="a kernel whose series the package covers, here or in Debian's "
+                        "archive; repeat (default: every kernel with headers here)")
+    p.add_argument("--out", default="out/dkms", metavar="DIR",
+                   help="where the tree pfq-omatic-VERSION/ (and the .deb) go (default: "
+                        "out/dkms)")
+    p.add_argument("--deb", action="store_true",
+                   help="also build pfq-omatic-dkms_VERSION_all.deb with dh_dkms, and lint it")
+
     p = add("verify", cmd_verify, "check modules the way the kernel will at load time")
     p.add_argument("kos", nargs="+", metavar="KO", help=".ko, .ko.xz or .ko.zst files")
     p.add_argument("--kernel", metavar="KVER", help="target kernel (default as for build)")
@@ -585,6 +636,7 @@ def _matrix_kernels(specs: list[str] | None) -> list[Any]:
         available_kernels,
         find_available,
         matrix_kernels,
+        served,
         system_kernels,
     )
     from omatic.kernel import NoHeadersError, find_kernel
@@ -592,7 +644,7 @@ def _matrix_kernels(specs: list[str] | None) -> list[Any]:
     offered = None
     if not specs:
         offered = available_kernels()
-        specs = [k.release for k in matrix_kernels(offered)]
+        specs = [k.release for k in matrix_kernels(offered, served, note=_note)]
     found: dict[str, Any] = {}
     missing = {}
     for spec in specs:

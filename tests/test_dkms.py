@@ -1,0 +1,241 @@
+"""DKMS packaging: the tree, its dkms.conf as bash reads it, the pre-install check and the
+Debian package."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import KERNEL_SERIES
+
+from omatic.dkms import (
+    MODULE_VERSION,
+    DkmsError,
+    DkmsTree,
+    PackagedDriver,
+    Series,
+    build_deb,
+    set_module_version,
+    write_tree,
+)
+from omatic.dkms_check import main as check_main
+from omatic.dkms_check import pre_install
+from omatic.kernel import Kernel, find_kernel
+from omatic.modfile import KernelModule
+from omatic.templates import render
+
+unit = pytest.mark.unit
+kbuild = pytest.mark.kbuild
+
+
+# -- MODULE_VERSION ----------------------------------------------------------------------
+
+@unit
+def test_a_version_is_added_after_the_license(tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int x;\n")
+    (tmp_path / "main.c").write_text('MODULE_AUTHOR("x");\nMODULE_LICENSE("GPL v2");\n'
+                                     'MODULE_DESCRIPTION("d");\n')
+    assert set_module_version(tmp_path, "9.9-pfq") == "main.c"
+    assert (tmp_path / "main.c").read_text() == (
+        'MODULE_AUTHOR("x");\nMODULE_LICENSE("GPL v2");\nMODULE_VERSION("9.9-pfq");\n'
+        'MODULE_DESCRIPTION("d");\n')
+    assert (tmp_path / "a.c").read_text() == "int x;\n"
+
+
+@unit
+def test_a_driver_s_own_version_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "main.c").write_text('MODULE_LICENSE("GPL");\nMODULE_VERSION(DRV_VERSION);\n')
+    set_module_version(tmp_path, "9.9-pfq")
+    assert (tmp_path / "main.c").read_text() == ('MODULE_LICENSE("GPL");\n'
+                                                 'MODULE_VERSION("9.9-pfq");\n')
+
+
+@unit
+def test_a_driver_without_license_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "main.c").write_text("int x;\n")
+    with pytest.raises(DkmsError, match="no MODULE_LICENSE"):
+        set_module_version(tmp_path, "9.9-pfq")
+
+
+# -- dkms.conf as DKMS reads it ----------------------------------------------------------
+
+def _fake_tree() -> DkmsTree:
+    def series(name: str, release: str) -> Series:
+        kernel = Kernel(release=release, build_dir=Path("/nonexistent"))
+        drivers = [PackagedDriver("e1000e", "drivers/net/ethernet/intel/e1000e", "CONFIG_E1000E",
+                                  1, 1, "x.c"),
+                   PackagedDriver("virtio_net", "drivers/net", "CONFIG_VIRTIO_NET", 1, 1, "x.c")]
+        return Series(name=name, kernel=kernel, kernels=[release], drivers=drivers)
+
+    return DkmsTree(path=Path("/x"), version="0.1.0", drivers=["e1000e", "virtio_net"],
+                    series=[series("6.1", "6.1.0-56-amd64"),
+                            series("6.12", "6.12.117+deb12-amd64")])
+
+
+def _fake_conf(folder: Path) -> Path:
+    conf = folder / "dkms.conf"
+    conf.write_text(render("dkms.conf.j2", tree=_fake_tree(), package="pfq-omatic",
+                           module_version=MODULE_VERSION, command="", date="today"))
+    return conf
+
+
+def _source(conf: Path, kernelver: str) -> tuple[dict[str, str], str]:
+    """Source dkms.conf as dkms 3.0.10 does (bash, with its variables set); the variables
+    DKMS reads, and what it printed on stderr."""
+    script = (f"kernelver={kernelver!r}; arch=x86_64; dkms_tree=/var/lib/dkms; "
+              f"kernel_source_dir=/lib/modules/{kernelver}/build; . {conf}; "
+              "excluded=no; [[ $BUILD_EXCLUSIVE_KERNEL && ! $kernelver =~ "
+              "$BUILD_EXCLUSIVE_KERNEL ]] && excluded=yes; "
+              'echo "excluded=$excluded"; echo "MAKE=${MAKE[0]}"; '
+              'echo "PRE_INSTALL=$PRE_INSTALL"; echo "POST_BUILD=$POST_BUILD"; '
+              'for i in "${!BUILT_MODULE_NAME[@]}"; do '
+              'echo "module$i=${BUILT_MODULE_NAME[$i]}:${BUILT_MODULE_LOCATION[$i]}:'
+              '${DEST_MODULE_LOCATION[$i]}"; done')
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    values = dict(line.split("=", 1) for line in run.stdout.splitlines())
+    return values, run.stderr
+
+
+@unit
+@pytest.mark.parametrize(("kernelver", "series"), [
+    ("6.1.0-56-amd64", "6.1"), ("6.1.0-56-rt-amd64", "6.1"), ("6.1.0-47-cloud-amd64", "6.1"),
+    ("6.12.117+deb12-amd64", "6.12"), ("6.12.107+deb12-rt-amd64", "6.12")])
+def test_dkms_conf_picks_the_series_of_kernelver(tmp_path: Path, kernelver: str,
+                                                 series: str) -> None:
+    values, said = _source(_fake_conf(tmp_path), kernelver)
+    assert values["excluded"] == "no"
+    assert said == ""
+    assert values["module0"] == "pfq:pfq/:/updates/dkms"
+    assert values["module1"] == (f"e1000e:series/{series}/drivers/net/ethernet/intel/e1000e/:"
+                                 "/updates/dkms")
+    assert values["module2"] == f"virtio_net:series/{series}/drivers/net/:/updates/dkms"
+    build = "/var/lib/dkms/pfq-omatic/0.1.0/build"
+    assert values["MAKE"] == (f"make -C /lib/modules/{kernelver}/build M={build} "
+                              f"PFQ_TREE={build} modules")
+    base = f"/var/lib/dkms/pfq-omatic/0.1.0/{kernelver}/x86_64"
+    assert values["PRE_INSTALL"] == f"pfq-omatic-check pre-install {kernelver} {base}"
+    assert values["POST_BUILD"] == f"pfq-omatic-check post-build {kernelver} {base}"
+
+
+@unit
+@pytest.mark.parametrize("kernelver", ["6.10.3-amd64", "7.2.13+deb14-amd64",
+                                       "5.10.0-46-amd64", "16.1.0-1-amd64"])
+def test_dkms_conf_excludes_other_series_and_names_the_command(tmp_path: Path,
+                                                               kernelver: str) -> None:
+    values, said = _source(_fake_conf(tmp_path), kernelver)
+    assert values["excluded"] == "yes"
+    assert "module1" not in values
+    assert said.strip() == (
+        f"pfq-omatic: pfq-omatic 0.1.0 has sources for kernel series 6.1, 6.12, not for "
+        f"{kernelver}; to add it: pfq-omatic dkms e1000e virtio_net --kernel {kernelver} --deb")
+
+
+@unit
+def test_dkms_conf_fields_dh_dkms_reads_are_literal(tmp_path: Path) -> None:
+    """dh_dkms takes PACKAGE_NAME and PACKAGE_VERSION from the first lines naming them."""
+    text = render("dkms.conf.j2", tree=_fake_tree(), package="pfq-omatic",
+                  module_version=MODULE_VERSION, command="pfq-omatic dkms x", date="today")
+    named = [line for line in text.splitlines() if "PACKAGE_NAME=" in line
+             or "PACKAGE_VERSION=" in line]
+    assert named[:2] == ['PACKAGE_NAME="pfq-omatic"', 'PACKAGE_VERSION="0.1.0"']
+
+
+@unit
+def test_the_check_script_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_main(["install", "6.1", "/x"]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+@unit
+def test_the_check_without_post_build_says_so(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_main(["pre-install", "0.0.0-none", str(tmp_path)]) == 1
+    assert "pre-install check for 0.0.0-none failed: no headers" in capsys.readouterr().out
+
+
+# -- a real tree, built against the kernels here -----------------------------------------
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> DkmsTree:
+    kernels = [find_kernel(series) for series in KERNEL_SERIES]
+    out = tmp_path_factory.mktemp("dkms") / "pfq-omatic-0.1.0"
+    return write_tree(["e1000e", "virtio_net"], kernels, out, command="test")
+
+
+@kbuild
+def test_the_tree_holds_each_series_with_its_patch_and_reports(tree: DkmsTree) -> None:
+    assert [s.name for s in tree.series] == list(KERNEL_SERIES)
+    meta = json.loads((tree.path / "pfq-omatic-dkms.json").read_text())
+    assert meta["drivers"] == ["e1000e", "virtio_net"]
+    for series in KERNEL_SERIES:
+        root = tree.path / "series" / series
+        patch = (root / "omatic.patch").read_text()
+        assert "+\tpfq_gro_receive(" in patch or "+\treturn pfq_gro_receive(" in patch \
+            or "pfq_gro_receive(" in patch
+        assert f'+MODULE_VERSION("{MODULE_VERSION}");' in patch
+        report = json.loads((root / "reports" / "e1000e.json").read_text())
+        assert {s["hook"] for s in report["sites"]} == {"pfq_gro_receive"}
+    assert (tree.path / "pfq-omatic-check").stat().st_mode & 0o111
+    assert not list(tree.path.parent.glob(".pfq-omatic-*"))  # no work folder left
+
+
+@kbuild
+def test_an_existing_output_is_refused(tree: DkmsTree) -> None:
+    with pytest.raises(DkmsError, match="exists"):
+        write_tree(["e1000e"], [find_kernel("6.1")], tree.path)
+
+
+@kbuild
+@pytest.mark.parametrize("series", KERNEL_SERIES)
+def test_the_tree_builds_in_one_run_and_the_check_passes_then_catches_a_bad_crc(
+        tree: DkmsTree, series: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    kernel = find_kernel(series)
+    build = tmp_path / "build"
+    shutil.copytree(tree.path, build, symlinks=True)
+    run = subprocess.run(["make", "-j2", f"KDIR={kernel.build_dir}"], cwd=build,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    kos = {ko.name: ko for ko in build.rglob("*.ko")}
+    assert sorted(kos) == ["e1000e.ko", "pfq.ko", "virtio_net.ko"]
+    for name in ("e1000e.ko", "virtio_net.ko"):
+        assert KernelModule(kos[name]).modinfo()["version"] == [MODULE_VERSION]
+    # As DKMS lays it out: BASE/module/ the files to install, BASE/log/ what post-build kept.
+    base = tmp_path / "base"
+    (base / "module").mkdir(parents=True)
+    for ko in kos.values():
+        shutil.copy2(ko, base / "module")
+    with contextlib.chdir(build):
+        assert check_main(["post-build", kernel.release, str(base)]) == 0
+    assert pre_install(kernel.release, base, build) == 0
+    assert f"verified for {kernel.release}" in capsys.readouterr().out
+    symvers = base / "log" / "Module.symvers"
+    lines = symvers.read_text().splitlines()
+    symvers.write_text("\n".join("0x12345678" + line[10:] if "\tpfq_gro_receive\t" in line
+                                 else line for line in lines) + "\n")
+    assert pre_install(kernel.release, base, build) == 1
+    said = capsys.readouterr().out
+    assert ("e1000e.ko: hooks check failed: e1000e: disagrees about version of symbol "
+            "pfq_gro_receive") in said
+    assert f"not installing for {kernel.release}" in said
+
+
+@kbuild
+def test_the_package_builds_and_lintian_finds_no_error(tree: DkmsTree, tmp_path: Path) -> None:
+    built = build_deb(tree, tmp_path)
+    assert built.deb == tmp_path / "pfq-omatic-dkms_0.1.0_all.deb"
+    assert not [line for line in built.lintian if line.startswith("E:")]
+    listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "./usr/src/pfq-omatic-0.1.0/dkms.conf" in listing
+    assert "-rwxr-xr-x root/root" in next(line for line in listing.splitlines()
+                                          if line.endswith("/pfq-omatic-check"))
+    fields = subprocess.run(["dpkg-deb", "-f", str(built.deb), "Depends"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "python3-pyelftools" in fields and "dkms" in fields
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pfq-omatic-dkms_0.1.0_all.deb"]
+
