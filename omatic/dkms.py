@@ -39,7 +39,7 @@ from omatic.errors import InfraError, OmaticError, PathError, UserError
 from omatic.kbuild import PRODUCTS
 from omatic.kernel import Kernel, version_key
 from omatic.progress import Step, quiet_step
-from omatic.rules import load_rules
+from omatic.rules import Rule, load_rules
 from omatic.source import DriverSource, stage_from_tarball
 from omatic.templates import render
 from omatic.tree import PATCH_NAME, patch_tree
@@ -176,7 +176,8 @@ def _merge_kbuild(existing: Path, staged: Path, driver: str) -> None:
     existing.write_text(theirs + ours)
 
 
-def _add_driver(series: Series, name: str, tree: Path, work: Path, jobs: int) -> None:
+def _add_driver(series: Series, name: str, tree: Path, work: Path, rules: list[Rule],
+                jobs: int) -> None:
     tarball = series.kernel.source_tarball
     if tarball is None:
         raise PathError(f"no source tarball for {series.kernel.release}; install the Debian "
@@ -185,7 +186,7 @@ def _add_driver(series: Series, name: str, tree: Path, work: Path, jobs: int) ->
     vanilla = work / f"vanilla-{series.name}-{name}"
     source: DriverSource = stage_from_tarball(tarball, name, vanilla)
     accel = work / f"accel-{series.name}-{name}"
-    report = patch_tree(source.root, accel, load_rules(), jobs=jobs).to_json("patch")
+    report = patch_tree(source.root, accel, rules, jobs=jobs).to_json("patch")
     versioned = set_module_version(accel / source.dir, MODULE_VERSION)
     dest = tree / "series" / series.name
     for rel in source.files:
@@ -249,6 +250,7 @@ def write_tree(drivers: Sequence[str], kernels: Sequence[Kernel], out: Path, *,
     if out.exists():
         raise DkmsError(f"{out} exists; remove it or choose another --out")
     series = group_series(kernels)
+    rules = load_rules()
     with made_dirs(out.parent):
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
@@ -264,7 +266,7 @@ def write_tree(drivers: Sequence[str], kernels: Sequence[Kernel], out: Path, *,
                     render("dkms-trace-readme.j2"))
                 for name in drivers:
                     with step(f"{name} {s.name}"):
-                        _add_driver(s, name, tree, work, jobs)
+                        _add_driver(s, name, tree, work, rules, jobs)
             result = DkmsTree(path=out, version=__version__, drivers=list(drivers),
                               series=series)
             _copy_check(tree)

@@ -17,7 +17,6 @@ python3-zstandard), and the omatic modules copied beside this one.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -34,10 +33,6 @@ SYMVERS = "Module.symvers"
 
 def _say(line: str) -> None:
     print(f"pfq-omatic: {line}", flush=True)
-
-
-def series_of(release: str) -> str:
-    return ".".join(re.findall(r"\d+", release)[:2])
 
 
 def post_build(kernelver: str, base: Path, build: Path) -> int:
@@ -68,7 +63,7 @@ def check(kernelver: str, base: Path, tree: Path = TREE) -> tuple[bool, list[Mod
     if not modules:
         raise OmaticError(f"no modules in {base / 'module'}")
     reports: list[ModuleReport] = []
-    series = tree / "series" / series_of(kernelver) / "reports"
+    series = tree / "series" / kernel.series / "reports"
     for module in modules:
         name = _module_name(module)
         report_file = series / f"{name}.json"
