@@ -121,7 +121,7 @@ def test_stage_a_module_that_shares_its_makefile(kernel_tree: Path, tmp_path: Pa
                               "drivers/net/common/ring.h", "include/outside.h",
                               "drivers/net/Kbuild"}
     kbuild = (tmp_path / "stage/drivers/net/Kbuild").read_text()
-    assert "obj-m := fixnet.o\n" in kbuild
+    assert "obj-m += fixnet.o\n" in kbuild
     assert "fixchar" not in kbuild and "ccflags-y += -DFIX" in kbuild
 
 
