@@ -51,6 +51,14 @@ class OutputError(UserError):
     template = "{path}: cannot write the output: {message}"
 
 
+class NotConfiguredError(UserError):
+    """The kernel's .config leaves the driver out: what it needs may be left out with it
+    (the cloud flavor has no I2C for igb, for one), so there is nothing to build against."""
+
+    template = ("{kernel} does not build {driver}: {config} is not set in its .config; "
+                "choose a kernel whose config has it (the amd64 flavor has most drivers)")
+
+
 @dataclass
 class BuildRequest:
     """What to build."""
@@ -280,6 +288,11 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
         try:
             with timed("source"):
                 source = _stage(req, work / "src")
+                from_kernel = req.source_dir is None and req.kernel_tree is None
+                if (from_kernel and source.config
+                        and req.kernel.config().get(source.config) not in ("y", "m")):
+                    raise NotConfiguredError(kernel=req.kernel.release, driver=req.driver,
+                                             config=source.config)
                 kmod_cache = kmod_dir(req.kernel)
                 key = build_key(source, kmod_cache)
             previous = out_dir / "report.json"

@@ -47,7 +47,7 @@ from omatic.matrix_report import Cell, write_outputs
 #: Where main() writes what kind of error ended a cell's command (read here, then removed).
 FAILURE_ENV = "PFQ_OMATIC_FAILURE_FILE"
 #: Errors that mean "this kernel does not have that driver".
-_SKIP_ERRORS = ("UnknownDriverError",)
+_SKIP_ERRORS = ("UnknownDriverError", "NotConfiguredError")
 
 
 @dataclass(frozen=True)

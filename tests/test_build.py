@@ -13,11 +13,12 @@ import pytest
 import omatic.archive
 import omatic.build
 from omatic.archive import ArchiveKernel
-from omatic.build import BuildRequest, OutputError, build_driver
+from omatic.build import BuildRequest, NotConfiguredError, OutputError, build_driver
 from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import BuildError
 from omatic.kernel import Kernel, NoHeadersError, find_kernel
+from omatic.matrix import FAILURE_ENV, _classify
 from omatic.modfile import KernelModule
 from omatic.source import UnknownDriverError
 
@@ -111,6 +112,28 @@ def test_interrupt_leaves_no_partial_output(kernel: Kernel, broken_tree: Path, t
     with pytest.raises(KeyboardInterrupt):
         build_driver(req)
     assert not (tmp_path / "out").exists()  # no lock, no folder it made
+
+
+@kbuild
+def test_a_driver_left_out_of_the_kernels_config_is_refused(
+        kernel: Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # As the cloud flavor leaves out igb: its config has no CONFIG_IGB, nor the I2C it needs.
+    config = {k: v for k, v in kernel.config().items() if k != "CONFIG_E1000E"}
+    monkeypatch.setattr(Kernel, "config", lambda self: config)
+    with pytest.raises(NotConfiguredError, match="CONFIG_E1000E is not set in its .config"):
+        build_driver(BuildRequest(driver="e1000e", kernel=kernel, out_root=tmp_path))
+    out, record = tmp_path / "out", tmp_path / "failure.json"
+    monkeypatch.setenv(FAILURE_ENV, str(record))
+    assert main(["build", "e1000e", "--kernel", kernel.release, "--out", str(out)]) == 1
+    # In a matrix that cell is a skip with the reason, not a failure.
+    assert _classify(1, record, tmp_path / "no.log") == ("skip", str(NotConfiguredError(
+        kernel=kernel.release, driver="e1000e", config="CONFIG_E1000E")))
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("pfq-omatic: error:")]
+    assert len(errors) == 1 and f"{kernel.release} does not build e1000e" in errors[0]
+    assert "Traceback" not in err
+    assert not out.exists()
 
 
 @kbuild
