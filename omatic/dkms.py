@@ -93,6 +93,13 @@ class Series:
     def pattern(self) -> str:
         return re.escape(self.name)
 
+    @property
+    def rt_patched(self) -> bool:
+        """True when Debian builds this series' rt flavor from sources its linux-source
+        does not carry: before 6.12 took PREEMPT_RT in, that flavor adds the RT patchset
+        (6.1-rt's u64_stats API is not 6.1's, and virtio_net does not compile)."""
+        return tuple(int(n) for n in self.name.split(".")) < (6, 12)
+
     def to_json(self) -> dict[str, Any]:
         return {"series": self.name, "source_kernel": self.kernel.release,
                 "kernels": self.kernels,
@@ -120,6 +127,12 @@ class DkmsTree:
     def exclusive(self) -> str:
         """BUILD_EXCLUSIVE_KERNEL: the releases of the series this tree has sources for."""
         return "^(" + "|".join(s.pattern for s in self.series) + r")[.-]"
+
+    @property
+    def rt_excluded(self) -> str:
+        """A regex of the rt releases dkms.conf leaves out (see Series.rt_patched), or ""."""
+        patterns = [s.pattern for s in self.series if s.rt_patched]
+        return "^(" + "|".join(patterns) + r")[.-].*-rt-" if patterns else ""
 
     def to_json(self) -> dict[str, Any]:
         return {"tree": str(self.path), "package": PACKAGE, "version": self.version,

@@ -83,31 +83,34 @@ def _fake_conf(folder: Path) -> Path:
     return conf
 
 
-def _source(conf: Path, kernelver: str) -> tuple[dict[str, str], str]:
-    """Source dkms.conf as dkms 3.0.10 does (bash, with its variables set); the variables
-    DKMS reads, and what it printed on stderr."""
+def _source(conf: Path, kernelver: str, *dkms_args: str) -> tuple[dict[str, str], str]:
+    """Source dkms.conf as dkms 3.0.10 does (bash, with its variables set, in a process
+    whose command line is `dkms_args`); the variables DKMS reads, and what it printed on
+    stderr."""
     script = (f"kernelver={kernelver!r}; arch=x86_64; dkms_tree=/var/lib/dkms; "
               f"kernel_source_dir=/lib/modules/{kernelver}/build; . {conf}; "
               "excluded=no; [[ $BUILD_EXCLUSIVE_KERNEL && ! $kernelver =~ "
               "$BUILD_EXCLUSIVE_KERNEL ]] && excluded=yes; "
               'echo "excluded=$excluded"; echo "MAKE=${MAKE[0]}"; '
               'echo "PRE_INSTALL=$PRE_INSTALL"; echo "POST_BUILD=$POST_BUILD"; '
+              'echo "AUTOINSTALL=$AUTOINSTALL"; '
               'for i in "${!BUILT_MODULE_NAME[@]}"; do '
               'echo "module$i=${BUILT_MODULE_NAME[$i]}:${BUILT_MODULE_LOCATION[$i]}:'
               '${DEST_MODULE_LOCATION[$i]}"; done')
-    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    run = subprocess.run(["bash", "-c", script, *dkms_args], capture_output=True, text=True,
+                         check=True)
     values = dict(line.split("=", 1) for line in run.stdout.splitlines())
     return values, run.stderr
 
 
 @unit
 @pytest.mark.parametrize(("kernelver", "series"), [
-    ("6.1.0-56-amd64", "6.1"), ("6.1.0-56-rt-amd64", "6.1"), ("6.1.0-47-cloud-amd64", "6.1"),
+    ("6.1.0-56-amd64", "6.1"), ("6.1.0-47-cloud-amd64", "6.1"),
     ("6.12.117+deb12-amd64", "6.12"), ("6.12.107+deb12-rt-amd64", "6.12")])
 def test_dkms_conf_picks_the_series_of_kernelver(tmp_path: Path, kernelver: str,
                                                  series: str) -> None:
-    values, said = _source(_fake_conf(tmp_path), kernelver)
-    assert values["excluded"] == "no"
+    values, said = _source(_fake_conf(tmp_path), kernelver, "dkms", "build", "-k", kernelver)
+    assert values["excluded"] == "no" and values["AUTOINSTALL"] == "yes"
     assert said == ""
     assert values["module0"] == "pfq:pfq/:/updates/dkms"
     assert values["module1"] == (f"e1000e:series/{series}/drivers/net/ethernet/intel/e1000e/:"
@@ -126,12 +129,37 @@ def test_dkms_conf_picks_the_series_of_kernelver(tmp_path: Path, kernelver: str,
                                        "5.10.0-46-amd64", "16.1.0-1-amd64"])
 def test_dkms_conf_excludes_other_series_and_names_the_command(tmp_path: Path,
                                                                kernelver: str) -> None:
-    values, said = _source(_fake_conf(tmp_path), kernelver)
+    values, said = _source(_fake_conf(tmp_path), kernelver, "dkms", "build", "-k", kernelver)
     assert values["excluded"] == "yes"
     assert "module1" not in values
     assert said.strip() == (
         f"pfq-omatic: pfq-omatic 0.1.0 has sources for kernel series 6.1, 6.12, not for "
         f"{kernelver}; to add it: pfq-omatic dkms e1000e virtio_net --kernel {kernelver} --deb")
+
+
+@unit
+def test_dkms_conf_leaves_out_the_rt_flavor_of_6_1(tmp_path: Path) -> None:
+    # Its sources carry the PREEMPT_RT patchset, which linux-source-6.1 does not.
+    values, said = _source(_fake_conf(tmp_path), "6.1.0-56-rt-amd64",
+                           "dkms", "build", "-k", "6.1.0-56-rt-amd64")
+    assert values["excluded"] == "yes" and values["AUTOINSTALL"] == ""
+    assert said.strip() == (
+        "pfq-omatic: pfq-omatic 0.1.0 cannot build for 6.1.0-56-rt-amd64: Debian builds it "
+        "with the PREEMPT_RT patchset, which linux-source-6.1 (the sources of this package) "
+        "does not carry")
+
+
+@unit
+@pytest.mark.parametrize(("target", "offered"), [
+    ("7.2.13+deb14-amd64", False), ("6.1.0-55-amd64", True), ("6.12.117+deb12-rt-amd64", True)])
+def test_autoinstall_is_offered_for_the_series_of_the_kernel_asked_for(
+        tmp_path: Path, target: str, offered: bool) -> None:
+    # dkms 3.0.10's autoinstall reads dkms.conf with an installed kernel in $kernelver, and
+    # fails (exit 11, and the kernel's postinst with it) on any kernel BUILD_EXCLUSIVE skips.
+    values, said = _source(_fake_conf(tmp_path), "6.1.0-56-amd64",
+                           "/usr/sbin/dkms", "autoinstall", "--kernelver", target)
+    assert values["AUTOINSTALL"] == ("yes" if offered else "")
+    assert (f"not for {target}; to add it" in said) == (not offered)
 
 
 @unit
