@@ -42,7 +42,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
 from omatic import __version__, frames
-from omatic.errors import BuildError, InfraError, UserError
+from omatic.errors import BuildError, InfraError, PathError, UserError
 from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.templates import render
@@ -125,6 +125,15 @@ class LabConfig:
     memory: int = 256
     #: Seconds the guest waits in each phase for its frames to be counted.
     phase_wait: float = 15.0
+    #: Root of a system whose DKMS installed pfq.ko and the driver: boot those, from
+    #: ROOT/lib/modules/<release>/updates/dkms, instead of building them.
+    installed: Path | None = None
+
+    @property
+    def installed_dir(self) -> Path | None:
+        if self.installed is None:
+            return None
+        return self.installed / "lib/modules" / self.kernel.release / "updates/dkms"
 
     @property
     def out_dir(self) -> Path:
@@ -170,6 +179,16 @@ def _modinfo(ko: Path) -> dict[str, list[str]]:
     from omatic.modfile import KernelModule
 
     return KernelModule(ko).modinfo()
+
+
+def _installed_modules(folder: Path, driver: str) -> tuple[Path, list[Path]]:
+    """pfq.ko and the driver's module where DKMS installed them."""
+    found = {name: folder / f"{name}.ko" for name in ("pfq", driver)}
+    missing = [path.name for path in found.values() if not path.is_file()]
+    if missing:
+        raise PathError(f"no {' nor '.join(missing)} installed by DKMS here (is the package "
+                        "installed for this kernel?)", path=folder)
+    return found["pfq"], [found[driver]]
 
 
 def guest_modules(driver: str, kernel: Kernel, pfq_ko: Path,
@@ -447,20 +466,25 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
     if vmlinuz is None:
         raise NoBootImageError(release=config.kernel.release,
                                path=f"/boot/vmlinuz-{config.kernel.release}")
-    with step("build"):
-        built = build_driver(BuildRequest(driver=config.driver, kernel=config.kernel,
-                                          out_root=config.out_root, jobs=config.jobs))
-        if not built.ok:
-            raise BuildError(f"{config.driver} for {config.kernel.release} does not verify; "
-                             f"see {built.out_dir / 'report.json'}")
-        kmod = ensure_kmod(config.kernel, config.jobs)
-    driver_ko = built.out_dir / f"{config.driver}.ko"
-    deps, ours = guest_modules(config.driver, config.kernel, kmod.ko, built.modules)
+    if config.installed_dir is not None:
+        pfq_ko, modules = _installed_modules(config.installed_dir, config.driver)
+        out_dir = config.out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        with step("build"):
+            built = build_driver(BuildRequest(driver=config.driver, kernel=config.kernel,
+                                              out_root=config.out_root, jobs=config.jobs))
+            if not built.ok:
+                raise BuildError(f"{config.driver} for {config.kernel.release} does not "
+                                 f"verify; see {built.out_dir / 'report.json'}")
+            pfq_ko = ensure_kmod(config.kernel, config.jobs).ko
+        modules, out_dir = built.modules, built.out_dir
+    driver_ko = next(m for m in modules if m.name == f"{config.driver}.ko")
+    deps, ours = guest_modules(config.driver, config.kernel, pfq_ko, modules)
     want_id = build_id(driver_ko)
     want_src = (_modinfo(driver_ko).get("srcversion") or [""])[0]
     with step("accelerator"):
         accel, accel_why = choose_accel(qemu, config.accel, vmlinuz)
-    out_dir = built.out_dir
     log = out_dir / "lab-console.log"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-lab-") as tmp, \
@@ -488,7 +512,8 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         "frames_per_phase": config.frames, "accel": accel, "accel_reason": accel_why,
         "qemu": {"command": shlex.join(cmd), "exit": status,
                  "ports": {"guest": guest_port, "host": host_port}},
-        "modules": {"in_tree": [m.name for m in deps], "ours": [m.name for m in ours]},
+        "modules": {"in_tree": [m.name for m in deps], "ours": [m.name for m in ours],
+                    "from": str(config.installed_dir or out_dir)},
         "boot_seconds": session.boot_seconds, "guest_seconds": round(seconds, 2),
         "total_seconds": round(time.monotonic() - started, 2),
     }
