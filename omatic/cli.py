@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from omatic import __version__
 from omatic.errors import OmaticError, UserError
+from omatic.signature import DKMS_CERT
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -253,7 +254,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         raise PathError("no such report", path=report_path)
     symvers = (Path(args.pfq_symvers) if args.pfq_symvers
                else ensure_kmod(kernel, args.jobs or os.cpu_count() or 1).symvers)
-    verdict = verify_modules(kos, kernel, symvers, rewrite_report=rewrite)
+    cert = Path(args.cert) if args.cert else DKMS_CERT if DKMS_CERT.is_file() else None
+    verdict = verify_modules(kos, kernel, symvers, rewrite_report=rewrite, cert=cert,
+                             cert_required=bool(args.cert))
     if args.json:
         _print_json(verdict.to_json(), out)
     else:
@@ -276,7 +279,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     for kernel in _kernels_of(args.kernel):
         config = LabConfig(driver=name, kernel=kernel, nic_model=model, frames=args.frames,
                            out_root=Path(args.out), jobs=args.jobs or os.cpu_count() or 1,
-                           keep=args.keep, timeout=args.timeout, accel=args.accel)
+                           keep=args.keep, timeout=args.timeout, accel=args.accel,
+                           installed=Path(args.installed) if args.installed else None)
         progress = Progress(f"lab {name} {kernel.release}")
         try:
             result = run_lab(config, progress.step)
@@ -532,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pfq.ko's Module.symvers (default: build or reuse the cached pfq.ko)")
     p.add_argument("--report", metavar="FILE",
                    help="the build's report.json (default: report.json beside the first KO)")
+    p.add_argument("--cert", metavar="FILE",
+                   help="X.509 certificate (PEM or DER) each module's signature must verify "
+                        f"with; an unsigned module then fails (default: {DKMS_CERT} when "
+                        "present, which unsigned modules pass)")
 
     p = add("lab", cmd_lab, "boot Debian's kernel in QEMU with pfq.ko and the accelerated "
                             "driver, inject frames and check every PFQ mode")
@@ -551,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds before a guest counts as hung (default: 120)")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
                    help="auto: KVM only if a probe boots a kernel with it, else TCG")
+    p.add_argument("--installed", metavar="ROOT",
+                   help="boot the pfq.ko and driver DKMS installed in this system "
+                        "(ROOT/lib/modules/<kernel>/updates/dkms; / for this machine) "
+                        "instead of building them")
     return parser
 
 

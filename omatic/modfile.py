@@ -115,6 +115,8 @@ class KernelModule:
     def __init__(self, path: Path) -> None:
         self.path = path
         data = _read_bytes(path)
+        #: The module's bytes (decompressed), its appended signature if any included.
+        self.data = data
         try:
             self._elf = ELFFile(io.BytesIO(data))
             if self._elf["e_type"] != "ET_REL":

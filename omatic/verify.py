@@ -17,12 +17,15 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from omatic.errors import UserError
 from omatic.kernel import Kernel
 from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import load_rules
+
+if TYPE_CHECKING:
+    from omatic.signature import Certificate
 
 Status = Literal["pass", "fail", "skipped"]
 
@@ -45,7 +48,8 @@ _MODULE_LAYOUT = "module_layout"
 class Check:
     """One named check of one module."""
 
-    #: "vermagic", "license", "depends", "hooks", "entry-points", "symbols", "this_module".
+    #: "vermagic", "license", "depends", "hooks", "entry-points", "symbols", "this_module",
+    #: "signature".
     name: str
     #: "pass", "fail" or "skipped".
     status: Status
@@ -166,7 +170,8 @@ def reference_module(modules_dir: Path) -> Path | None:
 def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
                    rewrite_report: Mapping[str, Any] | None = None,
                    extra_symvers: Sequence[Path] = (),
-                   reference: Path | None = None) -> VerifyReport:
+                   reference: Path | None = None,
+                   cert: Path | None = None, cert_required: bool = False) -> VerifyReport:
     """Check each module of `kos` against `kernel`, with pfq.ko's `pfq_symvers`.
 
     `rewrite_report` is the rewriter's JSON ("sites" with "callee", "hook", "action"):
@@ -175,8 +180,9 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
     entry-points check is skipped. `extra_symvers` are Module.symvers or .ko files of
     modules the drivers depend on; the modules of `kos` also resolve each other's
     symbols. `reference` overrides the in-tree module used for vermagic and struct
-    module size. Raises PathError for a missing file, BuildError for one that is not a
-    module.
+    module size. `cert` is a certificate each module's signature must verify with; an
+    unsigned module fails only when `cert_required`. Raises PathError for a missing file,
+    BuildError for one that is not a module.
     """
     loaded = [KernelModule(Path(ko)) for ko in kos]
     pfq_exports = _symvers_providers(pfq_symvers)
@@ -195,6 +201,11 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
     imported = set().union(*(m.undefined() for m in loaded))
     unused = sorted((rewritten_to or set()) - imported)
     symbols = {callee: kernel.callee_symbols(callee) for callee in fully_rewritten or ()}
+    certificate = None
+    if cert is not None:
+        from omatic.signature import Certificate
+
+        certificate = Certificate.load(cert)
     reports = []
     for index, module in enumerate(loaded):
         visible = dict(providers)
@@ -212,6 +223,7 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
             _check_entry_points(ctx, fully_rewritten, symbols),
             _check_symbols(ctx),
             _check_this_module(ctx, kernel, ref),
+            _check_signature(ctx, certificate, cert_required),
         ]))
     return VerifyReport(modules=reports, kernel=kernel.release)
 
@@ -406,6 +418,29 @@ def _check_symbols(ctx: _Context) -> Check:
     return _check("symbols", problems,
                   [f"{len(ctx.undefined)} undefined symbols resolve"
                    + (" with matching CRCs" if ctx.modversions else "")])
+
+
+def _check_signature(ctx: _Context, cert: Certificate | None, required: bool) -> Check:
+    from omatic.signature import read_signature
+
+    signature = read_signature(ctx.module.data, ctx.module.path)
+    if signature is None:
+        if cert is not None and required:
+            return Check("signature", "fail", (
+                (f"module {ctx.name}: Loading of unsigned module is rejected (where "
+                 "signatures are enforced: Secure Boot, module.sig_enforce)"),
+                f"not signed; expected a signature of {cert.subject} ({cert.path})"))
+        return Check("signature", "pass", ("not signed",))
+    said = f"signer {signature.signer!r}, key id {signature.key_id}, {signature.hash}"
+    if cert is None:
+        return Check("signature", "pass", (said, "no certificate to check it with (--cert)"))
+    problem = signature.verify(ctx.module.data[:signature.content_size], cert)
+    if problem is None:
+        return Check("signature", "pass", (said, f"verifies with {cert.path}"))
+    kernel_says = ("Loading of module with unavailable key is rejected"
+                   if problem.startswith("signed by another key")
+                   else "Key was rejected by service")
+    return Check("signature", "fail", (f"module {ctx.name}: {kernel_says}", said, problem))
 
 
 def _check_this_module(ctx: _Context, kernel: Kernel, ref: KernelModule | None) -> Check:

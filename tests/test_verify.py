@@ -170,7 +170,8 @@ def test_tiny_modules_pass(tiny: Tiny) -> None:
     assert report.ok, "\n".join(report.lines())
     driver = report.modules[0]
     assert [c.name for c in driver.checks] == ["vermagic", "license", "depends", "hooks",
-                                               "entry-points", "symbols", "this_module"]
+                                               "entry-points", "symbols", "this_module",
+                                               "signature"]
     assert {c.status for c in driver.checks} == {"pass"}
     assert driver.name == "pfqtiny"
     # The library uses no hook: its hooks check is skipped, not vacuously passed.
@@ -432,3 +433,95 @@ def test_module_prefers_extended_modversions(tmp_path: Path) -> None:
     assert long_name in module.undefined()
     # The kernel relies on the extended sections when present, not on __versions.
     assert module.versions() == {"short": 0x22222222, long_name: 0x33333333}
+
+
+# -- signatures ---------------------------------------------------------------------------
+
+def _signing_key(where: Path, name: str) -> tuple[Path, Path]:
+    """A new RSA key and its self-signed certificate (PEM key, DER cert), as DKMS makes."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    key_path, cert_path = where / f"{name}.key", where / f"{name}.der"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return key_path, cert_path
+
+
+def _sign(tiny: Tiny, key: Path, cert: Path, src: Path, dst: Path, hash_: str) -> Path:
+    """`src` signed by the kernel's own scripts/sign-file, as DKMS signs, at `dst`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    subprocess.run([str(tiny.kernel.build_dir / "scripts/sign-file"), hash_, str(key),
+                    str(cert), str(dst)], check=True, capture_output=True)
+    return dst
+
+
+@kbuild
+def test_a_signature_is_read_as_modinfo_reads_it(tiny: Tiny, tmp_path: Path) -> None:
+    key, cert = _signing_key(tmp_path, "pfq-omatic test key")
+    signed = _sign(tiny, key, cert, tiny.driver, tmp_path / "pfqtiny.ko", "sha512")
+    report = tiny.verify(signed, tiny.lib)
+    assert report.ok, "\n".join(report.lines())
+    said = _details(report, "signature")
+    modinfo = {field: subprocess.run(["modinfo", "-F", field, str(signed)], check=True,
+                                     capture_output=True, text=True).stdout.strip()
+               for field in ("signer", "sig_key", "sig_hashalgo")}
+    assert said.startswith(f"signer {modinfo['signer']!r}, key id {modinfo['sig_key']}, "
+                           f"{modinfo['sig_hashalgo']}")
+    assert "no certificate to check it with" in said
+    assert _details(report, "signature", 1) == "not signed"
+
+
+@kbuild
+def test_a_certificate_accepts_its_own_signature_only(tiny: Tiny, tmp_path: Path) -> None:
+    key, cert = _signing_key(tmp_path, "ours")
+    _, other = _signing_key(tmp_path, "another")
+    signed = _sign(tiny, key, cert, tiny.driver, tmp_path / "signed/pfqtiny.ko", "sha256")
+    assert tiny.verify(signed, tiny.lib, cert=cert, cert_required=True).modules[0].ok
+
+    report = tiny.verify(signed, tiny.lib, cert=other)
+    assert _failed(report) == {"signature"}
+    said = _details(report, "signature")
+    assert "pfqtiny: Loading of module with unavailable key is rejected" in said
+    assert "signed by another key: ours key id" in said and "the certificate is another" in said
+
+    # One byte of the description changed after signing: the signature no longer holds.
+    altered = _tamper(signed, tmp_path / "altered/pfqtiny.ko", ".modinfo",
+                      b"license=Dual MIT/GPL", b"license=Dual MIT/GPl")
+    report = tiny.verify(altered, tiny.lib, cert=cert)
+    assert "signature" in _failed(report)
+    assert "pfqtiny: Key was rejected by service" in _details(report, "signature")
+    assert "does not verify over the module's content" in _details(report, "signature")
+
+    # Unsigned: fails only where a certificate is required.
+    report = tiny.verify(tiny.driver, tiny.lib, cert=cert, cert_required=True)
+    assert _failed(report) == {"signature"}
+    assert "Loading of unsigned module is rejected" in _details(report, "signature")
+    assert tiny.verify(tiny.driver, tiny.lib, cert=cert).ok
+
+
+@unit
+def test_a_bad_certificate_is_one_line(tmp_path: Path) -> None:
+    from omatic.signature import Certificate
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises(UserError, match=r"junk\.pem: not an X\.509 certificate"):
+        Certificate.load(junk)
+    with pytest.raises(PathError, match="cannot read the certificate"):
+        Certificate.load(tmp_path / "missing.der")
+
