@@ -51,8 +51,8 @@ DEB_PACKAGE = f"{PACKAGE}-dkms"
 #: What `modinfo -F version` says of every module of the package.
 MODULE_VERSION = f"{__version__}-pfq"
 #: The modules of omatic that the pre-install check needs (no tree-sitter, no jinja2).
-CHECK_MODULES = ("__init__", "errors", "data", "kernel", "modfile", "rules", "verify",
-                 "dkms_check")
+CHECK_MODULES = ("__init__", "errors", "data", "kernel", "modfile", "rules", "signature",
+                 "verify", "dkms_check")
 
 _LICENSE = re.compile(rb"^[ \t]*MODULE_LICENSE\s*\([^;]*\);[^\n]*\n?", re.MULTILINE)
 _VERSION = re.compile(rb"^[ \t]*MODULE_VERSION\s*\([^;]*\);[^\n]*\n?", re.MULTILINE)

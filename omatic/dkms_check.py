@@ -10,8 +10,9 @@ dkms.conf calls the package's `pfq-omatic-check` script at two steps:
   install ("pre_install failed, aborting install."), so a module that would not load is
   never installed; the failing checks are printed first.
 
-Only the standard library, pyelftools and zstandard are needed (python3-pyelftools,
-python3-zstandard), and the omatic modules copied beside this one.
+Only the standard library, pyelftools, zstandard, asn1crypto and cryptography are needed
+(python3-pyelftools, python3-zstandard, python3-asn1crypto, python3-cryptography), and the
+omatic modules copied beside this one. A module DKMS signed is checked with its mok.pub.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from omatic.errors import OmaticError
 from omatic.kernel import MODULES_ROOT, Kernel
+from omatic.signature import DKMS_CERT
 from omatic.verify import ModuleReport, verify_modules
 
 #: Where the script lives: the package's source tree (/usr/src/pfq-omatic-VERSION).
@@ -70,7 +72,9 @@ def check(kernelver: str, base: Path, tree: Path = TREE) -> tuple[bool, list[Mod
         rewrite = json.loads(report_file.read_text()) if report_file.is_file() else None
         if name != "pfq" and rewrite is None:
             raise OmaticError(f"no rewrite report for {name} ({report_file})")
-        verdict = verify_modules([module], kernel, symvers, rewrite_report=rewrite)
+        # DKMS signed the module just before (when it could make its key): check that too.
+        verdict = verify_modules([module], kernel, symvers, rewrite_report=rewrite,
+                                 cert=DKMS_CERT if DKMS_CERT.is_file() else None)
         reports.extend(verdict.modules)
     return all(r.ok for r in reports), reports
 
