@@ -121,7 +121,7 @@ def test_a_driver_left_out_of_the_kernels_config_is_refused(
     # As the cloud flavor leaves out igb: its config has no CONFIG_IGB, nor the I2C it needs.
     config = {k: v for k, v in kernel.config().items() if k != "CONFIG_E1000E"}
     monkeypatch.setattr(Kernel, "config", lambda self: config)
-    with pytest.raises(NotConfiguredError, match="CONFIG_E1000E is not set in its .config"):
+    with pytest.raises(NotConfiguredError, match=r"CONFIG_E1000E is not set in its \.config"):
         build_driver(BuildRequest(driver="e1000e", kernel=kernel, out_root=tmp_path))
     out, record = tmp_path / "out", tmp_path / "failure.json"
     monkeypatch.setenv(FAILURE_ENV, str(record))
