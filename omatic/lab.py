@@ -24,6 +24,7 @@ request.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import queue
@@ -53,6 +54,7 @@ from omatic.vm import (
     choose_accel,
     in_tree_needs,
     kill,
+    module_name,
     qemu_binary,
     qemu_command,
     read_modules_dep,
@@ -165,7 +167,9 @@ class LabResult:
 def build_id(ko: Path) -> str:
     """The GNU build id of a module (hex), "" if it has none: the guest reads the same
     bytes from /sys/module/NAME/notes/.note.gnu.build-id."""
-    with open(ko, "rb") as f:
+    from omatic.modfile import KernelModule
+
+    with io.BytesIO(KernelModule(ko).data) as f:  # a DKMS-installed one may be .ko.xz
         section = ELFFile(f).get_section_by_name(".note.gnu.build-id")
         if not isinstance(section, NoteSection):
             return ""
@@ -182,9 +186,15 @@ def _modinfo(ko: Path) -> dict[str, list[str]]:
 
 
 def _installed_modules(folder: Path, driver: str) -> tuple[Path, list[Path]]:
-    """pfq.ko and the driver's module where DKMS installed them."""
-    found = {name: folder / f"{name}.ko" for name in ("pfq", driver)}
-    missing = [path.name for path in found.values() if not path.is_file()]
+    """pfq.ko and the driver's module where DKMS installed them (compressed as the
+    kernel's own modules are: e1000e.ko.xz on 6.12)."""
+    found: dict[str, Path] = {}
+    for name in ("pfq", driver):
+        for suffix in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
+            if (folder / (name + suffix)).is_file():
+                found[name] = folder / (name + suffix)
+                break
+    missing = [f"{name}.ko" for name in ("pfq", driver) if name not in found]
     if missing:
         raise PathError(f"no {' nor '.join(missing)} installed by DKMS here (is the package "
                         "installed for this kernel?)", path=folder)
@@ -194,8 +204,6 @@ def _installed_modules(folder: Path, driver: str) -> tuple[Path, list[Path]]:
 def guest_modules(driver: str, kernel: Kernel, pfq_ko: Path,
                   built: list[Path]) -> tuple[list[GuestModule], list[GuestModule]]:
     """(in-tree modules to load first, ours to load after: pfq, helpers, the driver)."""
-    from omatic.vm import module_name
-
     ours = [GuestModule("pfq", pfq_ko, "modules/pfq.ko", built=True)]
     for ko in sorted(built, key=lambda p: module_name(p) == driver):
         ours.append(GuestModule(module_name(ko), ko, f"modules/{module_name(ko)}.ko",
@@ -479,7 +487,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                                  f"verify; see {built.out_dir / 'report.json'}")
             pfq_ko = ensure_kmod(config.kernel, config.jobs).ko
         modules, out_dir = built.modules, built.out_dir
-    driver_ko = next(m for m in modules if m.name == f"{config.driver}.ko")
+    driver_ko = next(m for m in modules if module_name(m) == config.driver)
     deps, ours = guest_modules(config.driver, config.kernel, pfq_ko, modules)
     want_id = build_id(driver_ko)
     want_src = (_modinfo(driver_ko).get("srcversion") or [""])[0]
