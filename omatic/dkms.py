@@ -51,6 +51,12 @@ DEB_PACKAGE = f"{PACKAGE}-dkms"
 #: What `modinfo -F version` says of every module of the package.
 MODULE_VERSION = f"{__version__}-pfq"
 #: The modules of omatic that the pre-install check needs (no tree-sitter, no jinja2).
+#: A Debian 12 machine the package is for, as tests and bench/dkms.py make it: dkms, openssl
+#: (DKMS makes its signing key with it), the headers and images of both kernels, and what
+#: the package's check needs.
+TARGET_SYSTEM = ("dkms", "openssl", "linux-headers-amd64", "linux-headers-6.12-amd64",
+                 "linux-image-amd64", "linux-image-6.12-amd64", "python3-pyelftools",
+                 "python3-zstandard", "python3-asn1crypto", "python3-cryptography")
 CHECK_MODULES = ("__init__", "errors", "data", "kernel", "modfile", "rules", "signature",
                  "verify", "dkms_check")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from conftest import KERNEL_SERIES
 
 from omatic.dkms import (
     MODULE_VERSION,
+    TARGET_SYSTEM,
     DkmsError,
     DkmsTree,
     PackagedDriver,
@@ -25,7 +27,9 @@ from omatic.dkms import (
 from omatic.dkms_check import main as check_main
 from omatic.dkms_check import pre_install
 from omatic.kernel import Kernel, find_kernel
+from omatic.lab import LabConfig, run_lab
 from omatic.modfile import KernelModule
+from omatic.signature import Certificate, read_signature
 from omatic.templates import render
 
 unit = pytest.mark.unit
@@ -264,6 +268,96 @@ def test_the_package_builds_and_lintian_finds_no_error(tree: DkmsTree, tmp_path:
                                           if line.endswith("/pfq-omatic-check"))
     fields = subprocess.run(["dpkg-deb", "-f", str(built.deb), "Depends"], capture_output=True,
                             text=True, check=True).stdout
-    assert "python3-pyelftools" in fields and "dkms" in fields
+    assert "python3-pyelftools" in fields and "python3-cryptography" in fields
+    assert "dkms" in fields
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pfq-omatic-dkms_0.1.0_all.deb"]
 
+
+# -- the lifecycle, under Debian 12's dkms, in a disposable system -----------------------
+
+def _previous_abi(release: str) -> str:
+    """The 6.1 kernel of the ABI before `release` that the archive serves: a kernel update
+    to come, as the system sees it."""
+    from omatic.archive import ArchiveKernel, served
+
+    head, abi, flavor = re.fullmatch(r"(\d+\.\d+\.\d+)-(\d+)-(.+)", release).groups()
+    for older in range(int(abi) - 1, int(abi) - 6, -1):
+        kernel = ArchiveKernel(release=f"{head}-{older}-{flavor}",
+                               archive_suite="bookworm-security", suite="bookworm")
+        if served(kernel):
+            return kernel.release
+    pytest.fail(f"the archive serves none of the five ABIs before {release}")
+
+
+@pytest.mark.system
+def test_the_package_lives_through_install_new_kernels_failures_and_removal(
+        tree: DkmsTree, tmp_path: Path) -> None:
+    from omatic.system import Bind, SystemSpec, ensure_system, run_in_system
+
+    built = build_deb(tree, tmp_path / "pkg")
+    assert built.deb is not None
+    added = _previous_abi(find_kernel("6.1").release)
+    tarball, _ = ensure_system(SystemSpec.of("bookworm", TARGET_SYSTEM))
+    out = tmp_path / "out"
+    out.mkdir()
+    script = Path(__file__).with_name("dkms-lifecycle.sh")
+    code = run_in_system(tarball, "bookworm",
+                         ["bash", "/t/dkms-lifecycle.sh", f"/pkg/{built.deb.name}", "e1000e",
+                          added],
+                         binds=[Bind(built.deb.parent, "/pkg"), Bind(script.parent, "/t"),
+                                Bind(out, "/out")])
+    log = "\n".join((out / name).read_text(errors="replace")[-3000:]
+                    for name in ("log", "install.log") if (out / name).is_file())
+    results = dict(line.split("=", 1) for line in (out / "results").read_text().splitlines())
+    assert code == 0 and results.get("done") == "yes", log
+    kernels = results["kernels"].split()
+    assert len(kernels) == 2
+    # 2. Every installed kernel, not only the newest; the files are ours, signed by DKMS.
+    assert results["install_exit"] == "0", log
+    install = (out / "install.log").read_text()
+    for k in kernels:
+        assert f"pfq-omatic: verified for {k}" in install
+        for module in ("pfq", "e1000e"):
+            assert f"/lib/modules/{k}/updates/dkms/{module}.ko" in results[f"file:{k}:{module}"]
+            assert results[f"version:{k}:{module}"] == MODULE_VERSION
+            assert results[f"signer:{k}:{module}"] == "DKMS module signing key"
+    assert results["mok_pub"] == "yes"
+    mok = Certificate.load(out / "mok.pub")
+    installed = sorted((out / "root/lib/modules").glob("*/updates/dkms/*.ko*"))
+    assert len(installed) == (len(tree.drivers) + 1) * len(kernels)
+    for ko in installed:
+        data = KernelModule(ko).data  # 6.12's are .ko.xz, as its in-tree modules
+        signature = read_signature(data, ko)
+        assert signature is not None and signature.signer == "DKMS module signing key"
+        assert signature.verify(data[:signature.content_size], mok) is None
+    # 3. The lab boots what DKMS installed, and every phase holds.
+    for k in kernels:
+        labbed = run_lab(LabConfig(driver="e1000e", kernel=find_kernel(k), nic_model="e1000e",
+                                   out_root=tmp_path / "lab", installed=out / "root"))
+        assert labbed.ok, labbed.report["failures"]
+        assert labbed.report["modules"]["from"].endswith(f"{k}/updates/dkms")
+    # 4. A new kernel of a series the package has: built and installed by the kernel's hook.
+    assert results["added_exit"] == "0"
+    assert "/updates/dkms/e1000e.ko" in results[f"file:{added}:e1000e"]
+    # 5. Outside the series: exit 77, our message naming the command, the hook succeeds.
+    outside = (out / "outside.log").read_text()
+    assert results["outside_build_exit"] == "77"
+    assert results["outside_hook_exit"] == "0"
+    assert "to add it: pfq-omatic dkms e1000e virtio_net --kernel 9.9.0-1-amd64 --deb" in outside
+    # 6a. A module that would fail to load: not installed, the check named.
+    assert results["tampered_exit"] != "0"
+    tampered = (out / "tampered.log").read_text()
+    assert "hooks check failed" in tampered and "disagrees about version of symbol" in tampered
+    assert "pre_install failed, aborting install" in tampered
+    assert "/kernel/drivers/" in results[f"tampered_file:{kernels[0]}"]
+    assert "/updates/dkms/" in results[f"untouched_file:{kernels[1]}"]
+    # 6b. A compile failure for one kernel: that kernel keeps its in-tree driver.
+    assert results["broken_exit"] != "0"
+    assert "/kernel/drivers/" in results[f"broken_file:{kernels[0]}"]
+    assert "/updates/dkms/" in results[f"unaffected_file:{kernels[1]}"]
+    # 7. Removed: nothing of it anywhere, the in-tree driver again on every kernel.
+    assert results["purge_exit"] == "0"
+    assert (results["dkms_status"], results["var_lib_dkms"], results["usr_src"]) == ("0",) * 3
+    for k in (*kernels, added):
+        assert "/kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko" in \
+            results[f"purged_file:{k}:e1000e"]
