@@ -98,6 +98,7 @@ class Certificate:
     def load(cls, path: Path) -> Certificate:
         from asn1crypto import x509
         from cryptography import x509 as cx509
+        from cryptography.hazmat.primitives.serialization import Encoding
 
         try:
             data = path.read_bytes()
@@ -108,16 +109,10 @@ class Certificate:
                     else cx509.load_der_x509_certificate(data))
         except ValueError:
             raise SignatureError("not an X.509 certificate (PEM or DER)", path=path) from None
-        parsed = x509.Certificate.load(cert.public_bytes(_der()))
+        parsed = x509.Certificate.load(cert.public_bytes(Encoding.DER))
         return cls(path=path, subject=_common_name(parsed.subject),
                    key_id=_key_id(cert.serial_number), issuer_der=parsed.issuer.dump(),
                    serial=cert.serial_number, public_key=cert.public_key())
-
-
-def _der() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
 
 
 def _common_name(name: Any) -> str:
