@@ -9,8 +9,9 @@ In one run, in one disposable Debian 12 system holding dkms and the 6.1 and 6.12
     pfq.ko, no checks), then
   - pfq-omatic: `pfq-omatic dkms` of the same drivers (pfq.ko too, the post-build and
     pre-install checks),
-and then the pre-install check alone (the verify step), run again on what DKMS built. Prints pfq-omatic's time as a
-ratio of vanilla's, and the checks' share of pfq-omatic's time (target < 5%).
+and then the pre-install check alone (the verify step), run again on what DKMS built.
+Prints pfq-omatic's time as a ratio of vanilla's, and the check's share of pfq-omatic's
+time (target < 5%).
 """
 
 from __future__ import annotations

@@ -592,8 +592,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 def _record_failure(err: OmaticError) -> None:
     """For a matrix cell: what kind of error ended this command, in the file it names."""
-    from omatic.errors import BuildError
-    from omatic.matrix import FAILURE_ENV
+    # Only light imports here: `python3 -m omatic env` runs outside the venv.
+    from omatic.errors import FAILURE_ENV, BuildError
 
     path = os.environ.get(FAILURE_ENV)
     if not path:

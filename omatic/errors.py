@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+#: Where main() writes what kind of error ended a command, for a matrix cell (read by
+#: omatic.matrix, then removed).
+FAILURE_ENV = "PFQ_OMATIC_FAILURE_FILE"
+
 
 class OmaticError(Exception):
     """Base of every expected failure; `str(err)` is the one-line message shown."""

@@ -40,12 +40,10 @@ from typing import Any
 from omatic import __version__
 from omatic.build import hash_files, kmod_key
 from omatic.data import DRIVERS_DIR, PATCHES_DIR
-from omatic.errors import UserError
+from omatic.errors import FAILURE_ENV, UserError
 from omatic.kernel import Kernel
 from omatic.matrix_report import Cell, write_outputs
 
-#: Where main() writes what kind of error ended a cell's command (read here, then removed).
-FAILURE_ENV = "PFQ_OMATIC_FAILURE_FILE"
 #: Errors that mean "this kernel does not have that driver".
 _SKIP_ERRORS = ("UnknownDriverError", "NotConfiguredError")
 

@@ -16,9 +16,9 @@ from omatic.archive import ArchiveKernel
 from omatic.build import BuildRequest, NotConfiguredError, OutputError, build_driver
 from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
-from omatic.errors import BuildError
+from omatic.errors import FAILURE_ENV, BuildError
 from omatic.kernel import Kernel, NoHeadersError, find_kernel
-from omatic.matrix import FAILURE_ENV, _classify
+from omatic.matrix import _classify
 from omatic.modfile import KernelModule
 from omatic.source import UnknownDriverError
 
