@@ -188,12 +188,10 @@ def _modinfo(ko: Path) -> dict[str, list[str]]:
 def _installed_modules(folder: Path, driver: str) -> tuple[Path, list[Path]]:
     """pfq.ko and the driver's module where DKMS installed them (compressed as the
     kernel's own modules are: e1000e.ko.xz on 6.12)."""
-    found: dict[str, Path] = {}
-    for name in ("pfq", driver):
-        for suffix in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
-            if (folder / (name + suffix)).is_file():
-                found[name] = folder / (name + suffix)
-                break
+    from omatic.modfile import find_module
+
+    found = {name: path for name in ("pfq", driver)
+             if (path := find_module(folder, f"{name}.ko")) is not None}
     missing = [f"{name}.ko" for name in ("pfq", driver) if name not in found]
     if missing:
         raise PathError(f"no {' nor '.join(missing)} installed by DKMS here (is the package "

@@ -67,6 +67,16 @@ class SymversEntry:
     namespace: str = ""
 
 
+def find_module(folder: Path, ko: str) -> Path | None:
+    """`folder/ko` ("drivers/net/dummy.ko", "pfq.ko") as it is, or compressed as a kernel
+    may ship or install it (.xz, .zst, .gz); None when there is none."""
+    for suffix in ("", ".xz", ".zst", ".gz"):
+        path = folder / (ko + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
 def _read_bytes(path: Path) -> bytes:
     """The ELF bytes of `path`: .ko as is, .ko.xz, .ko.zst and .ko.gz decompressed."""
     try:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from omatic.errors import UserError
 from omatic.kernel import Kernel
-from omatic.modfile import KernelModule, read_symvers
+from omatic.modfile import KernelModule, find_module, read_symvers
 from omatic.rules import load_rules
 
 if TYPE_CHECKING:
@@ -160,10 +160,9 @@ def reference_module(modules_dir: Path) -> Path | None:
     section is sizeof(struct module) of that build: facts headers alone do not give.
     """
     for candidate in _REFERENCE_CANDIDATES:
-        for suffix in ("", ".xz", ".zst", ".gz"):
-            path = modules_dir / (candidate + suffix)
-            if path.is_file():
-                return path
+        path = find_module(modules_dir, candidate)
+        if path is not None:
+            return path
     return next(modules_dir.rglob("*.ko*"), None)
 
 
