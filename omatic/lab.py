@@ -485,8 +485,10 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                                  f"verify; see {built.out_dir / 'report.json'}")
             pfq_ko = ensure_kmod(config.kernel, config.jobs).ko
         modules, out_dir = built.modules, built.out_dir
-    driver_ko = next(m for m in modules if module_name(m) == config.driver)
-    deps, ours = guest_modules(config.driver, config.kernel, pfq_ko, modules)
+    # The kernel's name of the module: "ne2k-pci.ko" is module ne2k_pci in sysfs.
+    kname = module_name(config.driver)
+    driver_ko = next(m for m in modules if module_name(m) == kname)
+    deps, ours = guest_modules(kname, config.kernel, pfq_ko, modules)
     want_id = build_id(driver_ko)
     want_src = (_modinfo(driver_ko).get("srcversion") or [""])[0]
     with step("accelerator"):
@@ -497,7 +499,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         host_port, guest_port = udp_ports(sock)
         initrd = Path(tmp) / "initrd.cpio"
-        init = render("lab-init.sh.j2", driver=config.driver, release=config.kernel.release,
+        init = render("lab-init.sh.j2", driver=kname, release=config.kernel.release,
                       frames=config.frames, wait_ticks=round(config.phase_wait * 10),
                       ring_slots=config.ring_slots,
                       ours=ours, deps=deps, phases=PHASES,
@@ -547,7 +549,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
     checks: dict[str, Any] = {}
     for name in ("first", "reload"):
         checks[f"bind_{name}"], problems = _check_bind(name, session.binds.get(name),
-                                                       config.driver, want_id, want_src)
+                                                       kname, want_id, want_src)
         failures += problems
     for name in [p for p, _ in PHASES] + ["reload"]:
         checks[name], problems = _check_phase(name, session.phases.get(name), config.frames)
