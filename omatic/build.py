@@ -220,6 +220,7 @@ def dry_run_commands(req: BuildRequest) -> list[str]:
     kmod = kmod_dir(req.kernel)
     work = req.out_dir.parent / f".build-{req.driver}-XXXX"
     driver_dir, config = work / "accel" / "DRIVER_DIR", "CONFIG_DRIVER"
+    include_dirs: list[str] = []
     cmds = []
     tarball = req.kernel.source_tarball
     if req.source_dir is not None:
@@ -229,26 +230,30 @@ def dry_run_commands(req: BuildRequest) -> list[str]:
         if cache.extracted:
             module = lookup(cache.index(), req.driver, tarball.name)
             driver_dir, config = work / "accel" / module.dir, module.config
+            include_dirs = module.include_dirs()
         else:
             cmds.append(shlex.join(["xz", "-dc", str(tarball)]) + " | (extract drivers/net "
                         f"and the Kbuild files of drivers/ into {cache.tree})")
     if not (kmod / "pfq.ko").is_file():
         cmds.append(shlex.join(req.kernel.kbuild_argv(kmod, [f"-j{req.jobs}", "W=1",
                                                              "modules"])))
-    cmds.append(shlex.join(_driver_make(req, kmod, driver_dir, config, work / "accel")))
+    cmds.append(shlex.join(_driver_make(req, kmod, driver_dir, config, work / "accel",
+                                        include_dirs)))
     return cmds
 
 
 def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str,
-                 tree: Path | None = None) -> list[str]:
+                 tree: Path | None = None, include_dirs: Sequence[str] = ()) -> list[str]:
     """The make command for the driver. `tree` is the staged tree's root: trace headers
     name themselves relative to include/trace/ of the kernel sources
     (TRACE_INCLUDE_PATH ../../drivers/...), which the headers package lacks, so the
-    staged tree's own include/trace/ is searched too."""
+    staged tree's own include/trace/ is searched too, and so are the folders the driver's
+    Makefile adds under $(srctree) (`include_dirs`, kernel-relative)."""
     kmod = kmod.absolute()
     kcflags = f"-I{kmod / 'include'}"
     if tree is not None:
         kcflags += f" -I{tree.absolute() / 'include' / 'trace'}"
+        kcflags += "".join(f" -I{tree.absolute() / d}" for d in include_dirs)
     args = [f"-j{req.jobs}", f"KBUILD_EXTRA_SYMBOLS={kmod / 'Module.symvers'}",
             f"KCFLAGS={kcflags}"]
     if config:
@@ -289,8 +294,10 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
             with timed("source"):
                 source = _stage(req, work / "src")
                 from_kernel = req.source_dir is None and req.kernel_tree is None
+                configured = req.kernel.config()
                 if (from_kernel and source.config
-                        and req.kernel.config().get(source.config) not in ("y", "m")):
+                        and all(configured.get(c) not in ("y", "m")
+                                for c in source.configs or (source.config,))):
                     raise NotConfiguredError(kernel=req.kernel.release, driver=req.driver,
                                              config=source.config)
                 kmod_cache = kmod_dir(req.kernel)
@@ -313,7 +320,8 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
             (work / "accel" / "include" / "trace").mkdir(parents=True, exist_ok=True)
             with timed("kbuild"):
                 code = _run_make(_driver_make(req, kmod.dir, accel_dir, source.config,
-                                              work / "accel"), final / "build.log")
+                                              work / "accel", source.include_dirs),
+                                 final / "build.log")
             log = (final / "build.log").read_text(errors="replace")
             if code != 0:
                 errors = _map_errors(log, work / "accel", rewrite_json, source.root)

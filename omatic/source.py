@@ -39,6 +39,7 @@ _FIRST_READ = re.compile(r"drivers/(?:net/.*|.*/(?:Makefile|Kbuild))")
 _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
 _ASSIGN = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|\?=|=)\s*(.*)$")
 _CONFIG_REF = re.compile(r"^\$\((CONFIG_\w+)\)$")
+_INCLUDE_FLAG = re.compile(r"(?:^|\s)-I\s*(\S+)")
 
 
 class UnknownDriverError(UserError):
@@ -59,7 +60,7 @@ class ModuleDef:
     name: str
     #: Directory of the defining Makefile, relative to the kernel tree root.
     dir: str
-    #: The CONFIG_ symbol that selects it ("" for obj-m).
+    #: The CONFIG_ symbol that selects it ("" for obj-m); the first of `configs`.
     config: str
     #: Its objects (relative to dir), from name-y / name-objs / name-$(CONFIG_...);
     #: just name.o for a single-file module.
@@ -68,6 +69,34 @@ class ModuleDef:
     alone: bool
     #: Lines of the Makefile that concern this module (objects, flags), for a generated Kbuild.
     lines: tuple[str, ...] = field(default=(), compare=False)
+    #: Every CONFIG_ symbol that selects it: 8390.o is built for ne2k-pci, pcnet_cs and more.
+    configs: tuple[str, ...] = ()
+
+    def enabled_by(self, config: dict[str, str]) -> str | None:
+        """The first of its symbols a kernel's .config sets to y or m, else None."""
+        return next((c for c in self.configs or (self.config,) if config.get(c) in ("y", "m")),
+                    None)
+
+    def include_dirs(self) -> list[str]:
+        """The folders of the kernel tree its Makefile adds to the include path, relative
+        to the tree's root: `ccflags-y += -I$(srctree)/$(src)` is the module's own folder.
+        In-tree Kbuild finds them under $(srctree), which out of tree is the headers
+        package; the build adds them from the staged tree instead."""
+        found: list[str] = []
+        for line in self.lines:
+            lhs = line.split("=", 1)[0]
+            if not lhs.startswith(("ccflags", "subdir-ccflags", "CFLAGS_")):
+                continue
+            for raw in _INCLUDE_FLAG.findall(line.split("=", 1)[-1]):
+                path = raw.replace("$(srctree)/", "").replace("$(srctree)", "")
+                path = path.replace("$(src)", self.dir).replace("$(obj)", self.dir)
+                if "$" in path or path.startswith("/"):
+                    continue  # another variable, or the system's: not the tree's
+                path = os.path.normpath(path)
+                if path.startswith("..") or path in found:
+                    continue
+                found.append(path)
+        return found
 
 
 def _logical_lines(text: str) -> list[str]:
@@ -78,7 +107,7 @@ def _logical_lines(text: str) -> list[str]:
 
 def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
     """The modules a Kbuild Makefile defines."""
-    targets: dict[str, str] = {}  # module -> config
+    targets: dict[str, list[str]] = {}  # module -> the configs that select it
     others = 0
     composite: dict[str, list[str]] = {}
     lines_of: dict[str, list[str]] = {}
@@ -95,7 +124,7 @@ def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
             config = config_ref[1] if config_ref else ""
             for word in words:
                 if word.endswith(".o"):
-                    targets.setdefault(word[:-2], config)
+                    targets.setdefault(word[:-2], []).append(config)
                 else:
                     others += 1
         elif lhs.startswith(("ccflags", "subdir-ccflags", "CFLAGS_", "asflags")):
@@ -106,10 +135,11 @@ def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
                 composite.setdefault(name, []).extend(w for w in words if w.endswith(".o"))
                 lines_of.setdefault(name, []).append(line.strip())
     modules = []
-    for name, config in targets.items():
+    for name, configs in targets.items():
         objects = composite.get(name) or [f"{name}.o"]
         modules.append(ModuleDef(
-            name=name, dir=directory, config=config, objects=tuple(objects),
+            name=name, dir=directory, config=configs[0], objects=tuple(objects),
+            configs=tuple(dict.fromkeys(configs)),
             alone=len(targets) == 1 and others == 0,
             lines=(*lines_of.get(name, ()), *flag_lines)))
     return modules
@@ -268,11 +298,12 @@ class TarballCache:
 
     def index(self) -> dict[str, ModuleDef]:
         self._ensure(".first-read", _FIRST_READ)
-        memo = self.root / "modules.json"
+        memo = self.root / "modules-2.json"  # -2: with each module's configs
         if memo.exists():
             raw = json.loads(memo.read_text())
             return {k: ModuleDef(**{**v, "objects": tuple(v["objects"]),
-                                    "lines": tuple(v["lines"])}) for k, v in raw.items()}
+                                    "lines": tuple(v["lines"]),
+                                    "configs": tuple(v["configs"])}) for k, v in raw.items()}
         index = index_modules(self.tree)
         memo.write_text(json.dumps({k: dataclasses.asdict(m) for k, m in index.items()}))
         return index
@@ -305,6 +336,10 @@ class DriverSource:
     #: Where it came from ("tarball", "tree", "dir") and the path.
     origin: str
     origin_path: Path
+    #: Folders of the staged tree its Makefile adds to the include path (kernel-relative).
+    include_dirs: tuple[str, ...] = ()
+    #: Every CONFIG_ symbol that builds it (`config` is the first).
+    configs: tuple[str, ...] = ()
 
     def digest(self) -> str:
         """sha256 over the staged files' names and bytes: the source part of a build key."""
@@ -340,9 +375,9 @@ def _includes_closure(tree: Path, start: list[str]) -> list[str]:
     return list(seen)
 
 
-def stage(tree: Path, module: ModuleDef, dest: Path, origin: str,
-          origin_path: Path) -> DriverSource:
-    """Copy what `module` needs from `tree` into `dest` (which must not exist)."""
+def module_files(tree: Path, module: ModuleDef) -> list[str]:
+    """The files `module` is built from, relative to `tree`: its whole directory when its
+    Makefile builds it alone, else its objects' sources; with what they include."""
     base = tree / module.dir
     if module.alone:
         start = [p.relative_to(tree).as_posix() for p in sorted(base.rglob("*"))
@@ -354,7 +389,18 @@ def stage(tree: Path, module: ModuleDef, dest: Path, origin: str,
                 candidate = base / (obj[:-2] + suffix)
                 if candidate.is_file():
                     start.append(candidate.relative_to(tree).as_posix())
-    files = _includes_closure(tree, start)
+    for folder in module.include_dirs():
+        if (tree / folder).is_dir() and (tree / folder).resolve().is_relative_to(
+                tree.resolve()):
+            start += [p.relative_to(tree).as_posix() for p in sorted((tree / folder).glob("*.h"))
+                      if p.is_file() and not p.is_symlink()]
+    return list(dict.fromkeys(_includes_closure(tree, start)))
+
+
+def stage(tree: Path, module: ModuleDef, dest: Path, origin: str,
+          origin_path: Path) -> DriverSource:
+    """Copy what `module` needs from `tree` into `dest` (which must not exist)."""
+    files = module_files(tree, module)
     for rel in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +410,10 @@ def stage(tree: Path, module: ModuleDef, dest: Path, origin: str,
         kbuild.write_text(render("Kbuild.j2", module=module))
         files.append(kbuild.relative_to(dest).as_posix())
     return DriverSource(name=module.name, root=dest, dir=module.dir, config=module.config,
-                        files=tuple(sorted(files)), origin=origin, origin_path=origin_path)
+                        files=tuple(sorted(files)), origin=origin, origin_path=origin_path,
+                        include_dirs=tuple(d for d in module.include_dirs()
+                                           if (dest / d).is_dir()),
+                        configs=module.configs)
 
 
 def stage_from_tarball(tarball: Path, name: str, dest: Path) -> DriverSource:
