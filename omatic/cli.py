@@ -118,6 +118,19 @@ def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_drivers(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.nics import nic_drivers, render_table
+
+    kernel = _kernels_of([args.kernel] if args.kernel else None)[0]
+    drivers = nic_drivers(kernel)
+    if args.json:
+        _print_json({"kernel": kernel.release, "drivers": [d.to_json() for d in drivers]},
+                    out)
+    else:
+        out.write(render_table(drivers, kernel))
+    return 0
+
+
 def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.archive import available_kernels
     from omatic.kernel import installed_kernels
@@ -489,9 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --available: read the archive's indexes anew")
     _add_env(sub)
 
+    p = add("drivers", cmd_drivers, "list every NIC driver a kernel builds as a module and "
+                                    "whose sources call a receive entry point")
+    p.add_argument("--kernel", metavar="KVER", help="the kernel (default as for build)")
+
     p = add("matrix", cmd_matrix, "build and verify (and prove) drivers x kernels, report")
     p.add_argument("--driver", action="append", metavar="DRIVER",
                    help="a driver; repeat (default: every driver of drivers/)")
+    p.add_argument("--drivers", choices=("all",),
+                   help="all: every NIC driver each kernel builds (see `pfq-omatic drivers`)")
     p.add_argument("--kernel", action="append", metavar="KVER",
                    help="a kernel, here or in Debian's archive; repeat (default: the series "
                    "each suites/*.toml names, newest amd64, plus cloud and rt of the newest)")
@@ -611,17 +630,25 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.matrix_report import emit_github_actions, exit_code
 
     manifests = load_manifests()
+    if args.driver and args.drivers:
+        raise UserError("--driver and --drivers: give one of them")
     drivers = sorted({resolve(d, manifests)[0] for d in args.driver} if args.driver
                      else manifests)
     known = load_known_failures(Path(args.known_failures) if args.known_failures else None)
     kernels = _matrix_kernels(args.kernel)
+    per_kernel = None
+    if args.drivers == "all":
+        from omatic.nics import nic_drivers
+
+        per_kernel = {k.release: [d.name for d in nic_drivers(k)] for k in kernels}
+        drivers = sorted({d for names in per_kernel.values() for d in names})
     if args.emit:
         out.write(emit_github_actions([(k.release, k.suite or "bookworm") for k in kernels],
                                       drivers, args.lab))
     lab = {d for d in drivers if d in manifests and manifests[d].nic_model} if args.lab \
         else set()
     run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=lab,
-                    known=known,
+                    known=known, per_kernel=per_kernel,
                     workers=args.jobs or os.cpu_count() or 1, force=args.force,
                     command=shlex.join(["pfq-omatic", "matrix", *sys.argv[2:]]))
 

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,14 @@ class MatrixRun:
     #: The command line shown at the top of the reports.
     command: str = "pfq-omatic matrix"
     force: bool = False
+    #: The drivers of each kernel (by release) when they differ: `--drivers all` takes
+    #: every NIC driver each kernel builds. A kernel not in it takes `drivers`.
+    per_kernel: Mapping[str, Sequence[str]] | None = None
+
+    def drivers_of(self, kernel: Kernel) -> Sequence[str]:
+        if self.per_kernel is not None and kernel.release in self.per_kernel:
+            return self.per_kernel[kernel.release]
+        return self.drivers
 
     def cell_argvs(self, driver: str, kernel: Kernel) -> list[list[str]]:
         jobs = str(max(1, (os.cpu_count() or 1) // max(1, self.workers)))
@@ -236,7 +244,7 @@ def run_matrix(run: MatrixRun, on_cell: Callable[[Cell, bool], None] | None = No
     todo: list[tuple[str, Kernel, str]] = []
     for kernel in run.kernels:
         kmod = kmod_key(kernel)
-        for driver in run.drivers:
+        for driver in run.drivers_of(kernel):
             key = cell_key(driver, kernel.release, driver in run.lab, kmod)
             done = _reuse(run.out_dir, kernel.release, driver, key)
             if done is not None and not run.force:

@@ -263,6 +263,13 @@ def markdown(cells: Sequence[Cell], command: str, date: str) -> str:
         lines += ["", "## Notes", ""]
         lines += [f"{n}. {_text(note)}" for n, note in enumerate(notes, 1)]
     lines += ["", _summary_line(summarize(cells), len(cells))]
+    if len(kernels) > 1:
+        lines += ["", "Per kernel:", ""]
+        for kernel in kernels:
+            mine = [c for c in cells if c.kernel == kernel]
+            passed = sum(1 for c in mine if c.status == "pass")
+            lines.append(f"- {_text(kernel)}: {passed} of {len(mine)} pass "
+                         f"({100 * passed / len(mine):.1f}%)")
     return "\n".join(lines) + "\n"
 
 

@@ -185,7 +185,11 @@ def test_markdown_table(tmp_path: Path) -> None:
         f"3. igb on {K61}: modpost: pfq_receive undefined",
         f"4. igb on {K612}: QEMU exited 1 before the guest booted",
     ]
-    assert "2 pass, 2 fail (1 expected), 1 error, 1 skip" in text.splitlines()[-1]
+    summary, per_kernel = text.split("Per kernel:", 1)
+    assert "2 pass, 2 fail (1 expected), 1 error, 1 skip" in summary.strip().splitlines()[-1]
+    assert per_kernel.split() == ["-", f"{K61}:", "1", "of", "2", "pass", "(50.0%)",
+                                  "-", f"{K612}:", "0", "of", "2", "pass", "(0.0%)",
+                                  "-", f"{K72}:", "1", "of", "2", "pass", "(50.0%)"]
 
 
 def test_markdown_keeps_a_reason_in_its_cell(tmp_path: Path) -> None:
