@@ -39,6 +39,10 @@ _FIRST_READ = re.compile(r"drivers/(?:net/.*|.*/(?:Makefile|Kbuild))")
 _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
 _ASSIGN = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|\?=|=)\s*(.*)$")
 _CONFIG_REF = re.compile(r"^\$\((CONFIG_\w+)\)$")
+#: The version of what index_modules finds, in the name of its memo in the cache: a
+#: parser that finds more (every config of a module, objects named through variables)
+#: must not read an older memo.
+INDEX_FORMAT = 3
 _INCLUDE_FLAG = re.compile(r"(?:^|\s)-I\s*(\S+)")
 
 
@@ -112,11 +116,27 @@ def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
     composite: dict[str, list[str]] = {}
     lines_of: dict[str, list[str]] = {}
     flag_lines: list[str] = []
+    # Plain variables (liquidio's common-objs, shared by two modules): name -> (words,
+    # the lines that set it).
+    variables: dict[str, tuple[list[str], list[str]]] = {}
+
+    def expand(words: list[str], used: list[str], depth: int = 0) -> list[str]:
+        out = []
+        for word in words:
+            ref = re.fullmatch(r"\$\(([A-Za-z0-9_-]+)\)", word)
+            if ref and ref[1] in variables and depth < 8:
+                values, lines = variables[ref[1]]
+                used.extend(line for line in lines if line not in used)
+                out += expand(values, used, depth + 1)
+            else:
+                out.append(word)
+        return out
+
     for line in _logical_lines(text):
         match = _ASSIGN.match(line.strip())
         if not match:
             continue
-        lhs, _op, rhs = match.groups()
+        lhs, op, rhs = match.groups()
         words = rhs.split()
         if lhs.startswith("obj-"):
             suffix = lhs[4:]
@@ -132,8 +152,16 @@ def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
         else:
             name, dash, suffix = lhs.rpartition("-")
             if dash and (suffix in ("y", "objs") or _CONFIG_REF.match(suffix)):
-                composite.setdefault(name, []).extend(w for w in words if w.endswith(".o"))
-                lines_of.setdefault(name, []).append(line.strip())
+                used = lines_of.setdefault(name, [])
+                objects = expand(words, used)
+                composite.setdefault(name, []).extend(w for w in objects if w.endswith(".o"))
+                used.append(line.strip())
+            # Any name may also serve as a variable ("common-objs" is one, not a module).
+            if re.fullmatch(r"[A-Za-z0-9_-]+", lhs):
+                values, lines = variables.get(lhs, ([], []))
+                values = [*values, *words] if op == "+=" else words
+                variables[lhs] = (values, [*lines, line.strip()] if op == "+=" else
+                                  [line.strip()])
     modules = []
     for name, configs in targets.items():
         objects = composite.get(name) or [f"{name}.o"]
@@ -298,7 +326,7 @@ class TarballCache:
 
     def index(self) -> dict[str, ModuleDef]:
         self._ensure(".first-read", _FIRST_READ)
-        memo = self.root / "modules-2.json"  # -2: with each module's configs
+        memo = self.root / f"modules-{INDEX_FORMAT}.json"
         if memo.exists():
             raw = json.loads(memo.read_text())
             return {k: ModuleDef(**{**v, "objects": tuple(v["objects"]),

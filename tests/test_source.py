@@ -61,6 +61,61 @@ def test_a_makefile_of_one_composite_module() -> None:
     assert "CFLAGS_trace.o := -I$(src)" in mod.lines
 
 
+def test_a_module_built_for_several_configs() -> None:
+    text = ("obj-$(CONFIG_NE2K_PCI) += ne2k-pci.o 8390.o\n"
+            "obj-$(CONFIG_PCMCIA_PCNET) += pcnet_cs.o 8390.o\n")
+    mods = {m.name: m for m in parse_makefile(text, "drivers/net/ethernet/8390")}
+    assert mods["8390"].configs == ("CONFIG_NE2K_PCI", "CONFIG_PCMCIA_PCNET")
+    assert mods["8390"].enabled_by({"CONFIG_PCMCIA_PCNET": "m"}) == "CONFIG_PCMCIA_PCNET"
+    assert mods["8390"].enabled_by({"CONFIG_NE2K_PCI": "n"}) is None
+    assert mods["ne2k-pci"].configs == ("CONFIG_NE2K_PCI",)
+
+
+def test_objects_named_through_a_variable() -> None:
+    # liquidio's shape: two modules share common-objs.
+    text = ("common-objs := core.o \\\n\tring.o\ncommon-objs += mbox.o\n"
+            "obj-$(CONFIG_LIO) += lio.o\nlio-y := main.o $(common-objs)\n"
+            "obj-$(CONFIG_LIO_VF) += lio_vf.o\nlio_vf-y := vf.o $(common-objs)\n")
+    mods = {m.name: m for m in parse_makefile(text, "drivers/net/ethernet/lio")}
+    assert mods["lio"].objects == ("main.o", "core.o", "ring.o", "mbox.o")
+    assert mods["lio_vf"].objects == ("vf.o", "core.o", "ring.o", "mbox.o")
+    # A generated Kbuild for one of them defines the variable before it is used.
+    assert [" ".join(line.split()) for line in mods["lio"].lines[:3]] == [
+        "common-objs := core.o ring.o", "common-objs += mbox.o",
+        "lio-y := main.o $(common-objs)"]
+
+
+INCLUDES = """\
+obj-$(CONFIG_FIXINC) += fixinc.o
+ccflags-y += -I$(srctree)/$(src) -I $(srctree)/drivers/net/shared
+ccflags-y += -I$(src)/sub -I/usr/include/elsewhere -I$(objtree)/gen -I$(srctree)/../up
+fixinc-objs := main.o sub/part.o
+"""
+
+
+def test_include_folders_a_makefile_adds_under_srctree(tmp_path: Path) -> None:
+    # atlantic's shape: sub/part.h includes "top.h" from the module's folder, found only
+    # through the Makefile's -I$(srctree)/$(src); shared.h only through -I...shared.
+    tree = write(tmp_path / "linux", {
+        "drivers/net/fixinc/Makefile": INCLUDES,
+        "drivers/net/fixinc/main.c": '#include "shared.h"\n',
+        "drivers/net/fixinc/top.h": "", "drivers/net/fixinc/sub/part.h": '#include "top.h"\n',
+        "drivers/net/fixinc/sub/part.c": '#include "part.h"\n',
+        "drivers/net/shared/shared.h": '#include "deeper.h"\n',
+        "drivers/net/shared/deeper.h": "", "drivers/net/shared/unused.c": "",
+    })
+    (mod,) = parse_makefile(INCLUDES, "drivers/net/fixinc")
+    # Variables other than $(srctree) and $(src), system folders and folders above the
+    # tree are not the tree's: left as they are.
+    assert mod.include_dirs() == ["drivers/net/fixinc", "drivers/net/shared",
+                                  "drivers/net/fixinc/sub"]
+    src = stage_from_tree(tree, "fixinc", tmp_path / "stage")
+    assert src.include_dirs == ("drivers/net/fixinc", "drivers/net/shared",
+                                "drivers/net/fixinc/sub")
+    assert {"drivers/net/shared/shared.h", "drivers/net/shared/deeper.h"} <= set(src.files)
+    assert "drivers/net/shared/unused.c" not in src.files
+
+
 def write(root: Path, files: dict[str, str | bytes]) -> Path:
     for rel, text in files.items():
         path = root / rel
