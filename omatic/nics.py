@@ -36,7 +36,7 @@ class NicDriver:
     name: str
     #: Its folder in the kernel tree.
     dir: str
-    #: The CONFIG_ symbol that builds it.
+    #: The CONFIG_ symbol that builds it as a module on this kernel (the first, if several).
     config: str
     #: The receive entry points its sources call, by name ("napi_gro_receive").
     entry_points: tuple[str, ...]
@@ -78,8 +78,8 @@ def nic_drivers(kernel: Kernel) -> list[NicDriver]:
     manifests = {_normal(name): m for name, m in load_manifests().items()}
     found = []
     for module in cache.index().values():
-        if not is_nic_folder(module) or not any(
-                config.get(c) == "m" for c in module.configs or (module.config,)):
+        builds = [c for c in module.configs or (module.config,) if config.get(c) == "m"]
+        if not is_nic_folder(module) or not builds:
             continue
         tree = cache.tree_for(module)
         seen: set[str] = set()
@@ -87,7 +87,7 @@ def nic_drivers(kernel: Kernel) -> list[NicDriver]:
             if rel.endswith((".c", ".h")):
                 seen.update(calls.findall((tree / rel).read_text(errors="replace")))
         if seen:
-            found.append(NicDriver(name=module.name, dir=module.dir, config=module.config,
+            found.append(NicDriver(name=module.name, dir=module.dir, config=builds[0],
                                    entry_points=tuple(sorted(seen)),
                                    manifest=manifests.get(_normal(module.name))))
     return sorted(found, key=lambda d: d.name)

@@ -281,3 +281,43 @@ def test_verify_command_passes_a_build_and_fails_a_tampered_copy(
     assert "e1000e.ko: depends: fail" in out.getvalue()
     assert main(["verify", str(tmp_path / "missing.ko")]) == 1
     assert "no such module file" in capsys.readouterr().err
+
+
+@kbuild
+@pytest.mark.parametrize("driver", ["atlantic", "tulip"])
+def test_drivers_once_refused_build_and_verify(kernel: Kernel, driver: str,
+                                               out_root: Path) -> None:
+    # atlantic: a header of a subfolder includes one of the module's folder, found only
+    # through the Makefile's -I$(srctree)/$(src) (6.1) or -I$(src) (6.12).
+    # tulip: its netif_rx site is under the #else of CONFIG_TULIP_NAPI, which Debian sets.
+    result = build_driver(BuildRequest(driver=driver, kernel=kernel, out_root=out_root, jobs=2))
+    assert result.ok, result.report["verify"]
+    hooks = next(c for c in result.report["verify"]["modules"][0]["checks"]
+                 if c["name"] == "hooks")
+    if driver == "tulip":
+        assert hooks["status"] == "pass"
+        assert ("pfq_netif_rx: rewritten, in code this kernel's config compiles out"
+                in hooks["details"])
+        assert "pfq_netif_receive_skb" in KernelModule(result.modules[0]).undefined()
+    else:
+        assert "pfq_gro_receive" in KernelModule(result.modules[0]).undefined()
+
+
+@kbuild
+def test_drivers_lists_what_the_kernel_builds_and_calls_an_entry_point(
+        kernel: Kernel) -> None:
+    out = io.StringIO()
+    assert main(["drivers", "--kernel", kernel.release, "--json"], out=out) == 0
+    listed = {d["name"]: d for d in json.loads(out.getvalue())["drivers"]}
+    assert len(listed) >= 100
+    config = kernel.config()
+    for name in ("e1000e", "8390", "usbnet", "virtio_net", "vmxnet3", "hv_netvsc",
+                 "xen-netfront", "r8169", "mlx5_core"):
+        assert name in listed, name
+    # thunderbolt-net was renamed thunderbolt_net in 6.3.
+    assert {"thunderbolt-net", "thunderbolt_net"} & set(listed)
+    for driver in listed.values():
+        assert driver["entry_points"] and config[driver["config"]] in ("m", "y")
+    # ne2k-pci receives through 8390 and calls no entry point itself; a PTP clock is no NIC.
+    assert "ne2k-pci" not in listed and "ptp_kvm" not in listed
+    assert listed["e1000e"]["nic_model"] == "e1000e" and listed["8390"]["nic_model"] == ""
