@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                       guest_ip=frames.ip_text(frames.GUEST_IP),
                       host_ip=frames.ip_text(frames.HOST_IP),
                       host_mac=frames.mac_text(frames.HOST_MAC),
-                      dmesg_pattern="|".join(DMESG_BAD), pps=True, vanilla=vanilla,
+                      dmesg_pattern="|".join(DMESG_BAD), pps=True, vanilla=vanilla, pfq_users=[],
                       pps_rounds=args.rounds, pps_seconds=args.seconds)
         initrd = Path(tmp) / "initrd.cpio"
         build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours, vanilla])

@@ -278,6 +278,12 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if verdict.ok else 2
 
 
+class NotEmulatedError(UserError):
+    """QEMU has no device this driver drives; a matrix shows the lab cell as a skip."""
+
+    template = "the lab cannot prove {driver}: {why}"
+
+
 def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.drivers import resolve
     from omatic.lab import GuestError, LabConfig, run_lab
@@ -285,6 +291,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
 
     name, manifest = resolve(args.driver)
     model = args.nic_model or (manifest.nic_model if manifest else "")
+    if manifest is not None and manifest.no_lab and not args.nic_model:
+        raise NotEmulatedError(driver=name, why=manifest.no_lab)
     if not model:
         raise UserError(f"no QEMU NIC model known for {name}: pass --nic-model "
                         "(qemu-system-x86_64 -device help lists them)")
@@ -293,7 +301,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
         config = LabConfig(driver=name, kernel=kernel, nic_model=model, frames=args.frames,
                            out_root=Path(args.out), jobs=args.jobs or os.cpu_count() or 1,
                            keep=args.keep, timeout=args.timeout, accel=args.accel,
-                           installed=Path(args.installed) if args.installed else None)
+                           installed=Path(args.installed) if args.installed else None,
+                           companions=manifest.companions if manifest else ())
         progress = Progress(f"lab {name} {kernel.release}")
         try:
             result = run_lab(config, progress.step)

@@ -27,6 +27,11 @@ class Manifest:
     nic_model: str = ""
     #: Known limits of the accelerated driver, for reports.
     limits: str = ""
+    #: Modules that receive for it, built accelerated and loaded with it: ne2k-pci hands
+    #: its frames to 8390's netif_rx, cdc_ether to usbnet's.
+    companions: tuple[str, ...] = ()
+    #: Why the lab cannot prove it with its QEMU model, when it cannot ("" when it can).
+    no_lab: str = ""
 
 
 def load_manifests(folder: Path = DRIVERS_DIR) -> dict[str, Manifest]:

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.templates import render
 from omatic.vm import (
+    USB_HOST_MODULES,
+    USB_MODELS,
     GuestModule,
     build_initramfs,
     check_nic_model,
@@ -130,6 +133,9 @@ class LabConfig:
     #: Root of a system whose DKMS installed pfq.ko and the driver: boot those, from
     #: ROOT/lib/modules/<release>/updates/dkms, instead of building them.
     installed: Path | None = None
+    #: Modules that receive for the driver (the manifest's companions), built and loaded
+    #: with it.
+    companions: tuple[str, ...] = ()
 
     @property
     def installed_dir(self) -> Path | None:
@@ -185,29 +191,31 @@ def _modinfo(ko: Path) -> dict[str, list[str]]:
     return KernelModule(ko).modinfo()
 
 
-def _installed_modules(folder: Path, driver: str) -> tuple[Path, list[Path]]:
-    """pfq.ko and the driver's module where DKMS installed them (compressed as the
+def _installed_modules(folder: Path, drivers: Sequence[str]) -> tuple[Path, list[Path]]:
+    """pfq.ko and the drivers' modules where DKMS installed them (compressed as the
     kernel's own modules are: e1000e.ko.xz on 6.12)."""
     from omatic.modfile import find_module
 
-    found = {name: path for name in ("pfq", driver)
+    names = ("pfq", *drivers)
+    found = {name: path for name in names
              if (path := find_module(folder, f"{name}.ko")) is not None}
-    missing = [f"{name}.ko" for name in ("pfq", driver) if name not in found]
+    missing = [f"{name}.ko" for name in names if name not in found]
     if missing:
         raise PathError(f"no {' nor '.join(missing)} installed by DKMS here (is the package "
                         "installed for this kernel?)", path=folder)
-    return found["pfq"], [found[driver]]
+    return found["pfq"], [found[name] for name in drivers]
 
 
-def guest_modules(driver: str, kernel: Kernel, pfq_ko: Path,
-                  built: list[Path]) -> tuple[list[GuestModule], list[GuestModule]]:
-    """(in-tree modules to load first, ours to load after: pfq, helpers, the driver)."""
+def guest_modules(driver: str, kernel: Kernel, pfq_ko: Path, built: list[Path],
+                  extra: Sequence[str] = ()) -> tuple[list[GuestModule], list[GuestModule]]:
+    """(in-tree modules to load first, ours to load after: pfq, helpers and companions,
+    the driver). `extra` are in-tree modules the machine needs besides (a USB host's)."""
     ours = [GuestModule("pfq", pfq_ko, "modules/pfq.ko", built=True)]
     for ko in sorted(built, key=lambda p: module_name(p) == driver):
         ours.append(GuestModule(module_name(ko), ko, f"modules/{module_name(ko)}.ko",
                                 built=True))
-    depends = [d for ko in built for line in _modinfo(ko).get("depends", [])
-               for d in line.split(",") if d]
+    depends = [*extra, *(d for ko in built for line in _modinfo(ko).get("depends", [])
+                         for d in line.split(",") if d)]
     deps = read_modules_dep(kernel)
     names = in_tree_needs(depends, deps, {m.name for m in ours})
     first = [GuestModule(n, deps[n][0], f"modules/{n}.ko", built=False) for n in names]
@@ -428,7 +436,8 @@ def _check_bind(name: str, bind: dict[str, Any] | None, driver: str, want_id: st
     if bind["module"] != driver:
         problems.append(f"the device's module is {bind['module']}, not {driver}")
     if bind["pfq_holder"] != 1:
-        problems.append(f"pfq does not hold {driver}: the in-tree module is loaded?")
+        problems.append(f"pfq does not hold {driver} (or the companions that receive for "
+                        "it): the in-tree module is loaded?")
     if not want_id or not bind["build_id"].endswith(want_id):
         problems.append(f"build id in the guest {bind['build_id'][-40:] or '-'} != built "
                         f"{want_id or '-'}")
@@ -473,22 +482,30 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         raise NoBootImageError(release=config.kernel.release,
                                path=f"/boot/vmlinuz-{config.kernel.release}")
     if config.installed_dir is not None:
-        pfq_ko, modules = _installed_modules(config.installed_dir, config.driver)
+        pfq_ko, modules = _installed_modules(config.installed_dir,
+                                             [*config.companions, config.driver])
         out_dir = config.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
     else:
-        with step("build"):
-            built = build_driver(BuildRequest(driver=config.driver, kernel=config.kernel,
-                                              out_root=config.out_root, jobs=config.jobs))
+        modules = []
+        for name in (*config.companions, config.driver):
+            with step(f"build {name}"):
+                built = build_driver(BuildRequest(driver=name, kernel=config.kernel,
+                                                  out_root=config.out_root, jobs=config.jobs))
             if not built.ok:
-                raise BuildError(f"{config.driver} for {config.kernel.release} does not "
-                                 f"verify; see {built.out_dir / 'report.json'}")
-            pfq_ko = ensure_kmod(config.kernel, config.jobs).ko
-        modules, out_dir = built.modules, built.out_dir
+                raise BuildError(f"{name} for {config.kernel.release} does not verify; "
+                                 f"see {built.out_dir / 'report.json'}")
+            modules += built.modules
+        pfq_ko = ensure_kmod(config.kernel, config.jobs).ko
+        out_dir = built.out_dir
     # The kernel's name of the module: "ne2k-pci.ko" is module ne2k_pci in sysfs.
     kname = module_name(config.driver)
     driver_ko = next(m for m in modules if module_name(m) == kname)
-    deps, ours = guest_modules(kname, config.kernel, pfq_ko, modules)
+    deps, ours = guest_modules(kname, config.kernel, pfq_ko, modules,
+                               USB_HOST_MODULES if config.nic_model in USB_MODELS else ())
+    # The modules that must hold pfq: those that import its hooks (8390 for ne2k-pci).
+    pfq_users = [m.name for m in ours if m.name != "pfq" and "pfq" in
+                 ",".join(_modinfo(m.source).get("depends", [])).split(",")]
     want_id = build_id(driver_ko)
     want_src = (_modinfo(driver_ko).get("srcversion") or [""])[0]
     with step("accelerator"):
@@ -502,7 +519,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         init = render("lab-init.sh.j2", driver=kname, release=config.kernel.release,
                       frames=config.frames, wait_ticks=round(config.phase_wait * 10),
                       ring_slots=config.ring_slots,
-                      ours=ours, deps=deps, phases=PHASES,
+                      ours=ours, deps=deps, phases=PHASES, pfq_users=pfq_users,
                       guest_ip=frames.ip_text(frames.GUEST_IP),
                       host_ip=frames.ip_text(frames.HOST_IP),
                       host_mac=frames.mac_text(frames.HOST_MAC),

@@ -45,7 +45,7 @@ from omatic.kernel import Kernel
 from omatic.matrix_report import Cell, write_outputs
 
 #: Errors that mean "this kernel does not have that driver".
-_SKIP_ERRORS = ("UnknownDriverError", "NotConfiguredError")
+_SKIP_ERRORS = ("UnknownDriverError", "NotConfiguredError", "NotEmulatedError")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ KVM_PROBE_SECONDS = 3.0
 #: virtio driver binds to a virtio device that virtio_pci creates for the PCI function
 #: (built in on Debian's 6.12, a module on 6.1).
 BUS_MODULES: dict[str, tuple[str, ...]] = {"virtio": ("virtio_pci",)}
+#: NIC models on QEMU's USB: they sit on an xHCI controller, whose driver the guest loads
+#: before ours.
+USB_MODELS = frozenset({"usb-net"})
+USB_HOST_MODULES = ("xhci_pci",)
 
 
 class NoModulesDepError(PathError):
@@ -276,6 +280,7 @@ def qemu_command(qemu: str, accel: str, vmlinuz: Path, initrd: Path, model: str,
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1",
             "-netdev", netdev,
+            *(["-device", "qemu-xhci,id=xhci"] if model in USB_MODELS else []),
             "-device", f"{model},netdev=n0,mac={frames.mac_text(frames.GUEST_MAC)}"]
 
 

@@ -129,7 +129,7 @@ def test_init_template_uses_test_net_only() -> None:
     text = render("lab-init.sh.j2", driver="e1000e", release="6.1.0-56-amd64", frames=100,
                   wait_ticks=150, ring_slots=1024, ours=[], deps=[], phases=omatic.lab.PHASES,
                   guest_ip="192.0.2.2", host_ip="192.0.2.1", host_mac="02:00:00:00:00:01",
-                  dmesg_pattern="|".join(omatic.lab.DMESG_BAD), pps=False)
+                  dmesg_pattern="|".join(omatic.lab.DMESG_BAD), pps=False, pfq_users=[])
     addresses = {word for word in text.replace("/", " ").split() if word.count(".") == 3
                  and all(part.isdigit() for part in word.split("."))}
     assert addresses == {"192.0.2.2", "192.0.2.1"}
