@@ -324,9 +324,9 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_lab(report: dict[str, Any], out: TextIO) -> None:
     checks = report["checks"]
-    out.write(f"{report['driver']} on {report['kernel']} ({report['nic_model']}, "
-              f"{report['accel']}): booted in {report['boot_seconds']} s, guest ran "
-              f"{report['guest_seconds']} s\n")
+    out.write(f"{report['driver']} on {report['kernel']} ({report['nic_model']}, QEMU "
+              f"{report['qemu'].get('version') or '?'}, {report['accel']}): booted in "
+              f"{report['boot_seconds']} s, guest ran {report['guest_seconds']} s\n")
     for phase in ("pass", "tap", "capture", "reload"):
         c = checks[phase]
         if not c.get("ran"):

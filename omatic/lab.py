@@ -60,6 +60,7 @@ from omatic.vm import (
     module_name,
     qemu_binary,
     qemu_command,
+    qemu_version,
     read_modules_dep,
     udp_ports,
 )
@@ -535,7 +536,8 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         "tool": "pfq-omatic", "version": __version__, "driver": config.driver,
         "kernel": config.kernel.release, "nic_model": config.nic_model,
         "frames_per_phase": config.frames, "accel": accel, "accel_reason": accel_why,
-        "qemu": {"command": shlex.join(cmd), "exit": status,
+        "qemu": {"binary": qemu, "version": qemu_version(qemu),
+                 "command": shlex.join(cmd), "exit": status,
                  "ports": {"guest": guest_port, "host": host_port}},
         "modules": {"in_tree": [m.name for m in deps], "ours": [m.name for m in ours],
                     "from": str(config.installed_dir or out_dir)},

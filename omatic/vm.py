@@ -188,6 +188,18 @@ def qemu_binary() -> str:
 
 
 @functools.cache
+def qemu_version(qemu: str) -> str:
+    """"7.2.22" for QEMU 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18); "" if it does not say."""
+    try:
+        run = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    match = re.search(r"version (\S+)", run.stdout)
+    return match[1] if match else ""
+
+
+@functools.cache
 def device_models(qemu: str) -> dict[str, str]:
     """Every -device name and alias QEMU knows, mapped to the category `-device help`
     lists it under ("Network", "Storage"...)."""
