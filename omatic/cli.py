@@ -322,6 +322,38 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
+def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.hooklab import HookLabConfig, run_hook_lab
+    from omatic.progress import Progress
+
+    reports, code = [], 0
+    for kernel in _kernels_of(args.kernel):
+        config = HookLabConfig(kernel=kernel, out_root=Path(args.out),
+                               jobs=args.jobs or os.cpu_count() or 1, timeout=args.timeout,
+                               accel=args.accel, keep=args.keep)
+        result = run_hook_lab(config, Progress(f"hooks {kernel.release}").step)
+        reports.append(result.report)
+        code = max(code, 0 if result.ok else 2)
+        if args.json:
+            continue
+        report = result.report
+        out.write(f"hooks on {kernel.release} (QEMU {report['qemu']['version'] or '?'}, "
+                  f"{report['accel']}, ring_slots={report['ring_slots']}): guest ran "
+                  f"{report['guest_seconds']} s\n")
+        for document in report["results"].values():
+            for test in document:
+                cases = ", ".join(f"{s['name']} {'ok' if s['ok'] else 'FAIL'}"
+                                  for s in test.get("subtests", []))
+                out.write(f"  {test['name']:26} {'ok' if test['ok'] else 'FAIL'}"
+                          f"{'  (' + cases + ')' if cases else ''}\n")
+        for failure in report["failures"]:
+            out.write(f"  FAIL {failure}\n")
+        out.write(f"  {'ok' if result.ok else 'failed'}\n")
+    if args.json:
+        _print_json({"hooks": reports}, out)
+    return code
+
+
 def _print_lab(report: dict[str, Any], out: TextIO) -> None:
     checks = report["checks"]
     out.write(f"{report['driver']} on {report['kernel']} ({report['nic_model']}, QEMU "
@@ -568,6 +600,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="X.509 certificate (PEM or DER) each module's signature must verify "
                         f"with; an unsigned module then fails (default: {DKMS_CERT} when "
                         "present, which unsigned modules pass)")
+
+    p = add("hooks", cmd_hooks, "prove every PFQ hook in a QEMU guest with the hook test "
+                                "module: each entry point in each mode, results in KTAP")
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="release or series; repeat for several (default as for build)")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="output root: DIR/<kernel>/pfq_hooktest/hooks.json (default: out)")
+    p.add_argument("--keep", action="store_true", help="keep the console log on success")
+    p.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                   help="seconds before a guest counts as hung (default: 180)")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
+                   help="auto: KVM only if a probe boots a kernel with it, else TCG")
 
     p = add("lab", cmd_lab, "boot Debian's kernel in QEMU with pfq.ko and the accelerated "
                             "driver, inject frames and check every PFQ mode")

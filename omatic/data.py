@@ -24,6 +24,8 @@ PATCHES_DIR = PROJECT_ROOT / "patches"
 DRIVERS_DIR = PROJECT_ROOT / "drivers"
 KMOD_DIR = PROJECT_ROOT / "kmod"
 SUITES_DIR = PROJECT_ROOT / "suites"
+#: The hook test module (a driver of ours that calls every receive entry point).
+HOOKMOD_DIR = PROJECT_ROOT / "tests" / "hookmod"
 
 T = TypeVar("T")
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
@@ -318,7 +318,7 @@ class Session:
             self.ended = True
 
 
-def _tail(log: Path, lines: int = TAIL_LINES) -> str:
+def console_tail(log: Path, lines: int = TAIL_LINES) -> str:
     try:
         text = log.read_text(errors="replace")
     except OSError:
@@ -327,7 +327,18 @@ def _tail(log: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join("  " + line for line in kept[-lines:]) or "  (the console is empty)"
 
 
-def run_guest(cmd: list[str], session: Session, log: Path,
+class ConsoleReader(Protocol):
+    """What run_guest drives: a reader of the guest's console lines."""
+
+    #: When QEMU started (set by run_guest).
+    start: float
+    #: Whether the guest said it ended.
+    ended: bool
+
+    def feed(self, line: str) -> None: ...
+
+
+def run_guest(cmd: list[str], session: ConsoleReader, log: Path,
               timeout: float) -> tuple[int | None, str, float]:
     """Run QEMU, feeding its console to `session` until the guest ends, QEMU exits or
     `timeout` passes. Returns (QEMU's exit status or None if it was killed, QEMU's
@@ -456,7 +467,7 @@ def _check_bind(name: str, bind: dict[str, Any] | None, driver: str, want_id: st
 # --- the run ---------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -545,7 +556,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         "total_seconds": round(time.monotonic() - started, 2),
     }
     ctx: dict[str, Any] = {"driver": config.driver, "release": config.kernel.release,
-           "model": config.nic_model, "log": log, "tail": _tail(log)}
+           "model": config.nic_model, "log": log, "tail": console_tail(log)}
     error: GuestError | None = None
     console = log.read_text(errors="replace") if log.exists() else ""
     panic = re.search(r"Kernel panic - .*", console)
@@ -589,7 +600,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                 (out_dir / f"lab-{name}.pcap").write_bytes(phase.pcap)
     else:
         log.unlink(missing_ok=True)
-    _write_atomic(out_dir / "lab.json", json.dumps(report, indent=1) + "\n")
+    write_atomic(out_dir / "lab.json", json.dumps(report, indent=1) + "\n")
     if error is not None:
         raise error
     return LabResult(report=report, out_dir=out_dir, console_log=log if keep else None,

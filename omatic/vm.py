@@ -283,15 +283,18 @@ def udp_ports(sock: socket.socket) -> tuple[int, int]:
 def qemu_command(qemu: str, accel: str, vmlinuz: Path, initrd: Path, model: str,
                  guest_port: int, host_port: int, memory: int = 256) -> list[str]:
     """The QEMU command line: one vCPU (the host needs the other core to inject), the NIC
-    on a dgram netdev whose datagrams from/to 127.0.0.1:`host_port` are its frames."""
+    on a dgram netdev whose datagrams from/to 127.0.0.1:`host_port` are its frames. With
+    `model` "", the machine has no NIC."""
+    cmd = [qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+           "-m", str(memory), "-smp", "1", "-display", "none", "-nodefaults",
+           "-no-user-config", "-no-reboot", "-serial", "stdio",
+           "-kernel", str(vmlinuz), "-initrd", str(initrd),
+           "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1"]
+    if not model:
+        return cmd
     netdev = (f"dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={guest_port},"
               f"remote.type=inet,remote.host=127.0.0.1,remote.port={host_port}")
-    return [qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
-            "-m", str(memory), "-smp", "1", "-display", "none", "-nodefaults",
-            "-no-user-config", "-no-reboot", "-serial", "stdio",
-            "-kernel", str(vmlinuz), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1",
-            "-netdev", netdev,
+    return [*cmd, "-netdev", netdev,
             *(["-device", "qemu-xhci,id=xhci"] if model in USB_MODELS else []),
             "-device", f"{model},netdev=n0,mac={frames.mac_text(frames.GUEST_MAC)}"]
 

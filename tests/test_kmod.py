@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 
 import omatic.kbuild
+from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, OutputExistsError, PathError
 from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks

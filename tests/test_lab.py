@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 import omatic.kernel
 import omatic.lab
+from guests import need_vm
 from omatic import frames
 from omatic.cli import main
 from omatic.kernel import Kernel
@@ -166,14 +166,6 @@ def _no_qemu_survives(request: pytest.FixtureRequest, tmp_path_factory: pytest.T
     assert survivors == [], "QEMU outlived the lab"
 
 
-def _need_vm(kernel: Kernel) -> None:
-    if shutil.which(QEMU) is None:
-        pytest.fail(f"{QEMU} is missing: `make setup` installs qemu-system-x86")
-    if kernel.boot_image is None:
-        pytest.fail(f"/boot/vmlinuz-{kernel.release} is missing: install "
-                    f"linux-image-{kernel.release}")
-
-
 def _lab_json(argv: list[str]) -> tuple[int, dict[str, Any]]:
     out = io.StringIO()
     code = main([*argv, "--json"], out=out)
@@ -183,7 +175,7 @@ def _lab_json(argv: list[str]) -> tuple[int, dict[str, Any]]:
 @vm
 @pytest.mark.parametrize("driver", LAB_DRIVERS)
 def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> None:
-    _need_vm(kernel)
+    need_vm(kernel)
     code, data = _lab_json(["lab", driver, "--kernel", kernel.release, "--out", str(lab_out),
                             "-j", "2"])
     (report,) = data["labs"]
@@ -222,7 +214,7 @@ def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> No
 def test_a_nic_the_driver_does_not_drive_fails_with_the_log_kept(
         lab_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kernel = omatic.kernel.find_kernel("6.1")
-    _need_vm(kernel)
+    need_vm(kernel)
     code = main(["lab", "e1000e", "--kernel", "6.1", "--nic-model", "rtl8139",
                  "--out", str(lab_out), "-j", "2"])
     err = capsys.readouterr().err
@@ -241,7 +233,7 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
     """The host drops the fourth frame of each phase (a UDP frame) behind the lab's back:
     the lab must see it missing everywhere it looks, and keep the evidence."""
     kernel = omatic.kernel.find_kernel("6.12")
-    _need_vm(kernel)
+    need_vm(kernel)
     send = omatic.lab.Session.send
     counter = {"n": 0}
 
@@ -265,7 +257,7 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
 @vm
 def test_a_guest_that_hangs_is_killed_and_its_console_shown(lab_out: Path) -> None:
     kernel = omatic.kernel.find_kernel("6.1")
-    _need_vm(kernel)
+    need_vm(kernel)
     with pytest.raises(GuestHangError) as info:
         run_lab(LabConfig(driver="e1000e", kernel=kernel, nic_model="e1000e",
                           out_root=lab_out, jobs=2, timeout=4))
@@ -278,7 +270,7 @@ def test_a_guest_that_hangs_is_killed_and_its_console_shown(lab_out: Path) -> No
 @vm
 def test_a_guest_that_panics_is_reported(lab_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = omatic.kernel.find_kernel("6.12")
-    _need_vm(kernel)
+    need_vm(kernel)
     crash = ("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
              "echo c > /proc/sysrq-trigger\n")
     monkeypatch.setattr(omatic.lab, "render", lambda name, **ctx: crash)

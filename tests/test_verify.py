@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import zstandard
 from elftools.elf.elffile import ELFFile
-from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 
 import omatic.kernel
+from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 from omatic.errors import BuildError, PathError, UserError
 from omatic.kbuild import KmodBuild
 from omatic.kernel import Kernel, kernel_at

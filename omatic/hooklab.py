@@ -1,0 +1,190 @@
+"""`pfq-omatic hooks`: every PFQ hook proven in a guest, by the hook test module.
+
+tests/hookmod/pfq_hooktest.c is a driver of ours that calls each receive entry point
+(netif_receive_skb, netif_rx, napi_gro_receive, napi_gro_frags, netif_receive_skb_list)
+on a netdev of its own. It is rewritten, built and verified like any driver (`build
+--source`), then loaded in a guest booting the kernel, after pfq.ko with a small ring. In
+the guest it checks, for each entry point and each case (pass, tap, capture, ring full),
+the counters, the value returned to the driver, what reached the stack and the pcap bytes,
+and prints KTAP. The guest's /init (templates/hooklab-init.sh.j2) then checks, as a second
+KTAP document, bad control writes, `rmmod pfq` while in use, a device removed in tap mode
+and a clean unload. Both documents are parsed here; the report goes to
+`OUT/<release>/pfq_hooktest/hooks.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omatic import __version__
+from omatic.data import HOOKMOD_DIR
+from omatic.errors import BuildError
+from omatic.kernel import Kernel
+from omatic.ktap import KtapError, KtapResult, parse
+from omatic.lab import DMESG_BAD, NoBootImageError, console_tail, run_guest, write_atomic
+from omatic.progress import Step, quiet_step
+from omatic.templates import render
+from omatic.vm import (
+    GuestModule,
+    build_initramfs,
+    choose_accel,
+    qemu_binary,
+    qemu_command,
+    qemu_version,
+)
+
+#: The test module's name (tests/hookmod/pfq_hooktest.c).
+MODULE = "pfq_hooktest"
+#: The two KTAP documents the guest prints.
+DOCUMENTS = ("hooks", "guest")
+#: pfq.ko's ring_slots in the guest: small, so that the ring-full case is quick.
+SLOTS = 64
+
+
+@dataclass(frozen=True)
+class HookLabConfig:
+    kernel: Kernel
+    out_root: Path = Path("out")
+    jobs: int = os.cpu_count() or 1
+    timeout: float = 180.0
+    accel: str = "auto"
+    memory: int = 256
+    #: Keep the console log even when every test passes.
+    keep: bool = False
+    #: The test module's sources.
+    source: Path = HOOKMOD_DIR
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out_root / self.kernel.release / MODULE
+
+
+@dataclass
+class HookSession:
+    """Collects the KTAP documents, dmesg lines and events of the guest's console."""
+
+    start: float = 0.0
+    ended: bool = False
+    documents: dict[str, str] = field(default_factory=dict)
+    dmesg: list[str] = field(default_factory=list)
+    failure: dict[str, Any] | None = None
+    _open: tuple[str, list[str]] | None = None
+
+    def feed(self, line: str) -> None:
+        if self._open is not None:
+            name, lines = self._open
+            if line.startswith("OMATIC-KTAP-END"):
+                self.documents[name] = "\n".join(lines)
+                self._open = None
+            else:
+                lines.append(line)
+            return
+        if line.startswith("OMATIC-KTAP-BEGIN "):
+            self._open = (line.split()[1], [])
+        elif line.startswith("OMATIC-DMESG "):
+            self.dmesg.append(line.removeprefix("OMATIC-DMESG "))
+        elif line.startswith("OMATIC {"):
+            try:
+                event = json.loads(line.removeprefix("OMATIC "))
+            except ValueError:
+                return
+            if event.get("event") == "fail":
+                self.failure = event
+            elif event.get("event") == "end":
+                self.ended = True
+
+
+@dataclass
+class HookLabResult:
+    report: dict[str, Any]
+    out_dir: Path
+    failures: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResult:
+    """Build the test module, boot the guest, parse its KTAP; see the module docstring."""
+    from omatic.build import BuildRequest, build_driver, ensure_kmod
+
+    kernel = config.kernel
+    qemu = qemu_binary()
+    vmlinuz = kernel.boot_image
+    if vmlinuz is None:
+        raise NoBootImageError(release=kernel.release, path=f"/boot/vmlinuz-{kernel.release}")
+    with step("build"):
+        built = build_driver(BuildRequest(driver=MODULE, kernel=kernel, source_dir=config.source,
+                                          out_root=config.out_root, jobs=config.jobs))
+        if not built.ok:
+            raise BuildError(f"{MODULE} for {kernel.release} does not verify; see "
+                             f"{built.out_dir / 'report.json'}")
+        pfq_ko = ensure_kmod(kernel, config.jobs).ko
+    (test_ko,) = built.modules
+    modules = [GuestModule("pfq", pfq_ko, "modules/pfq.ko", built=True),
+               GuestModule(MODULE, test_ko, f"modules/{MODULE}.ko", built=True)]
+    with step("accelerator"):
+        accel, accel_why = choose_accel(qemu, config.accel, vmlinuz)
+    out_dir = built.out_dir
+    log = out_dir / "hooks-console.log"
+    started = time.monotonic()
+    session = HookSession()
+    with tempfile.TemporaryDirectory(prefix="pfq-omatic-hooks-") as tmp:
+        initrd = Path(tmp) / "initrd.cpio"
+        init = render("hooklab-init.sh.j2", release=kernel.release, module=MODULE,
+                      slots=SLOTS, deps=[], dmesg_pattern="|".join(DMESG_BAD))
+        with step("initramfs"):
+            build_initramfs(Path(tmp) / "root", initrd, init, modules)
+        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory)
+        with step(f"boot ({accel})"):
+            status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
+    failures: list[str] = []
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in DOCUMENTS:
+        text = session.documents.get(name)
+        if text is None:
+            failures.append(f"{name}: the guest printed no KTAP document")
+            continue
+        try:
+            parsed: list[KtapResult] = parse(text)
+        except KtapError as err:
+            failures.append(f"{name}: {err}")
+            continue
+        results[name] = [r.to_json() for r in parsed]
+        failures += [f"{name}: {f}" for r in parsed for f in r.failures()]
+    if session.failure is not None:
+        failures.insert(0, f"the guest failed at {session.failure.get('step')} "
+                           f"{session.failure.get('detail')}")
+    elif not session.ended:
+        why = "hung" if status is None else f"QEMU exited ({status}): {stderr.strip()[-300:]}"
+        failures.insert(0, f"the guest did not end: {why}")
+    console = log.read_text(errors="replace") if log.exists() else ""
+    if panic := re.search(r"Kernel panic - .*", console):
+        failures.insert(0, f"the guest kernel panicked: {panic[0].strip()}")
+    failures += [f"dmesg: {line}" for line in session.dmesg]
+    keep = config.keep or bool(failures)
+    report: dict[str, Any] = {
+        "tool": "pfq-omatic", "version": __version__, "kernel": kernel.release,
+        "module": MODULE, "ring_slots": SLOTS, "accel": accel, "accel_reason": accel_why,
+        "qemu": {"binary": qemu, "version": qemu_version(qemu), "command": shlex.join(cmd),
+                 "exit": status},
+        "results": results, "failures": failures, "ok": not failures,
+        "guest_seconds": round(seconds, 2),
+        "total_seconds": round(time.monotonic() - started, 2),
+        "console_log": str(log) if keep else None,
+    }
+    if failures and not session.ended:
+        report["console_tail"] = console_tail(log)
+    if not keep:
+        log.unlink(missing_ok=True)
+    write_atomic(out_dir / "hooks.json", json.dumps(report, indent=1) + "\n")
+    return HookLabResult(report=report, out_dir=out_dir, failures=failures)

@@ -1,0 +1,625 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pfq_hooktest: every receive entry point a driver may call, fed synthetic frames in a
+ * guest, checked against what PFQ counts, returns, captures and hands to the stack.
+ *
+ * Written as a driver would be: it calls the vanilla entry points (netif_receive_skb,
+ * netif_rx, napi_gro_receive, napi_gro_frags, netif_receive_skb_list) and pfq-omatic
+ * rewrites it into PFQ's hooks like any driver. Each entry point has a netdev of its own
+ * ("hk-" and the entry point's short name) and a NAPI context: frames are fed from its
+ * poll function, in softirq context, as a NIC's would be.
+ *
+ * For each entry point and each case (pass, tap, capture, and ring full: capture of more
+ * frames than the ring has slots), it sets the device's PFQ mode through
+ * /proc/net/pfq/control, feeds the frames, and checks:
+ *   - the value each call returned to the "driver";
+ *   - what reached the stack, byte for byte (a packet_type bound to the device);
+ *   - PFQ's counters in /proc/net/pfq/stats (packets, to_stack, captured, dropped);
+ *   - the pcap stream of /proc/net/pfq/pcap/<dev>, byte for byte.
+ * Results are KTAP (Documentation/dev-tools/ktap.rst), one subtest per entry point, kept
+ * in /proc/pfq_hooktest and written to the kernel log. Parameter `slots` must be pfq.ko's
+ * ring_slots.
+ */
+#include <linux/completion.h>
+#include <linux/delay.h>
+#include <linux/etherdevice.h>
+#include <linux/fs.h>
+#include <linux/mman.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/netdevice.h>
+#include <linux/proc_fs.h>
+#include <linux/rtnetlink.h>
+#include <linux/seq_file.h>
+#include <linux/skbuff.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+#include <linux/version.h>
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+#include <linux/unaligned.h>
+#else
+#include <asm/unaligned.h>
+#endif
+
+/* Frames per case; the ring-full case sends `slots` + FULL_EXTRA. */
+#define FRAMES 48
+#define FULL_EXTRA 20
+#define MAX_FRAMES 4096
+#define FRAME_MIN 60
+#define KTAP_SIZE 16384
+#define READ_SIZE (1 << 20)
+
+static unsigned int slots = 64;
+module_param(slots, uint, 0444);
+MODULE_PARM_DESC(slots, "ring_slots of pfq.ko, for the ring-full case");
+
+enum hk_entry { HK_RECEIVE_SKB, HK_RX, HK_GRO_RECEIVE, HK_GRO_FRAGS, HK_RECEIVE_LIST, HK_N };
+
+static const char *const hk_names[HK_N] = {
+	"netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
+	"netif_receive_skb_list",
+};
+static const char *const hk_ifnames[HK_N] = {
+	"hk-rcv-skb", "hk-rx", "hk-gro", "hk-frags", "hk-list",
+};
+
+enum hk_case { HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES };
+static const char *const case_names[HK_CASES] = { "pass", "tap", "capture", "ring_full" };
+static const char *const case_modes[HK_CASES] = { "pass", "tap", "capture", "capture" };
+
+struct hk_dev {
+	struct net_device *dev;
+	struct napi_struct napi;
+	struct packet_type ptype;
+	enum hk_entry entry;
+	/* The job of the next poll: frames [next, count) of this case. */
+	unsigned int next, count;
+	struct completion done;
+	/* What the calls returned: how many returned `want`, and the first other value. */
+	unsigned int ret_ok;
+	int want, ret_other;
+	/* What reached the stack. */
+	atomic_t stack, stack_bad;
+};
+
+static struct hk_dev *hk_devs[HK_N];
+static char *ktap;
+static size_t ktap_len;
+static struct proc_dir_entry *ktap_proc;
+
+static __printf(1, 2) void out(const char *fmt, ...)
+{
+	va_list args;
+
+	va_start(args, fmt);
+	ktap_len += vscnprintf(ktap + ktap_len, KTAP_SIZE - ktap_len, fmt, args);
+	va_end(args);
+}
+
+/* Frame `seq` of entry point `e`: to the device, ethertype 0x88b5 (local experimental),
+ * the sequence number, then a pattern; 60 to 100 bytes. */
+static unsigned int frame_len(unsigned int seq)
+{
+	return FRAME_MIN + (seq % 5) * 10;
+}
+
+static void frame_fill(u8 *p, const struct net_device *dev, enum hk_entry e,
+		       unsigned int seq)
+{
+	unsigned int i, len = frame_len(seq);
+	struct ethhdr *eth = (struct ethhdr *)p;
+
+	ether_addr_copy(eth->h_dest, dev->dev_addr);
+	eth_zero_addr(eth->h_source);
+	eth->h_source[0] = 0x02;
+	eth->h_source[5] = e + 1;
+	eth->h_proto = htons(ETH_P_802_EX1);
+	put_unaligned_be32(seq, p + ETH_HLEN);
+	for (i = ETH_HLEN + 4; i < len; i++)
+		p[i] = (u8)(seq * 7 + i);
+}
+
+static bool frame_equal(const u8 *p, unsigned int len, const struct net_device *dev,
+			enum hk_entry e, unsigned int seq)
+{
+	u8 want[FRAME_MIN + 40];
+
+	if (len != frame_len(seq))
+		return false;
+	frame_fill(want, dev, e, seq);
+	return memcmp(p, want, len) == 0;
+}
+
+/* --- the stack's end: a packet_type bound to each device ----------------------------- */
+
+static int hk_stack_rcv(struct sk_buff *skb, struct net_device *dev,
+			struct packet_type *pt, struct net_device *orig)
+{
+	struct hk_dev *hd = container_of(pt, struct hk_dev, ptype);
+	unsigned int len = skb->len + ETH_HLEN;
+	u8 buf[FRAME_MIN + 40];
+
+	if (len > sizeof(buf) || len < ETH_HLEN + 4 || !skb_mac_header_was_set(skb) ||
+	    (memcpy(buf, skb_mac_header(skb), ETH_HLEN),
+	     skb_copy_bits(skb, 0, buf + ETH_HLEN, skb->len)) ||
+	    !frame_equal(buf, len, dev, hd->entry, get_unaligned_be32(buf + ETH_HLEN)))
+		atomic_inc(&hd->stack_bad);
+	atomic_inc(&hd->stack);
+	consume_skb(skb);
+	return NET_RX_SUCCESS;
+}
+
+/* --- the "driver": feeding frames from NAPI poll ------------------------------------- */
+
+static struct sk_buff *hk_skb(struct hk_dev *hd, unsigned int seq)
+{
+	struct sk_buff *skb = netdev_alloc_skb(hd->dev, FRAME_MIN + 40);
+
+	if (!skb)
+		return NULL;
+	frame_fill(skb_put(skb, frame_len(seq)), hd->dev, hd->entry, seq);
+	skb->protocol = eth_type_trans(skb, hd->dev);
+	return skb;
+}
+
+/* napi_gro_frags: the frame in a page fragment of napi->skb, Ethernet header included. */
+static bool hk_frags(struct hk_dev *hd, unsigned int seq)
+{
+	struct sk_buff *skb = napi_get_frags(&hd->napi);
+	struct page *page;
+	unsigned int len = frame_len(seq);
+
+	if (!skb)
+		return false;
+	page = dev_alloc_page();
+	if (!page)
+		return false;
+	frame_fill(page_address(page), hd->dev, hd->entry, seq);
+	skb_fill_page_desc(skb, 0, page, 0, len);
+	skb->len += len;
+	skb->data_len += len;
+	skb->truesize += PAGE_SIZE;
+	return true;
+}
+
+static void hk_record(struct hk_dev *hd, int ret)
+{
+	if (ret == hd->want)
+		hd->ret_ok++;
+	else
+		hd->ret_other = ret;
+}
+
+static int hk_poll(struct napi_struct *napi, int budget)
+{
+	struct hk_dev *hd = container_of(napi, struct hk_dev, napi);
+	LIST_HEAD(list);
+	int work = 0;
+
+	while (hd->next < hd->count && work < budget) {
+		unsigned int seq = hd->next++;
+		struct sk_buff *skb = NULL;
+
+		work++;
+		if (hd->entry == HK_GRO_FRAGS) {
+			if (hk_frags(hd, seq))
+				hk_record(hd, napi_gro_frags(napi));
+			continue;
+		}
+		skb = hk_skb(hd, seq);
+		if (!skb)
+			continue;
+		switch (hd->entry) {
+		case HK_RECEIVE_SKB:
+			hk_record(hd, netif_receive_skb(skb));
+			break;
+		case HK_RX:
+			hk_record(hd, netif_rx(skb));
+			break;
+		case HK_GRO_RECEIVE:
+			hk_record(hd, napi_gro_receive(napi, skb));
+			break;
+		case HK_RECEIVE_LIST:
+			list_add_tail(&skb->list, &list);
+			break;
+		default:
+			kfree_skb(skb);
+		}
+	}
+	if (!list_empty(&list)) {
+		netif_receive_skb_list(&list);
+		hd->ret_ok += work;	/* returns nothing: nothing to check */
+	}
+	if (hd->next < hd->count)
+		return budget;
+	napi_complete_done(napi, work);
+	complete(&hd->done);
+	return work;
+}
+
+static int hk_open(struct net_device *dev)
+{
+	struct hk_dev *hd = *(struct hk_dev **)netdev_priv(dev);
+
+	napi_enable(&hd->napi);
+	netif_start_queue(dev);
+	return 0;
+}
+
+static int hk_stop(struct net_device *dev)
+{
+	struct hk_dev *hd = *(struct hk_dev **)netdev_priv(dev);
+
+	netif_stop_queue(dev);
+	napi_disable(&hd->napi);
+	return 0;
+}
+
+static netdev_tx_t hk_xmit(struct sk_buff *skb, struct net_device *dev)
+{
+	dev_kfree_skb_any(skb);
+	return NETDEV_TX_OK;
+}
+
+static const struct net_device_ops hk_ops = {
+	.ndo_open = hk_open,
+	.ndo_stop = hk_stop,
+	.ndo_start_xmit = hk_xmit,
+};
+
+/* --- PFQ's files, read and written as a user would -------------------------------- */
+
+/*
+ * kernel_read() and kernel_write() need read_iter/write_iter, which PFQ's control and pcap
+ * files (like most proc files with their own handlers) do not have. So those are read and
+ * written the way read(2) and write(2) do: through the file's own read and write, from a
+ * buffer in the memory of the process loading this module (insmod), mapped for the while.
+ */
+static char __user *ubuf;
+
+static ssize_t hk_read_file(const char *path, char *buf, size_t size)
+{
+	struct file *f = filp_open(path, O_RDONLY, 0);
+	loff_t pos = 0;
+	ssize_t n, total = 0;
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	while (total < size) {
+		size_t chunk = min_t(size_t, size - total, PAGE_SIZE);
+
+		if (!f->f_op->read) {	/* a read_iter file (proc_create_single's) */
+			n = kernel_read(f, buf + total, chunk, &pos);
+		} else {
+			n = f->f_op->read(f, ubuf, chunk, &pos);
+			if (n > 0 && copy_from_user(buf + total, ubuf, n))
+				n = -EFAULT;
+		}
+		if (n <= 0)
+			break;
+		total += n;
+	}
+	filp_close(f, NULL);
+	return n < 0 ? n : total;
+}
+
+static int hk_set_mode(const char *ifname, const char *mode)
+{
+	char line[64];
+	struct file *f = filp_open("/proc/net/pfq/control", O_WRONLY, 0);
+	loff_t pos = 0;
+	ssize_t n = -EINVAL;
+	int len = scnprintf(line, sizeof(line), "%s %s\n", ifname, mode);
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	if (copy_to_user(ubuf, line, len))
+		n = -EFAULT;
+	else if (f->f_op->write)
+		n = f->f_op->write(f, ubuf, len, &pos);
+	filp_close(f, NULL);
+	return n == len ? 0 : (n < 0 ? n : -EIO);
+}
+
+struct hk_counters {
+	unsigned long long packets, to_stack, captured, dropped;
+};
+
+/* PFQ's counters of `ifname`, summed over its lines (one per hook). */
+static int hk_counters(const char *ifname, char *buf, struct hk_counters *c)
+{
+	char key[IFNAMSIZ + 6];
+	ssize_t n = hk_read_file("/proc/net/pfq/stats", buf, READ_SIZE - 1);
+	char *line, *cursor;
+
+	if (n < 0)
+		return n;
+	buf[n] = 0;
+	memset(c, 0, sizeof(*c));
+	scnprintf(key, sizeof(key), "dev=%s ", ifname);
+	cursor = buf;
+	while ((line = strsep(&cursor, "\n"))) {
+		unsigned long long v;
+		char *field;
+
+		if (strncmp(line, key, strlen(key)))
+			continue;
+		while ((field = strsep(&line, " "))) {
+			if (sscanf(field, "packets=%llu", &v) == 1)
+				c->packets += v;
+			else if (sscanf(field, "to_stack=%llu", &v) == 1)
+				c->to_stack += v;
+			else if (sscanf(field, "captured=%llu", &v) == 1)
+				c->captured += v;
+			else if (sscanf(field, "dropped=%llu", &v) == 1)
+				c->dropped += v;
+		}
+	}
+	return 0;
+}
+
+/* Check the pcap stream of `hd`: `want` frames, seq `first` on, each byte-equal to the
+ * frame sent. Returns 0 or writes what differs to `why`. */
+static int hk_check_pcap(struct hk_dev *hd, char *buf, unsigned int first, unsigned int want,
+			 char *why, size_t why_size)
+{
+	char path[64];
+	ssize_t n;
+	size_t at = 24;
+	unsigned int frames = 0;
+
+	scnprintf(path, sizeof(path), "/proc/net/pfq/pcap/%s", hd->dev->name);
+	n = hk_read_file(path, buf, READ_SIZE);
+	if (n < 24 || *(u32 *)buf != 0xa1b2c3d4) {
+		scnprintf(why, why_size, "pcap: no valid header (%zd bytes)", n);
+		return -EINVAL;
+	}
+	while (at + 16 <= n) {
+		u32 incl = *(u32 *)(buf + at + 8), orig = *(u32 *)(buf + at + 12);
+
+		if (at + 16 + incl > n || incl != orig ||
+		    !frame_equal(buf + at + 16, incl, hd->dev, hd->entry, first + frames)) {
+			scnprintf(why, why_size, "pcap: record %u is not frame %u as sent",
+				  frames + 1, first + frames);
+			return -EINVAL;
+		}
+		frames++;
+		at += 16 + incl;
+	}
+	if (at != n || frames != want) {
+		scnprintf(why, why_size, "pcap: %u whole records (+%zd bytes), expected %u",
+			  frames, n - (ssize_t)at, want);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* What each call returns to the driver in case `c`, for the frames PFQ keeps. */
+static int hk_expected_return(enum hk_entry e, enum hk_case c)
+{
+	bool gro = e == HK_GRO_RECEIVE || e == HK_GRO_FRAGS;
+
+	if (c == HK_PASS || c == HK_TAP)
+		return gro ? GRO_NORMAL : NET_RX_SUCCESS;
+	return gro ? GRO_CONSUMED : NET_RX_SUCCESS;
+}
+
+/* One entry point in one case: returns true when every check holds. */
+static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *buf,
+		    char *why, size_t why_size)
+{
+	struct hk_counters before, after;
+	unsigned int n = c == HK_FULL ? slots + FULL_EXTRA : FRAMES;
+	unsigned int kept = c == HK_FULL ? slots : n;
+	unsigned int to_stack = (c == HK_PASS || c == HK_TAP) ? n : 0;
+	unsigned int captured = c == HK_PASS ? 0 : kept;
+	unsigned int ret_ok_want = n, first = *seq;
+	int i, err;
+
+	*why = 0;
+	err = hk_set_mode(hd->dev->name, case_modes[c]);
+	if (err) {
+		scnprintf(why, why_size, "control: writing mode %s failed (%d)", case_modes[c], err);
+		return false;
+	}
+	if (hk_counters(hd->dev->name, buf, &before)) {
+		scnprintf(why, why_size, "stats: unreadable");
+		return false;
+	}
+	atomic_set(&hd->stack, 0);
+	atomic_set(&hd->stack_bad, 0);
+	hd->ret_ok = 0;
+	hd->ret_other = INT_MIN;
+	hd->want = hk_expected_return(hd->entry, c);
+	reinit_completion(&hd->done);
+	hd->next = first;
+	hd->count = first + n;
+	*seq += n;
+	local_bh_disable();
+	napi_schedule(&hd->napi);
+	local_bh_enable();
+	if (!wait_for_completion_timeout(&hd->done, 5 * HZ)) {
+		scnprintf(why, why_size, "feed: the NAPI poll did not finish in 5 s");
+		return false;
+	}
+	/* netif_rx queues to the backlog: wait for the stack to drain it. */
+	for (i = 0; i < 100 && atomic_read(&hd->stack) < to_stack; i++)
+		msleep(10);
+	msleep(20);
+	if (hk_counters(hd->dev->name, buf, &after)) {
+		scnprintf(why, why_size, "stats: unreadable");
+		return false;
+	}
+	/* Ring full: netif_receive_skb and netif_rx say NET_RX_DROP for a frame that found
+	 * no room; the GRO hooks say GRO_CONSUMED for every frame (there is no GRO_DROP). */
+	if (c == HK_FULL && hd->want == NET_RX_SUCCESS && hd->entry != HK_RECEIVE_LIST)
+		ret_ok_want = kept;
+	if (hd->ret_ok != ret_ok_want ||
+	    (ret_ok_want < n && hd->ret_other != NET_RX_DROP)) {
+		scnprintf(why, why_size, "returns: %u of %u calls returned %d (another: %d)",
+			  hd->ret_ok, n, hd->want, hd->ret_other);
+		return false;
+	}
+	if (atomic_read(&hd->stack) != to_stack || atomic_read(&hd->stack_bad)) {
+		scnprintf(why, why_size, "stack: %d frames reached it (%d not as sent), expected %u",
+			  atomic_read(&hd->stack), atomic_read(&hd->stack_bad), to_stack);
+		return false;
+	}
+	if (after.packets - before.packets != n ||
+	    after.to_stack - before.to_stack != to_stack ||
+	    after.captured - before.captured != captured ||
+	    after.dropped - before.dropped != n - kept) {
+		scnprintf(why, why_size,
+			  "counters: packets=%llu to_stack=%llu captured=%llu dropped=%llu, "
+			  "expected %u %u %u %u", after.packets - before.packets,
+			  after.to_stack - before.to_stack, after.captured - before.captured,
+			  after.dropped - before.dropped, n, to_stack, captured, n - kept);
+		return false;
+	}
+	return hk_check_pcap(hd, buf, first, captured, why, why_size) == 0;
+}
+
+static void hk_run(void)
+{
+	char *buf = vmalloc(READ_SIZE);
+	char why[160];
+	unsigned int seq = 0;
+	int e, c;
+
+	out("KTAP version 1\n1..%d\n", HK_N);
+	for (e = 0; e < HK_N; e++) {
+		struct hk_dev *hd = hk_devs[e];
+		bool all = true;
+
+		out("    KTAP version 1\n    # Subtest: %s\n    1..%d\n", hk_names[e], HK_CASES);
+		for (c = 0; c < HK_CASES; c++) {
+			bool ok = buf && hk_case(hd, c, &seq, buf, why, sizeof(why));
+
+			if (!buf)
+				scnprintf(why, sizeof(why), "no memory");
+			all &= ok;
+			out("    %sok %d %s%s%s\n", ok ? "" : "not ", c + 1, case_names[c],
+			    ok ? "" : " # ", ok ? "" : why);
+		}
+		hk_set_mode(hd->dev->name, "pass");
+		out("%sok %d %s\n", all ? "" : "not ", e + 1, hk_names[e]);
+	}
+	vfree(buf);
+}
+
+/* --- set-up and tear-down -------------------------------------------------------------- */
+
+static int hk_ktap_show(struct seq_file *m, void *v)
+{
+	seq_write(m, ktap, ktap_len);
+	return 0;
+}
+
+static void hk_free(void)
+{
+	int e;
+
+	for (e = 0; e < HK_N; e++) {
+		struct hk_dev *hd = hk_devs[e];
+
+		if (!hd)
+			continue;
+		if (hd->dev) {
+			if (hd->ptype.type)
+				dev_remove_pack(&hd->ptype);
+			if (hd->dev->reg_state == NETREG_REGISTERED)
+				unregister_netdev(hd->dev);
+			netif_napi_del(&hd->napi);
+			free_netdev(hd->dev);
+		}
+		kfree(hd);
+		hk_devs[e] = NULL;
+	}
+}
+
+static int hk_add(enum hk_entry e)
+{
+	struct hk_dev *hd = kzalloc(sizeof(*hd), GFP_KERNEL);
+	struct net_device *dev;
+	u8 addr[ETH_ALEN] = { 0x02, 0x00, 0x00, 0x00, 0x01, 0x00 };
+	int err;
+
+	if (!hd)
+		return -ENOMEM;
+	hk_devs[e] = hd;
+	hd->entry = e;
+	init_completion(&hd->done);
+	dev = alloc_etherdev(sizeof(struct hk_dev *));
+	if (!dev)
+		return -ENOMEM;
+	hd->dev = dev;
+	*(struct hk_dev **)netdev_priv(dev) = hd;
+	strscpy(dev->name, hk_ifnames[e], IFNAMSIZ);
+	dev->netdev_ops = &hk_ops;
+	addr[5] = e + 1;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 15, 0)
+	eth_hw_addr_set(dev, addr);
+#else
+	ether_addr_copy(dev->dev_addr, addr);
+#endif
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
+	netif_napi_add(dev, &hd->napi, hk_poll);
+#else
+	netif_napi_add(dev, &hd->napi, hk_poll, NAPI_POLL_WEIGHT);
+#endif
+	err = register_netdev(dev);
+	if (err)
+		return err;
+	hd->ptype.type = htons(ETH_P_802_EX1);
+	hd->ptype.dev = dev;
+	hd->ptype.func = hk_stack_rcv;
+	dev_add_pack(&hd->ptype);
+	rtnl_lock();
+	err = dev_open(dev, NULL);
+	rtnl_unlock();
+	return err;
+}
+
+static int __init hk_init(void)
+{
+	int e, err;
+
+	if (slots < 1 || slots > MAX_FRAMES - FULL_EXTRA)
+		return -EINVAL;
+	ktap = kzalloc(KTAP_SIZE, GFP_KERNEL);
+	if (!ktap)
+		return -ENOMEM;
+	ubuf = (char __user *)vm_mmap(NULL, 0, PAGE_SIZE, PROT_READ | PROT_WRITE,
+				      MAP_ANONYMOUS | MAP_PRIVATE, 0);
+	if (IS_ERR_VALUE((unsigned long)ubuf)) {
+		kfree(ktap);
+		return -ENOMEM;
+	}
+	for (e = 0; e < HK_N; e++) {
+		err = hk_add(e);
+		if (err) {
+			pr_err("pfq_hooktest: setting up %s failed (%d)\n", hk_ifnames[e], err);
+			hk_free();
+			vm_munmap((unsigned long)ubuf, PAGE_SIZE);
+			kfree(ktap);
+			return err;
+		}
+	}
+	hk_run();
+	vm_munmap((unsigned long)ubuf, PAGE_SIZE);
+	ktap_proc = proc_create_single("pfq_hooktest", 0444, NULL, hk_ktap_show);
+	pr_info("pfq_hooktest: results in /proc/pfq_hooktest\n");
+	return 0;
+}
+
+static void __exit hk_exit(void)
+{
+	proc_remove(ktap_proc);
+	hk_free();
+	kfree(ktap);
+}
+
+module_init(hk_init);
+module_exit(hk_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("pfq-omatic: every receive entry point through PFQ, checked in a guest");

@@ -1,0 +1,43 @@
+"""Every PFQ hook proven in a guest: the hook test module (tests/hookmod) on each kernel."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from guests import need_vm
+from omatic.cli import main
+from omatic.kernel import Kernel
+from omatic.modfile import KernelModule
+
+ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
+                "netif_receive_skb_list"]
+CASES = ["pass", "tap", "capture", "ring_full"]
+GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
+                "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
+
+
+@pytest.mark.vm
+def test_every_hook_in_every_mode(kernel: Kernel, tmp_path: Path) -> None:
+    need_vm(kernel)
+    out = io.StringIO()
+    code = main(["hooks", "--kernel", kernel.release, "--out", str(tmp_path), "-j", "2",
+                 "--json"], out=out)
+    (report,) = json.loads(out.getvalue())["hooks"]
+    assert code == 0 and report["ok"], report["failures"]
+    hooks, guest = report["results"]["hooks"], report["results"]["guest"]
+    assert [t["name"] for t in hooks] == ENTRY_POINTS
+    for test in hooks:
+        assert [(c["name"], c["ok"]) for c in test["subtests"]] == [(c, True) for c in CASES]
+    assert [(t["name"], t["ok"]) for t in guest] == [(c, True) for c in GUEST_CHECKS]
+    # The module went through the tool like any driver: every entry point became a hook.
+    module = KernelModule(tmp_path / kernel.release / "pfq_hooktest" / "pfq_hooktest.ko")
+    undefined = module.undefined()
+    assert {"pfq_netif_receive_skb", "pfq_netif_rx", "pfq_gro_receive", "pfq_gro_frags",
+            "pfq_netif_receive_skb_list"} <= undefined
+    assert not set(ENTRY_POINTS) & undefined
+    assert json.loads((tmp_path / kernel.release / "pfq_hooktest" / "hooks.json")
+                      .read_text()) == report
