@@ -4,8 +4,9 @@
  * guest, checked against what PFQ counts, returns, captures and hands to the stack.
  *
  * Written as a driver would be: it calls the vanilla entry points (netif_receive_skb,
- * netif_rx, napi_gro_receive, napi_gro_frags, netif_receive_skb_list) and pfq-omatic
- * rewrites it into PFQ's hooks like any driver. Each entry point has a netdev of its own
+ * netif_rx, napi_gro_receive, napi_gro_frags, netif_receive_skb_list; before 5.18 also
+ * netif_rx_ni and netif_rx_any_context) and pfq-omatic rewrites it into PFQ's hooks like
+ * any driver. Each entry point has a netdev of its own
  * ("hk-" and the entry point's short name) and a NAPI context: frames are fed from its
  * poll function, in softirq context, as a NIC's would be.
  *
@@ -53,14 +54,29 @@ static unsigned int slots = 64;
 module_param(slots, uint, 0444);
 MODULE_PARM_DESC(slots, "ring_slots of pfq.ko, for the ring-full case");
 
-enum hk_entry { HK_RECEIVE_SKB, HK_RX, HK_GRO_RECEIVE, HK_GRO_FRAGS, HK_RECEIVE_LIST, HK_N };
+/* netif_rx_ni and netif_rx_any_context exist until 5.18, when netif_rx took any context. */
+#define HK_OLD_RX (LINUX_VERSION_CODE < KERNEL_VERSION(5, 18, 0))
+
+enum hk_entry {
+	HK_RECEIVE_SKB, HK_RX, HK_GRO_RECEIVE, HK_GRO_FRAGS, HK_RECEIVE_LIST,
+#if HK_OLD_RX
+	HK_RX_NI, HK_RX_ANY,
+#endif
+	HK_N
+};
 
 static const char *const hk_names[HK_N] = {
 	"netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
 	"netif_receive_skb_list",
+#if HK_OLD_RX
+	"netif_rx_ni", "netif_rx_any_context",
+#endif
 };
 static const char *const hk_ifnames[HK_N] = {
 	"hk-rcv-skb", "hk-rx", "hk-gro", "hk-frags", "hk-list",
+#if HK_OLD_RX
+	"hk-rx-ni", "hk-rx-any",
+#endif
 };
 
 enum hk_case { HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES };
@@ -222,6 +238,11 @@ static int hk_poll(struct napi_struct *napi, int budget)
 		case HK_RECEIVE_LIST:
 			list_add_tail(&skb->list, &list);
 			break;
+#if HK_OLD_RX
+		case HK_RX_ANY:
+			hk_record(hd, netif_rx_any_context(skb));
+			break;
+#endif
 		default:
 			kfree_skb(skb);
 		}
@@ -394,6 +415,27 @@ static int hk_check_pcap(struct hk_dev *hd, char *buf, unsigned int first, unsig
 	return 0;
 }
 
+/* Feed the frames of the job: from NAPI poll, as a NIC's interrupt would; netif_rx_ni from
+ * process context, which is what it is for. */
+static bool hk_feed(struct hk_dev *hd)
+{
+#if HK_OLD_RX
+	if (hd->entry == HK_RX_NI) {
+		while (hd->next < hd->count) {
+			struct sk_buff *skb = hk_skb(hd, hd->next++);
+
+			if (skb)
+				hk_record(hd, netif_rx_ni(skb));
+		}
+		return true;
+	}
+#endif
+	local_bh_disable();
+	napi_schedule(&hd->napi);
+	local_bh_enable();
+	return wait_for_completion_timeout(&hd->done, 5 * HZ) != 0;
+}
+
 /* What each call returns to the driver in case `c`, for the frames PFQ keeps. */
 static int hk_expected_return(enum hk_entry e, enum hk_case c)
 {
@@ -435,10 +477,7 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 	hd->next = first;
 	hd->count = first + n;
 	*seq += n;
-	local_bh_disable();
-	napi_schedule(&hd->napi);
-	local_bh_enable();
-	if (!wait_for_completion_timeout(&hd->done, 5 * HZ)) {
+	if (!hk_feed(hd)) {
 		scnprintf(why, why_size, "feed: the NAPI poll did not finish in 5 s");
 		return false;
 	}
