@@ -348,7 +348,9 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
                           f"{'  (' + cases + ')' if cases else ''}\n")
         for failure in report["failures"]:
             out.write(f"  FAIL {failure}\n")
-        out.write(f"  {'ok' if result.ok else 'failed'}\n")
+        # The last line says it all: a matrix cell shows it as its reason.
+        failures = report["failures"]
+        out.write("  ok\n" if result.ok else f"  failed ({len(failures)}): {failures[0]}\n")
     if args.json:
         _print_json({"hooks": reports}, out)
     return code
@@ -550,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("matrix", cmd_matrix, "build and verify (and prove) drivers x kernels, report")
     p.add_argument("--driver", action="append", metavar="DRIVER",
                    help="a driver; repeat (default: every driver of drivers/)")
+    p.add_argument("--hooks", action="store_true",
+                   help="also prove every PFQ hook on each kernel (`pfq-omatic hooks`)")
     p.add_argument("--drivers", choices=("all",),
                    help="all: every NIC driver each kernel builds (see `pfq-omatic drivers`)")
     p.add_argument("--kernel", action="append", metavar="KVER",
@@ -701,7 +705,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     lab = {d for d in drivers if d in manifests and manifests[d].nic_model} if args.lab \
         else set()
     run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=lab,
-                    known=known, per_kernel=per_kernel,
+                    known=known, per_kernel=per_kernel, hooks=args.hooks,
                     workers=args.jobs or os.cpu_count() or 1, force=args.force,
                     command=shlex.join(["pfq-omatic", "matrix", *sys.argv[2:]]))
 

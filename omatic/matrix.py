@@ -39,7 +39,7 @@ from typing import Any
 
 from omatic import __version__
 from omatic.build import hash_files, kmod_key
-from omatic.data import DRIVERS_DIR, PATCHES_DIR
+from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR
 from omatic.errors import FAILURE_ENV, UserError
 from omatic.kernel import Kernel
 from omatic.matrix_report import Cell, write_outputs
@@ -83,6 +83,8 @@ def _tool_digest() -> str:
     hash_files(h, PATCHES_DIR, "*.toml")
     hash_files(h, DRIVERS_DIR, "*.toml")
     hash_files(h, Path(__file__).parent, "*.py")
+    hash_files(h, Path(__file__).parent / "templates")
+    hash_files(h, HOOKMOD_DIR)
     return h.hexdigest()
 
 
@@ -91,6 +93,10 @@ def cell_key(driver: str, release: str, lab: bool, kmod: str) -> str:
     goes to the lab, and `kmod` (build.kmod_key: pfq.ko's inputs and the kernel's ABI)."""
     data = f"{_tool_digest()}\0{driver}\0{release}\0{lab}\0{kmod}"
     return hashlib.sha256(data.encode()).hexdigest()[:20]
+
+
+#: The row of the hook test module (`pfq-omatic hooks`) in a matrix run with hooks.
+HOOKS_ROW = "pfq_hooktest"
 
 
 @dataclass
@@ -108,15 +114,21 @@ class MatrixRun:
     #: The drivers of each kernel (by release) when they differ: `--drivers all` takes
     #: every NIC driver each kernel builds. A kernel not in it takes `drivers`.
     per_kernel: Mapping[str, Sequence[str]] | None = None
+    #: Also prove every hook on each kernel with the hook test module (a row of its own).
+    hooks: bool = False
 
     def drivers_of(self, kernel: Kernel) -> Sequence[str]:
+        drivers = list(self.drivers)
         if self.per_kernel is not None and kernel.release in self.per_kernel:
-            return self.per_kernel[kernel.release]
-        return self.drivers
+            drivers = list(self.per_kernel[kernel.release])
+        return [*drivers, HOOKS_ROW] if self.hooks else drivers
 
     def cell_argvs(self, driver: str, kernel: Kernel) -> list[list[str]]:
         jobs = str(max(1, (os.cpu_count() or 1) // max(1, self.workers)))
         out = str(self.out_dir / "builds")
+        if driver == HOOKS_ROW:
+            return [["pfq-omatic", "hooks", "--kernel", kernel.release, "--out", out,
+                     "-j", jobs]]
         argvs = [["pfq-omatic", "build", driver, "--kernel", kernel.release, "--out", out,
                   "-j", jobs]]
         if driver in self.lab:

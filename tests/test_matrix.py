@@ -11,7 +11,8 @@ import pytest
 
 from omatic.archive import available_kernels, matrix_kernels, version_key
 from omatic.cli import main
-from omatic.matrix import KnownFailure, load_known_failures
+from omatic.kernel import Kernel
+from omatic.matrix import HOOKS_ROW, KnownFailure, MatrixRun, load_known_failures
 from omatic.matrix_report import read_cells
 
 kbuild = pytest.mark.kbuild
@@ -105,3 +106,16 @@ def test_every_suite_builds_a_driver_and_the_newest_kernel_proves_it(tmp_path: P
     assert main(["lab", "e1000e", "--kernel", newest, "--out", str(tmp_path / "lab")],
                 out=text) == 0, text.getvalue()
     assert "ok" in text.getvalue().splitlines()[-1]
+
+
+@unit
+def test_hooks_are_a_row_of_their_own_and_drivers_may_differ_per_kernel(tmp_path: Path) -> None:
+    k61 = Kernel("6.1.0-56-amd64", tmp_path / "h61")
+    k612 = Kernel("6.12.117+deb12-amd64", tmp_path / "h612")
+    run = MatrixRun(drivers=["e1000e"], kernels=[k61, k612], out_dir=tmp_path, hooks=True,
+                    per_kernel={k612.release: ["e1000e", "thunderbolt_net"]}, workers=2)
+    assert run.drivers_of(k61) == ["e1000e", HOOKS_ROW]
+    assert run.drivers_of(k612) == ["e1000e", "thunderbolt_net", HOOKS_ROW]
+    (argv,) = run.cell_argvs(HOOKS_ROW, k61)
+    assert argv[:4] == ["pfq-omatic", "hooks", "--kernel", "6.1.0-56-amd64"]
+    assert run.cell_argvs("e1000e", k61)[0][:3] == ["pfq-omatic", "build", "e1000e"]
