@@ -26,6 +26,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,9 +41,9 @@ _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
 _ASSIGN = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|\?=|=)\s*(.*)$")
 _CONFIG_REF = re.compile(r"^\$\((CONFIG_\w+)\)$")
 #: The version of what index_modules finds, in the name of its memo in the cache: a
-#: parser that finds more (every config of a module, objects named through variables)
-#: must not read an older memo.
-INDEX_FORMAT = 3
+#: parser that finds more (every config of a module, objects named through variables, the
+#: lines a generated Kbuild keeps) must not read an older memo.
+INDEX_FORMAT = 4
 _INCLUDE_FLAG = re.compile(r"(?:^|\s)-I\s*(\S+)")
 
 
@@ -71,7 +72,8 @@ class ModuleDef:
     objects: tuple[str, ...]
     #: True when the Makefile builds this module only, so it can be used as it is.
     alone: bool
-    #: Lines of the Makefile that concern this module (objects, flags), for a generated Kbuild.
+    #: The Makefile's lines but its obj- lines (objects, flags, variables, conditionals),
+    #: for a generated Kbuild of this module alone.
     lines: tuple[str, ...] = field(default=(), compare=False)
     #: Every CONFIG_ symbol that selects it: 8390.o is built for ne2k-pci, pcnet_cs and more.
     configs: tuple[str, ...] = ()
@@ -114,26 +116,26 @@ def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
     targets: dict[str, list[str]] = {}  # module -> the configs that select it
     others = 0
     composite: dict[str, list[str]] = {}
-    lines_of: dict[str, list[str]] = {}
-    flag_lines: list[str] = []
-    # Plain variables (liquidio's common-objs, shared by two modules): name -> (words,
-    # the lines that set it).
-    variables: dict[str, tuple[list[str], list[str]]] = {}
+    # Everything but the obj- lines, in order: what a Kbuild for one of its modules keeps
+    # (flags, variables, ifeq blocks: mlx5_core's en/tc_ct.o is only under ifneq).
+    kept: list[str] = []
+    # Plain variables (liquidio's common-objs, shared by two modules): name -> words.
+    variables: dict[str, list[str]] = {}
 
-    def expand(words: list[str], used: list[str], depth: int = 0) -> list[str]:
+    def expand(words: list[str], depth: int = 0) -> list[str]:
         out = []
         for word in words:
             ref = re.fullmatch(r"\$\(([A-Za-z0-9_-]+)\)", word)
             if ref and ref[1] in variables and depth < 8:
-                values, lines = variables[ref[1]]
-                used.extend(line for line in lines if line not in used)
-                out += expand(values, used, depth + 1)
+                out += expand(variables[ref[1]], depth + 1)
             else:
                 out.append(word)
         return out
 
     for line in _logical_lines(text):
         match = _ASSIGN.match(line.strip())
+        if (not match or not match[1].startswith("obj-")) and line.strip():
+            kept.append(line.rstrip())
         if not match:
             continue
         lhs, op, rhs = match.groups()
@@ -147,29 +149,21 @@ def parse_makefile(text: str, directory: str) -> list[ModuleDef]:
                     targets.setdefault(word[:-2], []).append(config)
                 else:
                     others += 1
-        elif lhs.startswith(("ccflags", "subdir-ccflags", "CFLAGS_", "asflags")):
-            flag_lines.append(line.strip())
-        else:
-            name, dash, suffix = lhs.rpartition("-")
-            if dash and (suffix in ("y", "objs") or _CONFIG_REF.match(suffix)):
-                used = lines_of.setdefault(name, [])
-                objects = expand(words, used)
-                composite.setdefault(name, []).extend(w for w in objects if w.endswith(".o"))
-                used.append(line.strip())
-            # Any name may also serve as a variable ("common-objs" is one, not a module).
-            if re.fullmatch(r"[A-Za-z0-9_-]+", lhs):
-                values, lines = variables.get(lhs, ([], []))
-                values = [*values, *words] if op == "+=" else words
-                variables[lhs] = (values, [*lines, line.strip()] if op == "+=" else
-                                  [line.strip()])
+            continue
+        name, dash, suffix = lhs.rpartition("-")
+        if dash and (suffix in ("y", "objs") or _CONFIG_REF.match(suffix)):
+            objects = expand(words)
+            composite.setdefault(name, []).extend(w for w in objects if w.endswith(".o"))
+        # Any name may also serve as a variable ("common-objs" is one, not a module).
+        if re.fullmatch(r"[A-Za-z0-9_-]+", lhs):
+            variables[lhs] = [*variables.get(lhs, []), *words] if op == "+=" else words
     modules = []
     for name, configs in targets.items():
         objects = composite.get(name) or [f"{name}.o"]
         modules.append(ModuleDef(
             name=name, dir=directory, config=configs[0], objects=tuple(objects),
             configs=tuple(dict.fromkeys(configs)),
-            alone=len(targets) == 1 and others == 0,
-            lines=(*lines_of.get(name, ()), *flag_lines)))
+            alone=len(targets) == 1 and others == 0, lines=tuple(kept)))
     return modules
 
 
@@ -382,8 +376,11 @@ class DriverSource:
                 "origin_path": str(self.origin_path)}
 
 
-def _includes_closure(tree: Path, start: list[str]) -> list[str]:
-    """`start` plus every file they include with #include "..." that exists in the tree."""
+def _includes_closure(tree: Path, start: list[str], include_dirs: Sequence[str] = ()
+                      ) -> list[str]:
+    """`start` plus every file they include with #include "..." that exists in the tree,
+    looked for as the compiler does: beside the including file, then in `include_dirs`
+    (the -I folders of the Makefile, kernel-relative)."""
     seen: dict[str, None] = dict.fromkeys(start)
     queue = list(start)
     root = tree.resolve()
@@ -393,8 +390,12 @@ def _includes_closure(tree: Path, start: list[str]) -> list[str]:
         if path.suffix not in (".c", ".h", ".S"):
             continue
         for match in _INCLUDE.finditer(path.read_bytes()):
-            target = (path.parent / os.fsdecode(match[1])).resolve()
-            if not target.is_file() or not target.is_relative_to(root):
+            name = os.fsdecode(match[1])
+            for folder in (path.parent, *(tree / d for d in include_dirs)):
+                target = (folder / name).resolve()
+                if target.is_file() and target.is_relative_to(root):
+                    break
+            else:
                 continue
             found = target.relative_to(root).as_posix()
             if found not in seen:
@@ -417,12 +418,9 @@ def module_files(tree: Path, module: ModuleDef) -> list[str]:
                 candidate = base / (obj[:-2] + suffix)
                 if candidate.is_file():
                     start.append(candidate.relative_to(tree).as_posix())
-    for folder in module.include_dirs():
-        if (tree / folder).is_dir() and (tree / folder).resolve().is_relative_to(
-                tree.resolve()):
-            start += [p.relative_to(tree).as_posix() for p in sorted((tree / folder).glob("*.h"))
-                      if p.is_file() and not p.is_symlink()]
-    return list(dict.fromkeys(_includes_closure(tree, start)))
+    folders = [d for d in module.include_dirs() if (tree / d).is_dir()
+               and (tree / d).resolve().is_relative_to(tree.resolve())]
+    return _includes_closure(tree, start, folders)
 
 
 def stage(tree: Path, module: ModuleDef, dest: Path, origin: str,

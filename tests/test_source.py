@@ -85,6 +85,17 @@ def test_objects_named_through_a_variable() -> None:
         "lio-y := main.o $(common-objs)"]
 
 
+def test_a_generated_kbuild_keeps_the_makefiles_conditionals() -> None:
+    # mlx5_core's shape: objects added under ifneq; the Kbuild of one module must keep the
+    # block, or it builds what the kernel's config leaves out.
+    text = ("obj-$(CONFIG_A) += a.o\nobj-$(CONFIG_B) += b.o\na-y := main.o\n"
+            "ifneq ($(CONFIG_A_EXTRA),)\n\ta-y += extra.o\nendif\nb-y := other.o\n")
+    mods = {m.name: m for m in parse_makefile(text, "drivers/net/ethernet/ab")}
+    assert not mods["a"].alone and mods["a"].objects == ("main.o", "extra.o")
+    assert mods["a"].lines == ("a-y := main.o", "ifneq ($(CONFIG_A_EXTRA),)",
+                               "\ta-y += extra.o", "endif", "b-y := other.o")
+
+
 INCLUDES = """\
 obj-$(CONFIG_FIXINC) += fixinc.o
 ccflags-y += -I$(srctree)/$(src) -I $(srctree)/drivers/net/shared
