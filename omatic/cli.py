@@ -302,7 +302,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
                            out_root=Path(args.out), jobs=args.jobs or os.cpu_count() or 1,
                            keep=args.keep, timeout=args.timeout, accel=args.accel,
                            installed=Path(args.installed) if args.installed else None,
-                           companions=manifest.companions if manifest else ())
+                           companions=manifest.companions if manifest else (),
+                           qemu_min=manifest.qemu_min if manifest else "")
         progress = Progress(f"lab {name} {kernel.release}")
         try:
             result = run_lab(config, progress.step)
@@ -358,8 +359,10 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_lab(report: dict[str, Any], out: TextIO) -> None:
     checks = report["checks"]
+    system = f" of the {report['qemu']['system']} system" if report["qemu"].get("system") \
+        else ""
     out.write(f"{report['driver']} on {report['kernel']} ({report['nic_model']}, QEMU "
-              f"{report['qemu'].get('version') or '?'}, {report['accel']}): booted in "
+              f"{report['qemu'].get('version') or '?'}{system}, {report['accel']}): booted in "
               f"{report['boot_seconds']} s, guest ran {report['guest_seconds']} s\n")
     for phase in ("pass", "tap", "capture", "reload"):
         c = checks[phase]

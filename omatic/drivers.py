@@ -32,6 +32,8 @@ class Manifest:
     companions: tuple[str, ...] = ()
     #: Why the lab cannot prove it with its QEMU model, when it cannot ("" when it can).
     no_lab: str = ""
+    #: The oldest QEMU that emulates `nic_model` ("8.0" for igb), when older ones lack it.
+    qemu_min: str = ""
 
 
 def load_manifests(folder: Path = DRIVERS_DIR) -> dict[str, Manifest]:

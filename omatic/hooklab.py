@@ -175,7 +175,8 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     report: dict[str, Any] = {
         "tool": "pfq-omatic", "version": __version__, "kernel": kernel.release,
         "module": MODULE, "ring_slots": SLOTS, "accel": accel, "accel_reason": accel_why,
-        "qemu": {"binary": qemu, "version": qemu_version(qemu), "command": shlex.join(cmd),
+        "qemu": {"binary": qemu.binary, "version": qemu_version(qemu),
+                 "command": shlex.join(cmd),
                  "exit": status},
         "results": results, "failures": failures, "ok": not failures,
         "guest_seconds": round(seconds, 2),

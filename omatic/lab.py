@@ -55,6 +55,7 @@ from omatic.vm import (
     build_initramfs,
     check_nic_model,
     choose_accel,
+    emulator_for,
     in_tree_needs,
     kill,
     module_name,
@@ -137,6 +138,9 @@ class LabConfig:
     #: Modules that receive for the driver (the manifest's companions), built and loaded
     #: with it.
     companions: tuple[str, ...] = ()
+    #: The oldest QEMU that emulates the NIC model (the manifest's qemu_min): an older
+    #: QEMU here gives way to a kept system's.
+    qemu_min: str = ""
 
     @property
     def installed_dir(self) -> Path | None:
@@ -215,7 +219,10 @@ def guest_modules(driver: str, kernel: Kernel, pfq_ko: Path, built: list[Path],
     for ko in sorted(built, key=lambda p: module_name(p) == driver):
         ours.append(GuestModule(module_name(ko), ko, f"modules/{module_name(ko)}.ko",
                                 built=True))
-    depends = [*extra, *(d for ko in built for line in _modinfo(ko).get("depends", [])
+    # modinfo spells a dependency as its file is named (i2c-algo-bit), modules.dep as the
+    # kernel names it (i2c_algo_bit).
+    depends = [*extra, *(module_name(d) for ko in built
+                         for line in _modinfo(ko).get("depends", [])
                          for d in line.split(",") if d)]
     deps = read_modules_dep(kernel)
     names = in_tree_needs(depends, deps, {m.name for m in ours})
@@ -487,7 +494,8 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
 
     if config.frames < 5 or config.frames > 100_000:
         raise UserError(f"--frames {config.frames}: expected 5 to 100000")
-    qemu = qemu_binary()
+    with step("emulator"):
+        qemu = emulator_for(config.qemu_min)
     check_nic_model(qemu, config.nic_model)
     vmlinuz = config.kernel.boot_image
     if vmlinuz is None:
@@ -521,7 +529,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
     want_id = build_id(driver_ko)
     want_src = (_modinfo(driver_ko).get("srcversion") or [""])[0]
     with step("accelerator"):
-        accel, accel_why = choose_accel(qemu, config.accel, vmlinuz)
+        accel, accel_why = choose_accel(qemu_binary(), config.accel, vmlinuz)
     log = out_dir / "lab-console.log"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-lab-") as tmp, \
@@ -547,7 +555,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         "tool": "pfq-omatic", "version": __version__, "driver": config.driver,
         "kernel": config.kernel.release, "nic_model": config.nic_model,
         "frames_per_phase": config.frames, "accel": accel, "accel_reason": accel_why,
-        "qemu": {"binary": qemu, "version": qemu_version(qemu),
+        "qemu": {"binary": qemu.binary, "version": qemu_version(qemu), "system": qemu.suite,
                  "command": shlex.join(cmd), "exit": status,
                  "ports": {"guest": guest_port, "host": host_port}},
         "modules": {"in_tree": [m.name for m in deps], "ours": [m.name for m in ours],

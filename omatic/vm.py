@@ -22,8 +22,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -62,8 +64,8 @@ class QemuMissingError(InfraError):
 
 
 class UnknownNicModelError(UserError):
-    template = ("unknown NIC model {model!r}: `{qemu} -device help` lists no such device; "
-                "network devices it has: {known}")
+    template = ("unknown NIC model {model!r}: `{qemu} -device help` (QEMU {version}) lists "
+                "no such device; network devices it has: {known}")
 
 
 @dataclass(frozen=True)
@@ -179,20 +181,71 @@ def build_initramfs(root: Path, out: Path, init_text: str, modules: list[GuestMo
         raise InfraError(f"cpio failed (exit {err.returncode}) writing {out}") from None
 
 
-def qemu_binary() -> str:
-    """The emulator's path; QemuMissingError if it is not installed."""
+@dataclass(frozen=True)
+class Emulator:
+    """The QEMU that runs a guest: this machine's, or a newer one in a kept Debian system
+    (QEMU emulates igb since 8.0; Debian 12 has 7.2)."""
+
+    #: Its path, as its system sees it.
+    binary: str
+    #: The kept system it lives in; None for this machine.
+    root: Path | None = None
+    #: That system's suite.
+    suite: str | None = None
+
+    def argv(self, args: Sequence[str], uses: Sequence[Path] = ()) -> list[str]:
+        """The command running QEMU with `args`; in a system, the host folders `uses`
+        (the kernel's, the initramfs's) are bound at their own paths."""
+        if self.root is None:
+            return [self.binary, *args]
+        from omatic.system import Bind, chroot_argv
+
+        folders = sorted({p.absolute() for p in uses})
+        outer = [f for f in folders if not any(o in f.parents for o in folders)]
+        return chroot_argv(self.root, [self.binary, *args], [Bind(f, str(f)) for f in outer])
+
+    @property
+    def where(self) -> str:
+        return "this machine" if self.suite is None else f"a kept {self.suite} system"
+
+
+def qemu_binary() -> Emulator:
+    """This machine's emulator; QemuMissingError if it is not installed."""
     path = shutil.which(QEMU)
     if path is None:
         raise QemuMissingError(qemu=QEMU)
-    return path
+    return Emulator(path)
+
+
+#: The suite whose QEMU runs guests this machine's QEMU cannot (Debian 13: QEMU 10.0).
+EMULATOR_SUITE = "trixie"
+
+
+def emulator_for(oldest: str, note: Any = None) -> Emulator:
+    """This machine's QEMU when it is `oldest` or newer, else the QEMU of a kept
+    EMULATOR_SUITE system (made once, with qemu-system-x86)."""
+    from omatic.rules import version_key
+    from omatic.system import SystemSpec, ensure_root
+
+    host = qemu_binary()
+    if not oldest or version_key(qemu_version(host) or "0") >= version_key(oldest):
+        return host
+    root = ensure_root(SystemSpec.of(EMULATOR_SUITE, ["qemu-system-x86"]), note=note)
+    newer = Emulator(f"/usr/bin/{QEMU}", root, EMULATOR_SUITE)
+    found = qemu_version(newer)
+    if version_key(found or "0") < version_key(oldest):
+        raise InfraError(f"QEMU {oldest} or newer is needed; this machine has "
+                         f"{qemu_version(host) or '?'} and the {EMULATOR_SUITE} system "
+                         f"{found or 'none'}")
+    return newer
 
 
 @functools.cache
-def qemu_version(qemu: str) -> str:
+def qemu_version(qemu: Emulator) -> str:
     """"7.2.22" for QEMU 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18); "" if it does not say."""
     try:
-        run = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30,
-                             check=False)
+        run = subprocess.run(qemu.argv(["--version"]), capture_output=True, text=True,
+                             timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     match = re.search(r"version (\S+)", run.stdout)
@@ -200,14 +253,14 @@ def qemu_version(qemu: str) -> str:
 
 
 @functools.cache
-def device_models(qemu: str) -> dict[str, str]:
+def device_models(qemu: Emulator) -> dict[str, str]:
     """Every -device name and alias QEMU knows, mapped to the category `-device help`
     lists it under ("Network", "Storage"...)."""
     try:
-        run = subprocess.run([qemu, "-device", "help"], capture_output=True, text=True,
-                             timeout=30, check=False)
+        run = subprocess.run(qemu.argv(["-device", "help"]), capture_output=True, text=True,
+                             timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise InfraError(f"`{qemu} -device help` failed: {err}") from None
+        raise InfraError(f"`{qemu.binary} -device help` failed: {err}") from None
     models: dict[str, str] = {}
     category = ""
     for line in run.stdout.splitlines():
@@ -218,24 +271,26 @@ def device_models(qemu: str) -> dict[str, str]:
     return models
 
 
-def check_nic_model(qemu: str, model: str) -> None:
+def check_nic_model(qemu: Emulator, model: str) -> None:
     """UnknownNicModelError unless QEMU emulates `model`."""
     models = device_models(qemu)
     if model not in models:
         known = sorted(name for name, cat in models.items() if cat == "Network")
-        raise UnknownNicModelError(model=model, qemu=QEMU, known=", ".join(known))
+        raise UnknownNicModelError(model=model, qemu=QEMU, version=qemu_version(qemu) or "?",
+                                   known=", ".join(known))
 
 
 @functools.cache
-def kvm_probe(qemu: str, vmlinuz: Path) -> str:
+def kvm_probe(qemu: Emulator, vmlinuz: Path) -> str:
     """"works" if KVM boots `vmlinuz` to its first console line within KVM_PROBE_SECONDS,
     else why not. Nested KVM here starts the firmware and then hangs, so a probe that
     merely starts QEMU would say yes."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "no usable /dev/kvm"
-    cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-m", "128", "-display", "none",
-           "-nodefaults", "-no-user-config", "-no-reboot", "-serial", "stdio",
-           "-kernel", str(vmlinuz), "-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]
+    cmd = qemu.argv(["-accel", "kvm", "-cpu", "host", "-m", "128", "-display", "none",
+                     "-nodefaults", "-no-user-config", "-no-reboot", "-serial", "stdio",
+                     "-kernel", str(vmlinuz), "-append",
+                     "console=ttyS0 earlyprintk=ttyS0 panic=-1"], [vmlinuz.parent])
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     seen = b""
@@ -280,26 +335,27 @@ def udp_ports(sock: socket.socket) -> tuple[int, int]:
             return host, guest
 
 
-def qemu_command(qemu: str, accel: str, vmlinuz: Path, initrd: Path, model: str,
+def qemu_command(qemu: Emulator, accel: str, vmlinuz: Path, initrd: Path, model: str,
                  guest_port: int, host_port: int, memory: int = 256) -> list[str]:
     """The QEMU command line: one vCPU (the host needs the other core to inject), the NIC
     on a dgram netdev whose datagrams from/to 127.0.0.1:`host_port` are its frames. With
     `model` "", the machine has no NIC."""
-    cmd = [qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
-           "-m", str(memory), "-smp", "1", "-display", "none", "-nodefaults",
-           "-no-user-config", "-no-reboot", "-serial", "stdio",
-           "-kernel", str(vmlinuz), "-initrd", str(initrd),
-           "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1"]
-    if not model:
-        return cmd
-    netdev = (f"dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={guest_port},"
-              f"remote.type=inet,remote.host=127.0.0.1,remote.port={host_port}")
-    return [*cmd, "-netdev", netdev,
-            *(["-device", "qemu-xhci,id=xhci"] if model in USB_MODELS else []),
-            "-device", f"{model},netdev=n0,mac={frames.mac_text(frames.GUEST_MAC)}"]
+    args = ["-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+            "-m", str(memory), "-smp", "1", "-display", "none", "-nodefaults",
+            "-no-user-config", "-no-reboot", "-serial", "stdio",
+            "-kernel", str(vmlinuz), "-initrd", str(initrd),
+            "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1"]
+    if model:
+        netdev = (f"dgram,id=n0,local.type=inet,local.host=127.0.0.1,"
+                  f"local.port={guest_port},remote.type=inet,remote.host=127.0.0.1,"
+                  f"remote.port={host_port}")
+        args += ["-netdev", netdev,
+                 *(["-device", "qemu-xhci,id=xhci"] if model in USB_MODELS else []),
+                 "-device", f"{model},netdev=n0,mac={frames.mac_text(frames.GUEST_MAC)}"]
+    return qemu.argv(args, [vmlinuz.parent, initrd.parent])
 
 
-def choose_accel(qemu: str, accel: str, vmlinuz: Path) -> tuple[str, str]:
+def choose_accel(qemu: Emulator, accel: str, vmlinuz: Path) -> tuple[str, str]:
     """(the accelerator to use, why)."""
     if accel in ("tcg", "kvm"):
         return accel, "asked for"

@@ -20,13 +20,24 @@ import pytest
 
 import omatic.kernel
 import omatic.lab
+import omatic.system
+import omatic.vm
 from guests import need_vm
 from omatic import frames
 from omatic.cli import main
+from omatic.errors import InfraError
 from omatic.kernel import Kernel
 from omatic.lab import GuestHangError, GuestPanicError, LabConfig, run_lab
 from omatic.templates import render
-from omatic.vm import QEMU, in_tree_needs, module_name, qemu_command, qemu_version
+from omatic.vm import (
+    QEMU,
+    Emulator,
+    in_tree_needs,
+    module_name,
+    qemu_binary,
+    qemu_command,
+    qemu_version,
+)
 
 unit = pytest.mark.unit
 vm = pytest.mark.vm
@@ -117,8 +128,8 @@ def test_in_tree_needs_orders_dependencies_and_adds_the_bus() -> None:
 
 @unit
 def test_qemu_command_stays_on_loopback(tmp_path: Path) -> None:
-    cmd = qemu_command("qemu", "tcg", tmp_path / "vmlinuz", tmp_path / "initrd", "e1000e",
-                       40001, 40002)
+    cmd = qemu_command(Emulator("qemu"), "tcg", tmp_path / "vmlinuz", tmp_path / "initrd",
+                       "e1000e", 40001, 40002)
     netdev = cmd[cmd.index("-netdev") + 1]
     assert "local.host=127.0.0.1,local.port=40001" in netdev
     assert "remote.host=127.0.0.1,remote.port=40002" in netdev
@@ -182,7 +193,8 @@ def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> No
     assert code == 0, report["failures"]
     assert set(report) == REPORT_KEYS and report["ok"] and report["failures"] == []
     assert report["boot_seconds"] < 20 and report["guest_seconds"] < 60
-    assert report["qemu"]["version"] == qemu_version(report["qemu"]["binary"]) != ""
+    assert report["qemu"]["version"] == qemu_version(qemu_binary()) != ""
+    assert report["qemu"]["system"] is None  # no NIC model here needs a newer QEMU
     checks = report["checks"]
     kname = module_name(driver)
     for name in ("bind_first", "bind_reload"):
@@ -298,3 +310,28 @@ def test_bad_input_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     assert main(["lab", "e1000e", "--kernel", "6.12"]) == 2
     assert "install the Debian package qemu-system-x86" in capsys.readouterr().err
     assert os.environ["PATH"] == str(tmp_path)
+
+
+@unit
+def test_a_nic_model_newer_than_this_qemu_runs_in_a_kept_systems_qemu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = {None: "7.2.22", tmp_path: "10.0.13"}
+    made: list[str] = []
+    monkeypatch.setattr(omatic.vm, "qemu_binary", lambda: Emulator("/usr/bin/qemu"))
+    monkeypatch.setattr(omatic.vm, "qemu_version", lambda emu: versions[emu.root])
+    monkeypatch.setattr(omatic.system, "ensure_root",
+                        lambda spec, note=None: made.append(spec.suite.name) or tmp_path)
+    assert omatic.vm.emulator_for("").root is None
+    assert omatic.vm.emulator_for("7.0").root is None and made == []
+    newer = omatic.vm.emulator_for("8.0")
+    assert (newer.root, newer.suite, made) == (tmp_path, "trixie", ["trixie"])
+    # It runs in that system, with the kernel's and the initramfs's folders bound in.
+    cmd = qemu_command(newer, "tcg", tmp_path / "boot/vmlinuz", tmp_path / "t/initrd", "igb",
+                       40001, 40002)
+    assert cmd[cmd.index("chroot") + 1] == str(tmp_path)
+    assert ["--bind", str(tmp_path / "boot"), str(tmp_path / "boot")] == cmd[
+        cmd.index("--bind"):cmd.index("--bind") + 3]
+    assert "/usr/bin/qemu-system-x86_64" in cmd and "igb,netdev=n0,mac=52:54:00:12:34:56" in cmd
+    versions[tmp_path] = "7.2.1"
+    with pytest.raises(InfraError, match=r"QEMU 9\.0 or newer is needed"):
+        omatic.vm.emulator_for("9.0")
