@@ -285,12 +285,13 @@ def test_verify_command_passes_a_build_and_fails_a_tampered_copy(
 
 @kbuild
 @pytest.mark.parametrize("driver", ["atlantic", "tulip", "liquidio"])
-def test_drivers_once_refused_build_and_verify(kernel: Kernel, driver: str,
-                                               out_root: Path) -> None:
+def test_drivers_once_refused_build_and_verify(driver: str, out_root: Path) -> None:
+    # On 6.1, where each failed (`make matrix` builds them on every kernel).
     # atlantic: a header of a subfolder includes one of the module's folder, found only
-    # through the Makefile's -I$(srctree)/$(src) (6.1) or -I$(src) (6.12).
+    # through the Makefile's -I$(srctree)/$(src).
     # tulip: its netif_rx site is under the #else of CONFIG_TULIP_NAPI, which Debian sets.
     # liquidio: its Makefile names objects through a variable, $(common-objs).
+    kernel = find_kernel("6.1")
     result = build_driver(BuildRequest(driver=driver, kernel=kernel, out_root=out_root, jobs=2))
     assert result.ok, result.report["verify"]
     hooks = next(c for c in result.report["verify"]["modules"][0]["checks"]
