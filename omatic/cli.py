@@ -705,8 +705,9 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     if args.emit:
         out.write(emit_github_actions([(k.release, k.suite or "bookworm") for k in kernels],
                                       drivers, args.lab))
-    lab = {d for d in drivers if d in manifests and manifests[d].nic_model} if args.lab \
-        else set()
+    # A driver the lab cannot prove (no_lab) still gets its lab cell: a skip saying why.
+    lab = {d for d in drivers if d in manifests
+           and (manifests[d].nic_model or manifests[d].no_lab)} if args.lab else set()
     run = MatrixRun(drivers=drivers, kernels=kernels, out_dir=Path(args.out), lab=lab,
                     known=known, per_kernel=per_kernel, hooks=args.hooks,
                     workers=args.jobs or os.cpu_count() or 1, force=args.force,
