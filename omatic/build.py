@@ -75,10 +75,14 @@ class BuildRequest:
     source_dir: Path | None = None
     #: Rebuild even when the output is up to date.
     force: bool = False
+    #: Build the driver as it is, without rewriting it: does it build out of tree at all?
+    #: (A matrix asks when the accelerated build failed.) Output: OUT/<release>/<driver>.vanilla.
+    vanilla: bool = False
 
     @property
     def out_dir(self) -> Path:
-        return self.out_root / self.kernel.release / self.driver
+        name = f"{self.driver}.vanilla" if self.vanilla else self.driver
+        return self.out_root / self.kernel.release / name
 
 
 @dataclass
@@ -163,10 +167,10 @@ def _stage(req: BuildRequest, dest: Path) -> DriverSource:
     return stage_from_tarball(tarball, req.driver, dest)
 
 
-def build_key(source: DriverSource, kmod: Path) -> str:
+def build_key(source: DriverSource, kmod: Path, vanilla: bool = False) -> str:
     """The hash of every input of a driver build; `kmod` is kmod_dir() of its kernel,
     whose name carries the PFQ module's and the kernel's hash."""
-    h = hashlib.sha256(__version__.encode())
+    h = hashlib.sha256(__version__.encode() + (b"\0vanilla" if vanilla else b""))
     h.update(source.digest().encode())
     hash_files(h, PATCHES_DIR, "*.toml")
     h.update(kmod.name.encode())
@@ -301,7 +305,7 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
                     raise NotConfiguredError(kernel=req.kernel.release, driver=req.driver,
                                              config=source.config)
                 kmod_cache = kmod_dir(req.kernel)
-                key = build_key(source, kmod_cache)
+                key = build_key(source, kmod_cache, req.vanilla)
             previous = out_dir / "report.json"
             if not req.force and previous.is_file():
                 with contextlib.suppress(ValueError, OSError):
@@ -311,9 +315,13 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
                                            modules=sorted(out_dir.glob("*.ko")))
             with timed("kmod"):
                 kmod = ensure_kmod(req.kernel, req.jobs, kmod_cache)
-            with timed("rewrite"):
-                rewrite = patch_tree(source.root, work / "accel", rules, jobs=req.jobs)
-                rewrite_json = rewrite.to_json("patch")
+            rewrite_json: dict[str, Any] = {"totals": {}, "sites": [], "files": []}
+            if req.vanilla:
+                shutil.copytree(source.root, work / "accel", symlinks=True)
+            else:
+                with timed("rewrite"):
+                    rewrite_json = patch_tree(source.root, work / "accel", rules,
+                                              jobs=req.jobs).to_json("patch")
             final = work / "final"
             final.mkdir()
             accel_dir = work / "accel" / source.dir
@@ -334,13 +342,14 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
                                  "a tristate option?); see the build log")
             with timed("verify"):
                 verdict = verify_modules(kos, req.kernel, kmod.symvers,
-                                         rewrite_report=rewrite_json)
+                                         rewrite_report=None if req.vanilla else rewrite_json)
             for ko in kos:
                 shutil.copy2(ko, final / ko.name)
-            shutil.copy2(work / "accel" / "omatic.patch", final / "omatic.patch")
+            if not req.vanilla:
+                shutil.copy2(work / "accel" / "omatic.patch", final / "omatic.patch")
             report = {
                 "tool": "pfq-omatic", "version": __version__, "key": key,
-                "driver": req.driver, "kernel": req.kernel.to_json(),
+                "driver": req.driver, "vanilla": req.vanilla, "kernel": req.kernel.to_json(),
                 "source": source.to_json(),
                 "kmod": {"dir": str(kmod.dir), "symvers": str(kmod.symvers)},
                 "modules": [ko.name for ko in kos],

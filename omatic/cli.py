@@ -171,7 +171,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
                            jobs=args.jobs or os.cpu_count() or 1,
                            kernel_tree=Path(args.kernel_tree) if args.kernel_tree else None,
                            source_dir=Path(args.source) if args.source else None,
-                           force=args.force)
+                           force=args.force, vanilla=args.vanilla)
         if args.dry_run:
             for line in dry_run_commands(req):
                 out.write(line + "\n")
@@ -195,9 +195,10 @@ def _print_build(result: Any, manifest: Any, out: TextIO) -> None:
     report = result.report
     totals = report["rewrite"]["totals"]
     state = "up to date" if result.up_to_date else "built"
+    what = ("as it is, not rewritten" if report.get("vanilla") else
+            f"{totals['sites']} site(s), {totals['by_action'].get('rewrite', 0)} rewritten")
     out.write(f"{report['driver']} for {report['kernel']['release']}: {state} in "
-              f"{result.out_dir} ({totals['sites']} site(s), "
-              f"{totals['by_action'].get('rewrite', 0)} rewritten)\n")
+              f"{result.out_dir} ({what})\n")
     for line in report_lines(report["verify"]):
         out.write(f"  {line}\n")
     if manifest is not None and manifest.limits:
@@ -583,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--source", metavar="DIR", help="an out-of-tree driver directory")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--vanilla", action="store_true",
+                   help="build the driver as it is, not rewritten (does it build out of tree?)"
+                        "; output: DIR/<kernel>/<driver>.vanilla/")
 
     p = add("dkms", cmd_dkms, "write a DKMS tree (and with --deb a Debian package) of pfq.ko "
                               "and accelerated drivers, verified before DKMS installs them")

@@ -325,3 +325,18 @@ def test_drivers_lists_what_the_kernel_builds_and_calls_an_entry_point(
     # ne2k-pci receives through 8390 and calls no entry point itself; a PTP clock is no NIC.
     assert "ne2k-pci" not in listed and "ptp_kvm" not in listed
     assert listed["e1000e"]["nic_model"] == "e1000e" and listed["8390"]["nic_model"] == ""
+
+
+@kbuild
+def test_vanilla_builds_the_driver_as_it_is(out_root: Path) -> None:
+    # What a matrix asks when an accelerated build fails: does the driver build out of tree
+    # at all, the same way?
+    kernel = find_kernel("6.1")
+    result = build_driver(BuildRequest(driver="e100", kernel=kernel, out_root=out_root,
+                                       jobs=2, vanilla=True))
+    assert result.ok and result.out_dir == out_root / kernel.release / "e100.vanilla"
+    assert result.report["vanilla"] and result.report["rewrite"]["sites"] == []
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["build.log", "e100.ko",
+                                                                "report.json"]
+    undefined = KernelModule(result.modules[0]).undefined()
+    assert "netif_receive_skb" in undefined and not any(s.startswith("pfq_") for s in undefined)

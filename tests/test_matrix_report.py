@@ -81,7 +81,8 @@ def test_matrix_json_round_trips(tmp_path: Path) -> None:
 def test_summary_counts_add_up(tmp_path: Path) -> None:
     write_outputs(sample_cells(), tmp_path, COMMAND, DATE)
     summary = json.loads((tmp_path / "matrix.json").read_text())["summary"]
-    assert summary == {"pass": 2, "fail": 2, "error": 1, "skip": 1, "expected": 1, "ok": False}
+    assert summary == {"pass": 2, "fail": 2, "error": 1, "skip": 1, "expected": 1,
+                       "vanilla_fails": 0, "ok": False}
     assert sum(summary[s] for s in ("pass", "fail", "error", "skip")) == 6
 
 
@@ -190,6 +191,18 @@ def test_markdown_table(tmp_path: Path) -> None:
     assert per_kernel.split() == ["-", f"{K61}:", "1", "of", "2", "pass", "(50.0%)",
                                   "-", f"{K612}:", "0", "of", "2", "pass", "(0.0%)",
                                   "-", f"{K72}:", "1", "of", "2", "pass", "(50.0%)"]
+
+
+def test_a_failure_the_vanilla_driver_shares_is_shown_and_not_fatal(tmp_path: Path) -> None:
+    cells = [cell("bnx9", K61, "fail", "fails the same without pfq-omatic: x.h: no such file"),
+             cell("e1000e", K61, "pass")]
+    cells[0].vanilla_fails = True
+    write_outputs(cells, tmp_path, COMMAND, DATE)
+    text = (tmp_path / "matrix.md").read_text()
+    assert table(text)[2] == ["bnx9", "fail (vanilla too) [1]"]
+    assert "1 fail (1 the same without pfq-omatic)" in text
+    assert exit_code(cells) == 0
+    assert read_cells(tmp_path)[0].vanilla_fails
 
 
 def test_markdown_keeps_a_reason_in_its_cell(tmp_path: Path) -> None:
