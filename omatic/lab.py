@@ -1,14 +1,17 @@
 """`pfq-omatic lab`: prove an accelerated driver in a QEMU guest booting Debian's kernel.
 
-One run: build (or reuse) pfq.ko and the accelerated driver, make an initramfs with
-busybox, those modules and the in-tree modules they need (never the in-tree copy of the
-driver), boot `/boot/vmlinuz-RELEASE` with the driver's NIC model on a dgram netdev bound
-to 127.0.0.1, and drive the guest's /init (templates/lab-init.sh.j2) over the serial
-console. For each phase the guest announces, the host injects frames (omatic.frames) and
-counts the guest's replies; the guest reports PFQ's counters, the NIC's rx_packets and
-the pcap stream. The host then checks:
+One run: build (or reuse) pfq.ko and the accelerated driver (with its companions, the
+modules that receive for it: 8390 for ne2k-pci), make an initramfs with busybox, those
+modules and the in-tree modules they need (never the in-tree copy of the driver), boot
+`/boot/vmlinuz-RELEASE` with the driver's NIC model on a dgram netdev bound to 127.0.0.1
+(in this machine's QEMU, or a kept system's when the model is newer than it), and drive
+the guest's /init (templates/lab-init.sh.j2) over the serial console. For each phase the
+guest announces, the host injects frames (omatic.frames) and counts the guest's replies;
+the guest reports PFQ's counters, the NIC's rx_packets and the pcap stream. The host then
+checks:
 
-- bind: the NIC is bound to our module (sysfs driver link, pfq holds it, same build id);
+- bind: the NIC is bound to our module (sysfs driver link, pfq holds it or the companions
+  that receive for it, same build id);
 - pass: every frame the NIC received crossed a hook, and ARP and ping are answered;
 - tap: the pcap holds exactly the frames sent, byte for byte, and replies still come;
 - capture: the pcap holds them and the guest answers nothing;
