@@ -37,7 +37,7 @@ from omatic.templates import render
 
 #: What a first read of a tarball keeps: drivers/net whole, and the Kbuild files of drivers/.
 _FIRST_READ = re.compile(r"drivers/(?:net/.*|.*/(?:Makefile|Kbuild))")
-_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
+_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*(?:"([^"]+)"|<([^>]+)>)', re.MULTILINE)
 _ASSIGN = re.compile(r"^([A-Za-z0-9_.$()-]+?)\s*(\+=|:=|\?=|=)\s*(.*)$")
 _CONFIG_REF = re.compile(r"^\$\((CONFIG_\w+)\)$")
 #: The version of what index_modules finds, in the name of its memo in the cache: a
@@ -378,9 +378,9 @@ class DriverSource:
 
 def _includes_closure(tree: Path, start: list[str], include_dirs: Sequence[str] = ()
                       ) -> list[str]:
-    """`start` plus every file they include with #include "..." that exists in the tree,
-    looked for as the compiler does: beside the including file, then in `include_dirs`
-    (the -I folders of the Makefile, kernel-relative)."""
+    """`start` plus every file they include that exists in the tree, looked for as the
+    compiler does: #include "..." beside the including file, then in `include_dirs` (the
+    -I folders of the Makefile, kernel-relative); #include <...> in `include_dirs` only."""
     seen: dict[str, None] = dict.fromkeys(start)
     queue = list(start)
     root = tree.resolve()
@@ -390,8 +390,12 @@ def _includes_closure(tree: Path, start: list[str], include_dirs: Sequence[str] 
         if path.suffix not in (".c", ".h", ".S"):
             continue
         for match in _INCLUDE.finditer(path.read_bytes()):
-            name = os.fsdecode(match[1])
-            for folder in (path.parent, *(tree / d for d in include_dirs)):
+            # "x.h" is looked for beside the file first; <x.h> only in the -I folders
+            # (mlx5_core's <steering/hws/fs_hws.h>), else it is the kernel's own.
+            quoted = match[1] is not None
+            name = os.fsdecode(match[1] if quoted else match[2])
+            beside = (path.parent,) if quoted else ()
+            for folder in (*beside, *(tree / d for d in include_dirs)):
                 target = (folder / name).resolve()
                 if target.is_file() and target.is_relative_to(root):
                     break

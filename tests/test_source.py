@@ -111,7 +111,11 @@ def test_include_folders_a_makefile_adds_under_srctree(tmp_path: Path) -> None:
         "drivers/net/fixinc/Makefile": INCLUDES,
         "drivers/net/fixinc/main.c": '#include "shared.h"\n',
         "drivers/net/fixinc/top.h": "", "drivers/net/fixinc/sub/part.h": '#include "top.h"\n',
-        "drivers/net/fixinc/sub/part.c": '#include "part.h"\n',
+        # mlx5_core's shape: <steering/...> is the driver's own, found through an -I folder;
+        # <linux/...> is the kernel's.
+        "drivers/net/fixinc/sub/part.c": ('#include "part.h"\n#include <linux/kernel.h>\n'
+                                          "#include <angle/deep.h>\n"),
+        "drivers/net/shared/angle/deep.h": "",
         "drivers/net/shared/shared.h": '#include "deeper.h"\n',
         "drivers/net/shared/deeper.h": "", "drivers/net/shared/unused.c": "",
     })
@@ -123,7 +127,8 @@ def test_include_folders_a_makefile_adds_under_srctree(tmp_path: Path) -> None:
     src = stage_from_tree(tree, "fixinc", tmp_path / "stage")
     assert src.include_dirs == ("drivers/net/fixinc", "drivers/net/shared",
                                 "drivers/net/fixinc/sub")
-    assert {"drivers/net/shared/shared.h", "drivers/net/shared/deeper.h"} <= set(src.files)
+    assert {"drivers/net/shared/shared.h", "drivers/net/shared/deeper.h",
+            "drivers/net/shared/angle/deep.h"} <= set(src.files)
     assert "drivers/net/shared/unused.c" not in src.files
 
 
