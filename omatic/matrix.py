@@ -214,14 +214,15 @@ def _run_cell(run: MatrixRun, driver: str, kernel: Kernel, procs: _Procs) -> Cel
                 continue
             status, reason = _classify(code, failure, log_path)
             if status == "fail" and argv[1] == "build":
-                # Ours, or the kernel's? The driver as it is, built the same way, says.
+                # The rewrite's fault? The driver staged and built the same way, not
+                # rewritten, says.
                 vanilla = [*argv, "--vanilla"]
                 log.write(f"$ {shlex.join(vanilla)}\n".encode())
                 log.flush()
                 failure.unlink(missing_ok=True)
                 if procs.run([sys.executable, "-m", "omatic", *vanilla[1:]], log, env) != 0:
                     vanilla_fails = True
-                    reason = f"fails the same without pfq-omatic: {reason}"
+                    reason = f"fails unrewritten too: {reason}"
             break
     failure.unlink(missing_ok=True)
     expected = next((k for k in run.known if k.matches(driver, kernel.release)), None)
