@@ -158,13 +158,18 @@ def _stage(req: BuildRequest, dest: Path) -> DriverSource:
         return stage_from_dir(req.source_dir, req.driver, dest)
     if req.kernel_tree is not None:
         return stage_from_tree(req.kernel_tree, req.driver, dest)
-    tarball = req.kernel.source_tarball
+    return stage_from_tarball(kernel_tarball(req.kernel, ", or pass --kernel-tree or --source"),
+                              req.driver, dest)
+
+
+def kernel_tarball(kernel: Kernel, hint: str = "") -> Path:
+    """Debian's linux-source tarball of `kernel`'s series; PathError if not installed."""
+    tarball = kernel.source_tarball
     if tarball is None:
-        raise PathError(f"no source tarball for kernel {req.kernel.release}; install the "
-                        f"Debian package linux-source-{req.kernel.series}, or pass "
-                        "--kernel-tree or --source",
-                        path=f"/usr/src/linux-source-{req.kernel.series}.tar.xz")
-    return stage_from_tarball(tarball, req.driver, dest)
+        raise PathError(f"no source tarball for kernel {kernel.release}; install the Debian "
+                        f"package linux-source-{kernel.series}{hint}",
+                        path=f"/usr/src/linux-source-{kernel.series}.tar.xz")
+    return tarball
 
 
 def build_key(source: DriverSource, kmod: Path, vanilla: bool = False) -> str:

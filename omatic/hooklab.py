@@ -62,10 +62,6 @@ class HookLabConfig:
     #: The test module's sources.
     source: Path = HOOKMOD_DIR
 
-    @property
-    def out_dir(self) -> Path:
-        return self.out_root / self.kernel.release / MODULE
-
 
 @dataclass
 class HookSession:

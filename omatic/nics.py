@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from omatic.drivers import Manifest, load_manifests
-from omatic.errors import PathError
 from omatic.kernel import Kernel
 from omatic.rules import load_rules
 from omatic.source import ModuleDef, TarballCache, module_files
@@ -67,12 +66,9 @@ def entry_point_pattern(release: str) -> re.Pattern[str]:
 
 def nic_drivers(kernel: Kernel) -> list[NicDriver]:
     """Every NIC driver `kernel` builds as a module, by name; see the module docstring."""
-    tarball = kernel.source_tarball
-    if tarball is None:
-        raise PathError(f"no source tarball for kernel {kernel.release}; install the Debian "
-                        f"package linux-source-{kernel.series}",
-                        path=f"/usr/src/linux-source-{kernel.series}.tar.xz")
-    cache = TarballCache(tarball)
+    from omatic.build import kernel_tarball
+
+    cache = TarballCache(kernel_tarball(kernel))
     config = kernel.config()
     calls = entry_point_pattern(kernel.release)
     manifests = {_normal(name): m for name, m in load_manifests().items()}
