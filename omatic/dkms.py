@@ -82,6 +82,9 @@ class PackagedDriver:
     rewritten: int
     #: The .c file that got our MODULE_VERSION.
     versioned: str
+    #: Folders its Makefile adds under $(srctree) (kernel-relative), which the tree's
+    #: Kbuild adds under the series instead: out of tree, $(srctree) is the headers.
+    include_dirs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -226,7 +229,8 @@ def _add_driver(series: Series, name: str, tree: Path, work: Path, rules: list[R
     series.drivers.append(PackagedDriver(name=name, dir=source.dir, config=source.config,
                                          sites=report["totals"]["sites"],
                                          rewritten=rewritten,
-                                         versioned=f"{source.dir}/{versioned}"))
+                                         versioned=f"{source.dir}/{versioned}",
+                                         include_dirs=source.include_dirs))
 
 
 def group_series(kernels: Sequence[Kernel]) -> list[Series]:

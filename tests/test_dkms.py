@@ -222,6 +222,21 @@ def test_an_existing_output_is_refused(tree: DkmsTree) -> None:
 
 
 @kbuild
+def test_the_include_folders_of_a_driver_s_makefile_reach_its_dkms_build(
+        tmp_path: Path) -> None:
+    """atlantic's hw_atl2/hw_atl2.h includes aq_common.h of the module's own folder, which
+    its Makefile adds as -I$(srctree)/$(src): out of tree, that is the headers package."""
+    kernel = find_kernel("6.1")
+    tree = write_tree(["atlantic"], [kernel], tmp_path / "pfq-omatic-0.1.0", command="test")
+    [driver] = tree.series[0].drivers
+    assert driver.include_dirs == ("drivers/net/ethernet/aquantia/atlantic",)
+    run = subprocess.run(["make", "-j2", f"KDIR={kernel.build_dir}"], cwd=tree.path,
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert sorted(ko.name for ko in tree.path.rglob("*.ko")) == ["atlantic.ko", "pfq.ko"]
+
+
+@kbuild
 @pytest.mark.parametrize("series", KERNEL_SERIES)
 def test_the_tree_builds_in_one_run_and_the_check_passes_then_catches_a_bad_crc(
         tree: DkmsTree, series: str, tmp_path: Path,
