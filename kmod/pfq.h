@@ -11,16 +11,21 @@
 #ifndef _PFQ_H
 #define _PFQ_H
 
+#include <linux/bitmap.h>
 #include <linux/hashtable.h>
 #include <linux/ktime.h>
 #include <linux/list.h>
+#include <linux/mutex.h>
 #include <linux/netdevice.h>
 #include <linux/percpu.h>
 #include <linux/proc_fs.h>
 #include <linux/rcupdate.h>
+#include <linux/seq_file.h>
 #include <linux/skbuff.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
+#include <linux/wait.h>
+#include <pfq/uapi.h>
 
 #ifndef PFQ_PROBES_WORK
 #error "kmod/probes/netif_rx.c did not compile: the feature probes in Kbuild are broken"
@@ -97,6 +102,54 @@ struct pfq_dev {
 	struct pfq_ring __rcu *ring;	/* non-NULL in tap and capture */
 	struct pfq_pcpu __percpu *stats;
 	struct proc_dir_entry *pcap;	/* /proc/net/pfq/pcap/<name> */
+	/* Groups bound to the device (bit g: group g), RTNL + pfq_groups_mutex to change,
+	 * READ_ONCE in the hooks; and each one's rx queue, -1 for every queue. */
+	u64 groups;
+	s32 group_queue[PFQ_GROUPS];
+};
+
+/*
+ * An endpoint: one open file of /dev/pfq, with its own ring (struct pfq_ring_head and
+ * slots in one vmalloc_user() area, mmap-able). The hooks are its producers, under
+ * @lock; the reader consumes through mmap (tail in the shared page) or read().
+ */
+struct pfq_endpoint {
+	spinlock_t lock;		/* producers: @khead, @stats, slot contents */
+	struct mutex mutex;		/* ring allocation, read() consumers */
+	struct pfq_ring_head *ring;	/* NULL until sized or first used */
+	size_t ring_size;		/* bytes of the area, page aligned */
+	/* The ring's geometry as the kernel trusts it: the shared page is user memory. */
+	u32 slots, slot_size, caplen;
+	u8 *slot0;
+	u64 khead;			/* frames published: the kernel's own copy */
+	wait_queue_head_t wait;
+	struct net *net;		/* the opener's namespace (a reference) */
+	int group;			/* -1 when in none; pfq_groups_mutex */
+	u32 id;				/* for /proc/net/pfq/endpoints */
+	pid_t pid;			/* of the opener */
+	struct list_head node;		/* in pfq_endpoints, pfq_groups_mutex */
+	u64 received, delivered, dropped;	/* under @lock */
+};
+
+/* A group's configuration: replaced whole (RCU) on every change, never modified. */
+struct pfq_group_conf {
+	struct rcu_head rcu;
+	u32 steer;			/* enum pfq_steer */
+	struct bpf_prog *prog;		/* classic BPF, NULL: every frame passes */
+	u32 prog_len;			/* its instructions, for /proc */
+	bool vlan_enabled;
+	bool vlan_untagged;
+	DECLARE_BITMAP(vids, PFQ_VLAN_IDS);
+	u32 n;				/* endpoints in @ep */
+	struct pfq_endpoint *ep[PFQ_GROUP_ENDPOINTS];
+};
+
+/* One CPU's counters of one group: received = filtered + delivered + dropped. */
+struct pfq_group_counters {
+	u64 received;	/* frames of its devices (and queues) it looked at */
+	u64 filtered;	/* refused by its VLAN or BPF filter */
+	u64 delivered;	/* put in the ring of at least one endpoint */
+	u64 dropped;	/* taken by no endpoint: rings full, or no endpoint */
 };
 
 /* pfq_main.c */
@@ -115,6 +168,29 @@ void pfq_ring_free(struct pfq_ring *ring);
 bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset);
 bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out);
 u32 pfq_ring_count(struct pfq_ring *ring);
+
+/* pfq_ring.c, also for endpoints */
+int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen);
+u32 pfq_frame_len(const struct sk_buff *skb, int offset);
+
+/* pfq_group.c */
+extern struct mutex pfq_groups_mutex;
+extern struct list_head pfq_endpoints;
+int pfq_groups_init(void);
+void pfq_groups_exit(void);
+bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset);
+int pfq_group_join(struct pfq_endpoint *ep, u32 group);
+void pfq_group_leave(struct pfq_endpoint *ep);
+int pfq_group_bind(struct pfq_endpoint *ep, const struct pfq_bind *bind, bool on);
+int pfq_group_steer(struct pfq_endpoint *ep, u32 steer);
+int pfq_group_filter(struct pfq_endpoint *ep, const struct pfq_filter *filter);
+int pfq_group_vlan(struct pfq_endpoint *ep, const struct pfq_vlan *vlan);
+void pfq_groups_show(struct seq_file *m);
+
+/* pfq_endpoint.c */
+int pfq_endpoint_init(void);
+void pfq_endpoint_exit(void);
+bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap);
 
 /* pfq_proc.c */
 int pfq_proc_init(void);

@@ -45,14 +45,19 @@ static int pfq_mac_offset(const struct sk_buff *skb)
 	return skb_mac_header_was_set(skb) ? min(skb_mac_offset(skb), 0) : 0;
 }
 
-/* Count the frame and copy it as the mode says. Caller holds rcu_read_lock(). */
+/*
+ * Count the frame and copy it as the mode says: in tap and capture to the device's
+ * ring and to the groups bound to the device. Caller holds rcu_read_lock().
+ */
 static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
-			       const struct sk_buff *skb, int offset)
+			       struct sk_buff *skb, int offset)
 {
 	struct pfq_counters __percpu *c = &pd->stats->hook[hook];
 	int mode = READ_ONCE(pd->mode);
 	struct pfq_ring *ring;
 	bool stored = false;
+	bool taken = false;
+	u64 groups;
 
 	this_cpu_inc(c->packets);
 	this_cpu_add(c->bytes, skb->len - offset);
@@ -67,14 +72,18 @@ static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
 		this_cpu_inc(c->captured);
 	else
 		this_cpu_inc(c->dropped);
+	/* Each group's queue is written before its bit (pfq_group_bind()). */
+	groups = smp_load_acquire(&pd->groups);
+	if (groups)
+		taken = pfq_groups_rx(pd, groups, skb, offset);
 	if (mode == PFQ_CAPTURE)
-		return stored ? PFQ_KEPT : PFQ_DROP;
+		return stored || taken ? PFQ_KEPT : PFQ_DROP;
 	this_cpu_inc(c->to_stack);
 	return PFQ_TO_STACK;
 }
 
 static enum pfq_verdict pfq_rx_dev(const struct net_device *dev, enum pfq_hook hook,
-				   const struct sk_buff *skb, int offset)
+				   struct sk_buff *skb, int offset)
 {
 	enum pfq_verdict verdict = PFQ_TO_STACK;
 	struct pfq_dev *pd;

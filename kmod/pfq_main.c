@@ -196,24 +196,38 @@ static int __init pfq_init(void)
 		pr_err("snaplen=%u is out of range (64..65535)\n", pfq_snaplen);
 		return -EINVAL;
 	}
-	err = pfq_proc_init();
+	err = pfq_groups_init();
 	if (err)
 		return err;
+	err = pfq_proc_init();
+	if (err)
+		goto groups;
 	/* Replays NETDEV_REGISTER for the devices that already exist. */
 	err = register_netdevice_notifier(&pfq_netdev_notifier);
-	if (err) {
-		pfq_proc_exit();
-		return err;
-	}
+	if (err)
+		goto proc;
+	err = pfq_endpoint_init();
+	if (err)
+		goto notifier;
 	pr_info("loaded: ring_slots=%u snaplen=%u\n", pfq_ring_slots, pfq_snaplen);
 	return 0;
+notifier:
+	unregister_netdevice_notifier(&pfq_netdev_notifier);
+proc:
+	pfq_proc_exit();
+groups:
+	pfq_groups_exit();
+	return err;
 }
 
 static void __exit pfq_exit(void)
 {
+	/* No endpoint is open (each holds a reference on the module): no group is in use. */
+	pfq_endpoint_exit();
 	/* Replays NETDEV_UNREGISTER: frees every device's state, ring and pcap file. */
 	unregister_netdevice_notifier(&pfq_netdev_notifier);
 	pfq_proc_exit();
+	pfq_groups_exit();
 	WARN_ON(!list_empty(&pfq_dev_list));
 	pr_info("unloaded\n");
 }

@@ -4,6 +4,7 @@
  *   stats         one line per device and hook: key=value counters
  *   control       write "<device> <pass|tap|capture>"; read: one line per device
  *   pcap/<device> read: a pcap stream (Ethernet, microseconds) that drains the ring
+ *   groups        one line per group that has endpoints, then one per endpoint
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -76,6 +77,12 @@ static int pfq_stats_show(struct seq_file *m, void *v)
 		}
 	}
 	rtnl_unlock();
+	return 0;
+}
+
+static int pfq_groups_file_show(struct seq_file *m, void *v)
+{
+	pfq_groups_show(m);
 	return 0;
 }
 
@@ -287,6 +294,7 @@ int pfq_proc_init(void)
 	pfq_pcap_dir = proc_mkdir("pcap", pfq_proc_dir);
 	if (!pfq_pcap_dir ||
 	    !proc_create_single("stats", 0444, pfq_proc_dir, pfq_stats_show) ||
+	    !proc_create_single("groups", 0444, pfq_proc_dir, pfq_groups_file_show) ||
 	    !proc_create("control", 0644, pfq_proc_dir, &pfq_control_ops)) {
 		proc_remove(pfq_proc_dir);
 		return -ENOMEM;

@@ -52,7 +52,7 @@ static struct pfq_slot *pfq_ring_slot(struct pfq_ring *ring, u32 index)
  * putting back the 802.1Q tag a NIC stripped into skb metadata, as AF_PACKET does, so
  * the capture shows the frame as it was on the wire.
  */
-static int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
+int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
 {
 	const u32 macs = 2 * ETH_ALEN;
 	__be16 tag[2] = { skb->vlan_proto, htons(skb_vlan_tag_get(skb)) };
@@ -67,6 +67,16 @@ static int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 cap
 			     caplen - macs - VLAN_HLEN);
 }
 
+/* The frame's length on the wire: from the Ethernet header on, with a stripped tag. */
+u32 pfq_frame_len(const struct sk_buff *skb, int offset)
+{
+	u32 len = skb->len - offset;
+
+	if (skb_vlan_tag_present(skb) && len >= 2 * ETH_ALEN)
+		len += VLAN_HLEN;
+	return len;
+}
+
 /*
  * Store a copy of the frame starting @offset bytes from skb->data (negative when the
  * MAC header has been pulled). Returns false when the ring is full or the skb is
@@ -74,16 +84,12 @@ static int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 cap
  */
 bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset)
 {
-	u32 len = skb->len - offset;
+	u32 len = pfq_frame_len(skb, offset);
 	ktime_t now = ktime_get_real();
+	u32 caplen = min(len, ring->snaplen);
 	struct pfq_slot *slot;
 	unsigned long flags;
 	bool stored = false;
-	u32 caplen;
-
-	if (skb_vlan_tag_present(skb) && len >= 2 * ETH_ALEN)
-		len += VLAN_HLEN;
-	caplen = min(len, ring->snaplen);
 
 	spin_lock_irqsave(&ring->lock, flags);
 	if (ring->tail - ring->head < ring->slots) {

@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * /dev/pfq: every open file is an endpoint (include/pfq/uapi.h has the interface).
+ *
+ * The ring of an endpoint is one vmalloc_user() area: a page of struct pfq_ring_head,
+ * then the slots. It is made on the first PFQ_IOC_RING, join, mmap() or read(), and
+ * keeps its size from then on, so the hooks and a mapping never see it move. The
+ * hooks publish under the endpoint's spinlock and never wait: when the reader's tail
+ * is a whole ring behind (or is nonsense: it is user memory), the frame is dropped
+ * and counted. The kernel's own count of published frames (khead) is what it trusts;
+ * the shared head is only a copy for the reader.
+ *
+ * Opening needs CAP_NET_RAW in the opener's network namespace, as an AF_PACKET socket
+ * does; closing leaves the group first and waits for the hooks that could still see
+ * the endpoint, so no frame is ever delivered to a closed one.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/capability.h>
+#include <linux/fs.h>
+#include <linux/if_vlan.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/nsproxy.h>
+#include <linux/poll.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+#include <net/net_namespace.h>
+
+#include "pfq.h"
+
+/* The largest ring an endpoint may ask for: what one vmalloc area should hold. */
+#define PFQ_RING_MAX_BYTES	(1ULL << 30)
+
+static atomic_t pfq_endpoint_ids = ATOMIC_INIT(0);
+
+static size_t pfq_slot_size(u32 caplen)
+{
+	return ALIGN(sizeof(struct pfq_frame) + caplen, 8);
+}
+
+/* Make the ring of @ep with @info's sizes (0: the module's). Caller holds ep->mutex. */
+static int pfq_endpoint_make_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info)
+{
+	u32 slots = info->slots ?: pfq_ring_slots;
+	u32 caplen = info->caplen ?: pfq_snaplen;
+	struct pfq_ring_head *ring;
+	u64 bytes;
+
+	if (slots > (1U << 20) || caplen < 64 || caplen > 65535) {
+		pr_warn("endpoint %u: ring of %u slots of %u bytes is out of range (1..1048576 slots, 64..65535 bytes)\n",
+			ep->id, slots, caplen);
+		return -EINVAL;
+	}
+	bytes = PAGE_SIZE + (u64)slots * pfq_slot_size(caplen);
+	if (bytes > PFQ_RING_MAX_BYTES) {
+		pr_warn("endpoint %u: a ring of %llu bytes is more than %llu\n", ep->id, bytes,
+			PFQ_RING_MAX_BYTES);
+		return -EINVAL;
+	}
+	ring = vmalloc_user(PAGE_ALIGN(bytes));
+	if (!ring)
+		return -ENOMEM;
+	ring->magic = PFQ_RING_MAGIC;
+	ring->version = 1;
+	ring->slots = slots;
+	ring->slot_size = pfq_slot_size(caplen);
+	ring->caplen = caplen;
+	ring->data_offset = PAGE_SIZE;
+	ep->ring_size = PAGE_ALIGN(bytes);
+	ep->slots = slots;
+	ep->slot_size = pfq_slot_size(caplen);
+	ep->caplen = caplen;
+	ep->slot0 = (u8 *)ring + PAGE_SIZE;
+	/* Complete before poll() or a hook can see it. */
+	smp_store_release(&ep->ring, ring);
+	return 0;
+}
+
+/* The ring of @ep, made with the module's sizes when it has none yet. */
+static int pfq_endpoint_ensure_ring(struct pfq_endpoint *ep)
+{
+	struct pfq_ring_info info = {};
+	int err = 0;
+
+	mutex_lock(&ep->mutex);
+	if (!ep->ring)
+		err = pfq_endpoint_make_ring(ep, &info);
+	mutex_unlock(&ep->mutex);
+	return err;
+}
+
+static void pfq_endpoint_ring_info(const struct pfq_endpoint *ep, struct pfq_ring_info *info)
+{
+	info->slots = ep->slots;
+	info->caplen = ep->caplen;
+	info->slot_size = ep->slot_size;
+	info->data_offset = ep->slot0 - (u8 *)ep->ring;
+	info->mmap_size = ep->ring_size;
+}
+
+static int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info)
+{
+	int err = 0;
+
+	mutex_lock(&ep->mutex);
+	if (!ep->ring) {
+		err = pfq_endpoint_make_ring(ep, info);
+	} else if ((info->slots && info->slots != ep->slots) ||
+		   (info->caplen && info->caplen != ep->caplen)) {
+		/* It may be mapped, and hooks may be filling it: it keeps its size. */
+		err = -EBUSY;
+	}
+	if (!err)
+		pfq_endpoint_ring_info(ep, info);
+	mutex_unlock(&ep->mutex);
+	return err;
+}
+
+/*
+ * Copy the frame (from @offset bytes off skb->data, see pfq_ring_put()) into the next
+ * slot, at most @snap bytes (what the group's BPF program kept). False when the ring
+ * is full. Any context; the caller holds rcu_read_lock(), which keeps @ep alive.
+ */
+bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap)
+{
+	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
+	u32 len = pfq_frame_len(skb, offset);
+	struct pfq_frame *frame;
+	unsigned long flags;
+	bool stored = false;
+	u32 caplen;
+
+	if (unlikely(!ring))
+		return false;
+	caplen = min3(len, ep->caplen, snap);
+	spin_lock_irqsave(&ep->lock, flags);
+	ep->received++;
+	if (ep->khead - READ_ONCE(ring->tail) < ep->slots) {
+		frame = (struct pfq_frame *)(ep->slot0 +
+					     (size_t)(ep->khead % ep->slots) * ep->slot_size);
+		if (!pfq_copy_frame(skb, offset, (u8 *)(frame + 1), caplen)) {
+			frame->tstamp_ns = ktime_get_real_ns();
+			frame->len = len;
+			frame->caplen = caplen;
+			frame->ifindex = skb->dev ? skb->dev->ifindex : 0;
+			frame->queue = skb_rx_queue_recorded(skb) ? skb_get_rx_queue(skb) : 0;
+			frame->vlan_tci = skb_vlan_tag_present(skb) ? skb_vlan_tag_get(skb) : 0;
+			ep->khead++;
+			/* The slot before the head that makes it visible. */
+			smp_store_release(&ring->head, ep->khead);
+			stored = true;
+		}
+	}
+	if (stored)
+		ep->delivered++;
+	else
+		ep->dropped++;
+	spin_unlock_irqrestore(&ep->lock, flags);
+	if (stored && wq_has_sleeper(&ep->wait))
+		wake_up_interruptible(&ep->wait);
+	return stored;
+}
+
+static bool pfq_endpoint_readable(struct pfq_endpoint *ep)
+{
+	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
+
+	return ring && smp_load_acquire(&ring->head) != READ_ONCE(ring->tail);
+}
+
+static int pfq_open(struct inode *inode, struct file *file)
+{
+	struct net *net = current->nsproxy->net_ns;
+	struct pfq_endpoint *ep;
+
+	if (!ns_capable(net->user_ns, CAP_NET_RAW))
+		return -EPERM;
+	ep = kzalloc(sizeof(*ep), GFP_KERNEL);
+	if (!ep)
+		return -ENOMEM;
+	spin_lock_init(&ep->lock);
+	mutex_init(&ep->mutex);
+	init_waitqueue_head(&ep->wait);
+	ep->net = get_net(net);
+	ep->group = -1;
+	ep->id = atomic_inc_return(&pfq_endpoint_ids);
+	ep->pid = task_tgid_vnr(current);
+	mutex_lock(&pfq_groups_mutex);
+	list_add_tail(&ep->node, &pfq_endpoints);
+	mutex_unlock(&pfq_groups_mutex);
+	file->private_data = ep;
+	return nonseekable_open(inode, file);
+}
+
+static int pfq_release(struct inode *inode, struct file *file)
+{
+	struct pfq_endpoint *ep = file->private_data;
+
+	/* Out of its group, and every hook that could still see it gone, first. */
+	pfq_group_leave(ep);
+	mutex_lock(&pfq_groups_mutex);
+	list_del(&ep->node);
+	mutex_unlock(&pfq_groups_mutex);
+	vfree(ep->ring);
+	put_net(ep->net);
+	kfree(ep);
+	return 0;
+}
+
+static int pfq_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct pfq_endpoint *ep = file->private_data;
+	int err = pfq_endpoint_ensure_ring(ep);
+
+	if (err)
+		return err;
+	if (vma->vm_pgoff || vma->vm_end - vma->vm_start > ep->ring_size)
+		return -EINVAL;
+	return remap_vmalloc_range(vma, ep->ring, 0);
+}
+
+/*
+ * Whole records (struct pfq_frame, then caplen bytes), as many as fit in @count; waits
+ * for the first unless O_NONBLOCK. The tail is the one mmap() readers move: a reader
+ * uses one way or the other.
+ */
+static ssize_t pfq_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
+{
+	struct pfq_endpoint *ep = file->private_data;
+	struct pfq_ring_head *ring;
+	struct pfq_frame *frame;
+	size_t done = 0, size;
+	u64 tail, head;
+	int err;
+
+	err = pfq_endpoint_ensure_ring(ep);
+	if (err)
+		return err;
+	ring = ep->ring;
+	if (count < sizeof(*frame) + ep->caplen)
+		return -EINVAL;
+	while (!pfq_endpoint_readable(ep)) {
+		if (file->f_flags & O_NONBLOCK)
+			return -EAGAIN;
+		if (wait_event_interruptible(ep->wait, pfq_endpoint_readable(ep)))
+			return -ERESTARTSYS;
+	}
+	if (mutex_lock_interruptible(&ep->mutex))
+		return -ERESTARTSYS;
+	tail = READ_ONCE(ring->tail);
+	/* The kernel's own count, not the shared copy; the lock orders the slots. */
+	spin_lock_irq(&ep->lock);
+	head = ep->khead;
+	spin_unlock_irq(&ep->lock);
+	while (tail != head && head - tail <= ep->slots) {
+		frame = (struct pfq_frame *)(ep->slot0 + (size_t)(tail % ep->slots) * ep->slot_size);
+		size = sizeof(*frame) + min(frame->caplen, ep->caplen);
+		if (done + size > count)
+			break;
+		if (copy_to_user(buf + done, frame, size)) {
+			err = -EFAULT;
+			break;
+		}
+		done += size;
+		tail++;
+		/* The slot is read before the producer may take it back. */
+		smp_store_release(&ring->tail, tail);
+	}
+	mutex_unlock(&ep->mutex);
+	return done ?: err;
+}
+
+static __poll_t pfq_poll(struct file *file, poll_table *wait)
+{
+	struct pfq_endpoint *ep = file->private_data;
+
+	poll_wait(file, &ep->wait, wait);
+	return pfq_endpoint_readable(ep) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
+/* The argument of an ioctl that passes one in, copied in whole. */
+static int pfq_ioctl_in(void *to, const void __user *from, unsigned int cmd)
+{
+	return copy_from_user(to, from, _IOC_SIZE(cmd)) ? -EFAULT : 0;
+}
+
+static long pfq_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct pfq_endpoint *ep = file->private_data;
+	void __user *uarg = (void __user *)arg;
+	struct pfq_endpoint_stats stats = {};
+	struct pfq_filter filter;
+	struct pfq_ring_info ring;
+	struct pfq_bind bind;
+	struct pfq_vlan *vlan;
+	u32 value;
+	int err;
+
+	switch (cmd) {
+	case PFQ_IOC_RING:
+		err = pfq_ioctl_in(&ring, uarg, cmd) ?: pfq_endpoint_ring(ep, &ring);
+		if (!err && copy_to_user(uarg, &ring, sizeof(ring)))
+			err = -EFAULT;
+		return err;
+	case PFQ_IOC_JOIN:
+		err = pfq_ioctl_in(&value, uarg, cmd);
+		/* A member needs its ring; a refused group id makes none. */
+		if (!err && value < PFQ_GROUPS)
+			err = pfq_endpoint_ensure_ring(ep);
+		return err ?: pfq_group_join(ep, value);
+	case PFQ_IOC_LEAVE:
+		pfq_group_leave(ep);
+		return 0;
+	case PFQ_IOC_BIND:
+	case PFQ_IOC_UNBIND:
+		return pfq_ioctl_in(&bind, uarg, cmd) ?:
+			pfq_group_bind(ep, &bind, cmd == PFQ_IOC_BIND);
+	case PFQ_IOC_STEER:
+		return pfq_ioctl_in(&value, uarg, cmd) ?: pfq_group_steer(ep, value);
+	case PFQ_IOC_FILTER:
+		return pfq_ioctl_in(&filter, uarg, cmd) ?: pfq_group_filter(ep, &filter);
+	case PFQ_IOC_VLAN:
+		vlan = memdup_user(uarg, sizeof(*vlan));
+		if (IS_ERR(vlan))
+			return PTR_ERR(vlan);
+		err = pfq_group_vlan(ep, vlan);
+		kfree(vlan);
+		return err;
+	case PFQ_IOC_STATS:
+		spin_lock_irq(&ep->lock);
+		stats.received = ep->received;
+		stats.delivered = ep->delivered;
+		stats.dropped = ep->dropped;
+		spin_unlock_irq(&ep->lock);
+		stats.group = READ_ONCE(ep->group);
+		return copy_to_user(uarg, &stats, sizeof(stats)) ? -EFAULT : 0;
+	}
+	pr_warn("endpoint %u: unknown ioctl 0x%x\n", ep->id, cmd);
+	return -ENOTTY;
+}
+
+static const struct file_operations pfq_fops = {
+	.owner = THIS_MODULE,
+	.open = pfq_open,
+	.release = pfq_release,
+	.mmap = pfq_mmap,
+	.read = pfq_read,
+	.poll = pfq_poll,
+	.unlocked_ioctl = pfq_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+/* World-usable node: who may capture is decided by CAP_NET_RAW at open, not by mode. */
+static struct miscdevice pfq_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "pfq",
+	.fops = &pfq_fops,
+	.mode = 0666,
+};
+
+int pfq_endpoint_init(void)
+{
+	return misc_register(&pfq_misc);
+}
+
+void pfq_endpoint_exit(void)
+{
+	misc_deregister(&pfq_misc);
+}
