@@ -20,6 +20,14 @@
  * Results are KTAP (Documentation/dev-tools/ktap.rst), one subtest per entry point, kept
  * in /proc/pfq_hooktest and written to the kernel log. Parameter `slots` must be pfq.ko's
  * ring_slots.
+ *
+ * Then it is a frame source for user space: a write to /proc/pfq_hooktest_inject is a
+ * device name (16 bytes, NUL padded), then frames, each a little-endian u16 length, a
+ * u16 receive queue (0xffff: none recorded) and the frame from its Ethernet header on.
+ * They are fed through that device's entry point from its NAPI poll, the write returns
+ * when all were, and a read says what the last injection did:
+ * `dev=hk-gro frames=256 ns=1834000 stack=256` (ns: time to feed them all; stack:
+ * frames that reached the stack).
  */
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -96,9 +104,25 @@ struct hk_dev {
 	int want, ret_other;
 	/* What reached the stack. */
 	atomic_t stack, stack_bad;
+	/* Frames from user space (/proc/pfq_hooktest_inject), fed instead of the pattern;
+	 * once there have been some, what reaches the stack is counted, not checked. */
+	struct hk_frame *inject;
+	bool injected;
+};
+
+/* One injected frame: its bytes are at data + offset. */
+struct hk_frame {
+	u16 len, queue;
+	const u8 *data;
 };
 
 static struct hk_dev *hk_devs[HK_N];
+static struct proc_dir_entry *inject_proc;
+static DEFINE_MUTEX(inject_mutex);
+/* The last injection, for reads of /proc/pfq_hooktest_inject. */
+static struct hk_dev *inject_dev;
+static unsigned int inject_frames;
+static u64 inject_ns;
 static char *ktap;
 static size_t ktap_len;
 static struct proc_dir_entry *ktap_proc;
@@ -155,6 +179,11 @@ static int hk_stack_rcv(struct sk_buff *skb, struct net_device *dev,
 	unsigned int len = skb->len + ETH_HLEN;
 	u8 buf[FRAME_MIN + 40];
 
+	if (READ_ONCE(hd->injected)) {
+		atomic_inc(&hd->stack);
+		consume_skb(skb);
+		return NET_RX_SUCCESS;
+	}
 	if (len > sizeof(buf) || len < ETH_HLEN + 4 || !skb_mac_header_was_set(skb) ||
 	    (memcpy(buf, skb_mac_header(skb), ETH_HLEN),
 	     skb_copy_bits(skb, 0, buf + ETH_HLEN, skb->len)) ||
@@ -167,13 +196,35 @@ static int hk_stack_rcv(struct sk_buff *skb, struct net_device *dev,
 
 /* --- the "driver": feeding frames from NAPI poll ------------------------------------- */
 
+/* Frame `seq`: the pattern, or the seq-th injected frame (with its receive queue). */
+static unsigned int hk_frame(struct hk_dev *hd, unsigned int seq, u8 *to)
+{
+	const struct hk_frame *f;
+
+	if (!hd->inject) {
+		frame_fill(to, hd->dev, hd->entry, seq);
+		return frame_len(seq);
+	}
+	f = &hd->inject[seq];
+	memcpy(to, f->data, f->len);
+	return f->len;
+}
+
+static void hk_queue(struct hk_dev *hd, struct sk_buff *skb, unsigned int seq)
+{
+	if (hd->inject && hd->inject[seq].queue != 0xffff)
+		skb_record_rx_queue(skb, hd->inject[seq].queue);
+}
+
 static struct sk_buff *hk_skb(struct hk_dev *hd, unsigned int seq)
 {
-	struct sk_buff *skb = netdev_alloc_skb(hd->dev, FRAME_MIN + 40);
+	unsigned int size = hd->inject ? hd->inject[seq].len : FRAME_MIN + 40;
+	struct sk_buff *skb = netdev_alloc_skb(hd->dev, size);
 
 	if (!skb)
 		return NULL;
-	frame_fill(skb_put(skb, frame_len(seq)), hd->dev, hd->entry, seq);
+	skb_put(skb, hk_frame(hd, seq, skb->data));
+	hk_queue(hd, skb, seq);
 	skb->protocol = eth_type_trans(skb, hd->dev);
 	return skb;
 }
@@ -183,14 +234,15 @@ static bool hk_frags(struct hk_dev *hd, unsigned int seq)
 {
 	struct sk_buff *skb = napi_get_frags(&hd->napi);
 	struct page *page;
-	unsigned int len = frame_len(seq);
+	unsigned int len;
 
 	if (!skb)
 		return false;
 	page = dev_alloc_page();
 	if (!page)
 		return false;
-	frame_fill(page_address(page), hd->dev, hd->entry, seq);
+	len = hk_frame(hd, seq, page_address(page));
+	hk_queue(hd, skb, seq);
 	skb_fill_page_desc(skb, 0, page, 0, len);
 	skb->len += len;
 	skb->data_len += len;
@@ -546,6 +598,106 @@ static void hk_run(void)
 	vfree(buf);
 }
 
+/* --- frames from user space ------------------------------------------------------------ */
+
+#define INJECT_MAX_LEN 2048
+#define INJECT_MAX_BYTES (16 << 20)
+
+/* The frames of a write: count them (@frames NULL) or fill @frames; -EINVAL if bad. */
+static int hk_inject_parse(const u8 *data, size_t size, struct hk_frame *frames)
+{
+	size_t at = IFNAMSIZ;
+	unsigned int n = 0, len;
+
+	while (at + 4 <= size) {
+		len = get_unaligned_le16(data + at);
+		if (len < ETH_HLEN || len > INJECT_MAX_LEN || at + 4 + len > size)
+			return -EINVAL;
+		if (frames) {
+			frames[n].len = len;
+			frames[n].queue = get_unaligned_le16(data + at + 2);
+			frames[n].data = data + at + 4;
+		}
+		n++;
+		at += 4 + len;
+	}
+	return at == size && n ? n : -EINVAL;
+}
+
+static ssize_t hk_inject_write(struct file *file, const char __user *from, size_t count,
+			       loff_t *ppos)
+{
+	struct hk_frame *frames = NULL;
+	struct hk_dev *hd = NULL;
+	char name[IFNAMSIZ];
+	ktime_t start;
+	int n, e;
+	bool fed;
+	u8 *data;
+
+	if (count <= IFNAMSIZ || count > INJECT_MAX_BYTES)
+		return -EINVAL;
+	data = vmemdup_user(from, count);
+	if (IS_ERR(data))
+		return PTR_ERR(data);
+	memcpy(name, data, IFNAMSIZ);
+	name[IFNAMSIZ - 1] = '\0';
+	for (e = 0; e < HK_N; e++)
+		if (!strcmp(hk_devs[e]->dev->name, name))
+			hd = hk_devs[e];
+	n = hk_inject_parse(data, count, NULL);
+	if (!hd || n < 0) {
+		kvfree(data);
+		return hd ? n : -ENODEV;
+	}
+	frames = kvmalloc_array(n, sizeof(*frames), GFP_KERNEL);
+	if (!frames) {
+		kvfree(data);
+		return -ENOMEM;
+	}
+	hk_inject_parse(data, count, frames);
+	mutex_lock(&inject_mutex);
+	WRITE_ONCE(hd->injected, true);
+	atomic_set(&hd->stack, 0);
+	hd->inject = frames;
+	hd->next = 0;
+	hd->count = n;
+	reinit_completion(&hd->done);
+	start = ktime_get();
+	fed = hk_feed(hd);
+	inject_ns = ktime_to_ns(ktime_sub(ktime_get(), start));
+	inject_dev = hd;
+	inject_frames = n;
+	hd->inject = NULL;
+	mutex_unlock(&inject_mutex);
+	kvfree(frames);
+	kvfree(data);
+	return fed ? count : -ETIMEDOUT;
+}
+
+static int hk_inject_show(struct seq_file *m, void *v)
+{
+	mutex_lock(&inject_mutex);
+	if (inject_dev)
+		seq_printf(m, "dev=%s frames=%u ns=%llu stack=%d\n", inject_dev->dev->name,
+			   inject_frames, inject_ns, atomic_read(&inject_dev->stack));
+	mutex_unlock(&inject_mutex);
+	return 0;
+}
+
+static int hk_inject_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, hk_inject_show, NULL);
+}
+
+static const struct proc_ops hk_inject_ops = {
+	.proc_open = hk_inject_open,
+	.proc_read = seq_read,
+	.proc_write = hk_inject_write,
+	.proc_lseek = seq_lseek,
+	.proc_release = single_release,
+};
+
 /* --- set-up and tear-down -------------------------------------------------------------- */
 
 static int hk_ktap_show(struct seq_file *m, void *v)
@@ -647,12 +799,14 @@ static int __init hk_init(void)
 	hk_run();
 	vm_munmap((unsigned long)ubuf, PAGE_SIZE);
 	ktap_proc = proc_create_single("pfq_hooktest", 0444, NULL, hk_ktap_show);
+	inject_proc = proc_create("pfq_hooktest_inject", 0600, NULL, &hk_inject_ops);
 	pr_info("pfq_hooktest: results in /proc/pfq_hooktest\n");
 	return 0;
 }
 
 static void __exit hk_exit(void)
 {
+	proc_remove(inject_proc);
 	proc_remove(ktap_proc);
 	hk_free();
 	kfree(ktap);
