@@ -149,6 +149,8 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 			frame->ifindex = skb->dev ? skb->dev->ifindex : 0;
 			frame->queue = skb_rx_queue_recorded(skb) ? skb_get_rx_queue(skb) : 0;
 			frame->vlan_tci = skb_vlan_tag_present(skb) ? skb_vlan_tag_get(skb) : 0;
+			frame->flags = skb_vlan_tag_present(skb) ? PFQ_FRAME_VLAN : 0;
+			frame->pad = 0;
 			ep->khead++;
 			/* The slot before the head that makes it visible. */
 			smp_store_release(&ring->head, ep->khead);

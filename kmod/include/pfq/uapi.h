@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
 /*
  * PFQ endpoints: the interface of /dev/pfq, shared by pfq.ko and user space
- * (omatic/pfq.py mirrors it; tests/test_pfq_uapi.py checks that they agree).
+ * (omatic/pfq.py mirrors it; tests/test_pfq_user.py checks that they agree).
  *
  * Each open file of /dev/pfq is an endpoint: a bounded ring of preallocated slots that
  * the receive hooks fill. An endpoint joins one group (0..PFQ_GROUPS-1); a group binds
@@ -16,9 +16,14 @@
  * bytes of the frame from its Ethernet header on. The kernel publishes frames by
  * advancing `head` (store-release); the reader consumes them by advancing `tail`
  * (store-release after reading the slot). Both count frames since the ring was made.
- * read() returns whole records, each a struct pfq_frame followed by its caplen bytes,
- * and blocks until there is one unless the file is O_NONBLOCK; poll() says POLLIN
- * when a frame is waiting.
+ * read() returns whole records back to back, each a struct pfq_frame followed by its
+ * caplen bytes (no padding), as many as fit; its buffer must hold one record of the
+ * ring's caplen (EINVAL otherwise). It blocks until there is one unless the file is
+ * O_NONBLOCK; poll() says POLLIN when a frame is waiting.
+ *
+ * A group's settings (bindings, steering, filters) last while it has endpoints: when
+ * the last one leaves, the group is unbound from every device and reset. Any member may
+ * change them. Each ioctl's argument is a pointer to what its definition names.
  */
 #ifndef _PFQ_UAPI_H
 #define _PFQ_UAPI_H
@@ -35,7 +40,10 @@
 enum pfq_steer {
 	PFQ_STEER_COPY = 0,	/* every endpoint gets every frame (the default) */
 	PFQ_STEER_RR = 1,	/* one endpoint after the other */
-	PFQ_STEER_HASH = 2,	/* symmetric flow hash: both directions to one endpoint */
+	PFQ_STEER_HASH = 2,	/* symmetric flow hash: both directions to one endpoint; IPv4
+				 * and IPv6 addresses, with the ports of TCP, UDP, UDP-Lite
+				 * and SCTP (not of later fragments); other frames by their
+				 * MAC pair; up to two VLAN tags skipped */
 	PFQ_STEER_CPU = 3,	/* by the CPU that received the frame */
 	PFQ_STEER_QUEUE = 4,	/* by the skb's receive queue */
 	PFQ_STEER_RND = 5,	/* at random */
@@ -56,6 +64,8 @@ struct pfq_ring_head {
 	__u64 tail;		/* 128: frames consumed (reader writes) */
 };
 
+#define PFQ_FRAME_VLAN		1	/* pfq_frame.flags: vlan_tci is a tag the NIC stripped */
+
 /* Each slot, and each record read(): then caplen bytes of the frame. */
 struct pfq_frame {
 	__u64 tstamp_ns;	/* CLOCK_REALTIME at capture */
@@ -63,10 +73,14 @@ struct pfq_frame {
 	__u32 caplen;		/* bytes that follow */
 	__u32 ifindex;		/* the device it came from */
 	__u16 queue;		/* its receive queue (0 when the driver set none) */
-	__u16 vlan_tci;		/* the tag a NIC stripped, 0 if none (it is put back) */
+	__u16 vlan_tci;		/* with PFQ_FRAME_VLAN: the tag the NIC stripped; its 4
+				 * bytes are put back into the frame after the MACs */
+	__u32 flags;		/* PFQ_FRAME_* */
+	__u32 pad;
 };
 
-/* PFQ_IOC_RING: size the ring, before the first mmap() or read(). 0 keeps a value. */
+/* PFQ_IOC_RING: size the ring, before the first join, mmap() or read(), which make it
+ * with the module's sizes; afterwards only its sizes (or 0) are accepted (EBUSY). */
 struct pfq_ring_info {
 	__u32 slots;		/* in/out: 1..1048576 (default: module parameter ring_slots) */
 	__u32 caplen;		/* in/out: 64..65535 (default: module parameter snaplen) */
@@ -82,7 +96,9 @@ struct pfq_bind {
 	__u32 pad;
 };
 
-/* PFQ_IOC_FILTER: a classic BPF program (struct sock_filter[len]); len 0 removes it. */
+/* PFQ_IOC_FILTER: a classic BPF program (struct sock_filter[len]); len 0 removes it.
+ * It runs on the frame from its Ethernet header on; 0 refuses the frame, anything else
+ * is the most bytes to keep of it (as a packet socket's filter). */
 struct pfq_filter {
 	__u32 len;		/* instructions, at most 4096 (BPF_MAXINSNS) */
 	__u32 pad;
