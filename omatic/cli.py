@@ -358,6 +358,60 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
+def cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
+    # Standard library only on this path: it runs in a guest's plain python3.
+    from omatic.capture import CaptureOptions, plan_capture, run_capture
+
+    options = CaptureOptions(
+        devices=args.devices, output=Path(args.write), group=args.group, steer=args.steer,
+        filter=args.filter, vlan=args.vlan, caplen=args.caplen, slots=args.slots,
+        workers=args.workers, count=args.count, duration=args.duration,
+        config=Path(args.config) if args.config else None, mode=args.mode)
+    return run_capture(plan_capture(options, os.environ), out)
+
+
+def _add_capture(sub: Any) -> None:
+    p = sub.add_parser(
+        "capture", help="capture from devices with N workers fanned out by a PFQ group",
+        description="Capture the frames of DEV (DEV^DEV...: several devices) through "
+                    "/dev/pfq with N worker processes in one PFQ group, each writing its "
+                    "own pcap. Settings: these options, else the PCAP_* environment "
+                    "(PCAP_GROUP, PCAP_FANOUT, PCAP_CAPLEN, PCAP_GROUP_<dev>), else "
+                    "--config (or PCAP_CONFIG). Ctrl-C or SIGTERM: every worker finishes "
+                    "its record and closes its file; exit 0. A worker that dies: exit 2.")
+    p.set_defaults(handler=cmd_capture)
+    p.add_argument("devices", metavar="DEV[^DEV...]", help="the device(s) to capture on")
+    p.add_argument("-w", "--write", required=True, metavar="FILE",
+                   help="worker i writes FILE with i before its extension (w.pcap: "
+                        "w.0.pcap, w.1.pcap...), classic pcap with ns timestamps")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes, 1..64 (default: 1)")
+    p.add_argument("--group", type=int, metavar="G", help="the PFQ group, 0..63 "
+                   "(default: group_<dev> or def_group of the configuration, else 0)")
+    p.add_argument("--steer", metavar="MODE",
+                   help="how the group spreads frames over the workers: hash (symmetric "
+                        "flow hash), rr, copy (all to each), cpu, queue, rnd; aliases lb, "
+                        "qm, random (default: the configuration's fanout, else hash)")
+    p.add_argument("--filter", metavar="EXPR",
+                   help="a pcap-filter expression (compiled by tcpdump -ddd)")
+    p.add_argument("--vlan", metavar="IDS", help="pass only these VLAN ids: 10,20-29; "
+                   "add 'untagged' to pass frames without a tag too")
+    p.add_argument("--caplen", type=int, metavar="N",
+                   help="bytes kept per frame, 64..65535 (default: pfq.ko's snaplen)")
+    p.add_argument("--slots", type=int, metavar="N",
+                   help="ring slots per worker (default: pfq.ko's ring_slots)")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="stop after N frames in all, over every worker (as tcpdump -c)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--config", metavar="FILE",
+                   help="fan-out configuration: key[@group] = value lines (def_group, "
+                        "fanout[@group], caplen, group_<dev>)")
+    p.add_argument("--mode", choices=("tap", "capture"), default="tap",
+                   help="the devices' PFQ mode while capturing: tap (the stack gets the "
+                        "frames too) or capture (it does not); restored at the end "
+                        "(default: tap)")
+
+
 def _print_lab(report: dict[str, Any], out: TextIO) -> None:
     checks = report["checks"]
     system = f" of the {report['qemu']['system']} system" if report["qemu"].get("system") \
@@ -646,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boot the pfq.ko and driver DKMS installed in this system "
                         "(ROOT/lib/modules/<kernel>/updates/dkms; / for this machine) "
                         "instead of building them")
+    _add_capture(sub)
     return parser
 
 
