@@ -6,14 +6,18 @@ on a netdev of its own. It is rewritten, built and verified like any driver (`bu
 --source`), then loaded in a guest booting the kernel, after pfq.ko with a small ring. In
 the guest it checks, for each entry point and each case (pass, tap, capture, ring full),
 the counters, the value returned to the driver, what reached the stack and the pcap bytes,
-and prints KTAP. The guest's /init (templates/hooklab-init.sh.j2) then checks, as a second
-KTAP document, bad control writes, `rmmod pfq` while in use, a device removed in tap mode
-and a clean unload. Both documents are parsed here; the report goes to
-`OUT/<release>/pfq_hooktest/hooks.json`.
+and prints KTAP. Then omatic.groupcheck, in the guest's Python (omatic.guestpy), proves
+PFQ's groups through /dev/pfq with frames the module injects: steering, filters, modes,
+endpoints leaving, permissions and bad requests (a second document). The guest's /init
+(templates/hooklab-init.sh.j2) then checks, as a third KTAP document, bad control writes,
+`rmmod pfq` while in use, a device removed in tap mode and a clean unload. The documents
+are parsed here; the report goes to `OUT/<release>/pfq_hooktest/hooks.json`. With
+`bench`, the guest also times the hooks with groups (bench/fanout.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,12 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import omatic
 from omatic import __version__
 from omatic.data import HOOKMOD_DIR
 from omatic.errors import BuildError
+from omatic.groupcheck import TCPDUMP
+from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
 from omatic.kernel import Kernel
 from omatic.ktap import KtapError, KtapResult, parse
 from omatic.lab import DMESG_BAD, NoBootImageError, console_tail, run_guest, write_atomic
+from omatic.pfq import compile_filter
 from omatic.progress import Step, quiet_step
 from omatic.templates import render
 from omatic.vm import (
@@ -43,8 +51,18 @@ from omatic.vm import (
 
 #: The test module's name (tests/hookmod/pfq_hooktest.c).
 MODULE = "pfq_hooktest"
-#: The two KTAP documents the guest prints.
-DOCUMENTS = ("hooks", "guest")
+#: The KTAP documents the guest prints: the module's, omatic.groupcheck's, /init's.
+DOCUMENTS = ("hooks", "groups", "guest")
+#: What the guest's Python imports: runpy (for -m), the group checks and the capture
+#: command they run.
+GUEST_IMPORTS = ("runpy", "omatic.groupcheck", "omatic.cli", "omatic.capture")
+#: The users and groups of the guest: root, tcpdump's and nobody (the unprivileged
+#: check's).
+GUEST_PASSWD = ("root:x:0:0:root:/:/bin/sh\ntcpdump:x:100:100::/:/bin/false\n"
+                "nobody:x:65534:65534::/:/bin/false\n")
+GUEST_GROUP = "root:x:0:\ntcpdump:x:100:\nnogroup:x:65534:\n"
+#: Where the guest finds the host's answers for the group checks (the BPF program).
+GROUPCHECK_CONFIG = "/etc/pfq-groupcheck.json"
 #: pfq.ko's ring_slots in the guest: small, so that the ring-full case is quick.
 SLOTS = 64
 
@@ -61,6 +79,8 @@ class HookLabConfig:
     keep: bool = False
     #: The test module's sources.
     source: Path = HOOKMOD_DIR
+    #: Also time the hooks with groups (omatic.groupcheck.bench; bench/fanout.py).
+    bench: bool = False
 
 
 @dataclass
@@ -72,6 +92,7 @@ class HookSession:
     documents: dict[str, str] = field(default_factory=dict)
     dmesg: list[str] = field(default_factory=list)
     failure: dict[str, Any] | None = None
+    bench: dict[str, Any] | None = None
     _open: tuple[str, list[str]] | None = None
 
     def feed(self, line: str) -> None:
@@ -85,6 +106,9 @@ class HookSession:
             return
         if line.startswith("OMATIC-KTAP-BEGIN "):
             self._open = (line.split()[1], [])
+        elif line.startswith("OMATIC-BENCH "):
+            with contextlib.suppress(ValueError):
+                self.bench = json.loads(line.removeprefix("OMATIC-BENCH "))
         elif line.startswith("OMATIC-DMESG "):
             self.dmesg.append(line.removeprefix("OMATIC-DMESG "))
         elif line.startswith("OMATIC {"):
@@ -135,11 +159,20 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     started = time.monotonic()
     session = HookSession()
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-hooks-") as tmp:
-        initrd = Path(tmp) / "initrd.cpio"
+        initrd, root = Path(tmp) / "initrd.cpio", Path(tmp) / "root"
         init = render("hooklab-init.sh.j2", release=kernel.release, module=MODULE,
-                      slots=SLOTS, deps=[], dmesg_pattern="|".join(DMESG_BAD))
+                      slots=SLOTS, deps=[], dmesg_pattern="|".join(DMESG_BAD),
+                      python_path=PACKAGE_DIR, groupcheck_config=GROUPCHECK_CONFIG,
+                      bench=config.bench)
         with step("initramfs"):
-            build_initramfs(Path(tmp) / "root", initrd, init, modules)
+            stage_python(root, GUEST_IMPORTS, Path(omatic.__file__).parent.parent)
+            stage_program(root, Path(TCPDUMP))
+            (root / "etc").mkdir(exist_ok=True)
+            # Debian's tcpdump drops root for a user of its own: the guest has one.
+            (root / "etc" / "passwd").write_text(GUEST_PASSWD)
+            (root / "etc" / "group").write_text(GUEST_GROUP)
+            (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps({"udp_dst_9": compile_filter("udp and dst port 9")}))
+            build_initramfs(root, initrd, init, modules)
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory)
         with step(f"boot ({accel})"):
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
@@ -157,6 +190,8 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             continue
         results[name] = [r.to_json() for r in parsed]
         failures += [f"{name}: {f}" for r in parsed for f in r.failures()]
+    if config.bench and session.bench is None:
+        failures.append("bench: the guest printed no timings")
     if session.failure is not None:
         failures.insert(0, f"the guest failed at {session.failure.get('step')} "
                            f"{session.failure.get('detail')}")
@@ -175,6 +210,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                  "command": shlex.join(cmd),
                  "exit": status},
         "results": results, "failures": failures, "ok": not failures,
+        "bench": session.bench,
         "guest_seconds": round(seconds, 2),
         "total_seconds": round(time.monotonic() - started, 2),
         "console_log": str(log) if keep else None,

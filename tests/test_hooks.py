@@ -1,4 +1,5 @@
-"""Every PFQ hook proven in a guest: the hook test module (tests/hookmod) on each kernel."""
+"""Every PFQ hook proven in a guest: the hook test module (tests/hookmod) on each kernel,
+and PFQ's groups through /dev/pfq with the frames it injects."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from omatic.modfile import KernelModule
 ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
                 "netif_receive_skb_list"]
 CASES = ["pass", "tap", "capture", "ring_full"]
+GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst_port_9",
+                "vlan_10", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
+                "endpoint_closed_mid_burst", "endpoint_ring_full", "unprivileged_eperm",
+                "bad_requests_einval", "capture_cli_4_workers_hash", "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
 
@@ -33,6 +38,9 @@ def test_every_hook_in_every_mode(kernel: Kernel, tmp_path: Path) -> None:
     for test in hooks:
         assert [(c["name"], c["ok"]) for c in test["subtests"]] == [(c, True) for c in CASES]
     assert [(t["name"], t["ok"]) for t in guest] == [(c, True) for c in GUEST_CHECKS]
+    # PFQ's groups through /dev/pfq, by omatic.groupcheck in the guest's Python.
+    groups = report["results"]["groups"]
+    assert [(t["name"], t["ok"]) for t in groups] == [(c, True) for c in GROUP_CHECKS]
     # The module went through the tool like any driver: every entry point became a hook.
     module = KernelModule(tmp_path / kernel.release / "pfq_hooktest" / "pfq_hooktest.ko")
     undefined = module.undefined()
