@@ -187,8 +187,8 @@ def raw_ioctl(ep: Endpoint, what: str, request: int, arg: bytes) -> None:
 
 
 def group(stack: ExitStack, n: int, gid: int, steer: str = "copy", dev: str = DEV,
-          slots: int = 1024) -> list[Endpoint]:
-    """`n` endpoints in group `gid`, steering `steer`, bound to `dev`."""
+          slots: int = 1024, queue: int = -1) -> list[Endpoint]:
+    """`n` endpoints in group `gid`, steering `steer`, bound to `dev` (rx `queue`)."""
     eps = []
     for _ in range(n):
         ep = stack.enter_context(Endpoint())
@@ -196,7 +196,7 @@ def group(stack: ExitStack, n: int, gid: int, steer: str = "copy", dev: str = DE
         ep.join(gid)
         eps.append(ep)
     eps[0].steer(steer)
-    eps[0].bind(dev)
+    eps[0].bind(dev, queue)
     return eps
 
 
@@ -288,6 +288,80 @@ def check_vlan(config: Config) -> None:
         inject(DEV, sent)
         (got,) = drain(eps)
         expect(got == v10 + untagged, "VLAN 10 + untagged: not the tagged-10 and untagged frames")
+
+
+def check_queue(config: Config) -> None:
+    """A group bound to one rx queue sees only its frames; `queue` steering sends the
+    frames of queue q to endpoint q % n."""
+    sent = ex1(40)
+    queues = [i % 4 for i in range(len(sent))]
+    with ExitStack() as stack:
+        (only,) = group(stack, 1, 13, "copy", queue=2)
+        spread = group(stack, 2, 14, "queue")
+        inject(DEV, sent, queues)
+        got_only, got_a, got_b = drain([only, *spread])
+    expect(got_only == [f for f, q in zip(sent, queues, strict=True) if q == 2],
+           f"bound to queue 2: {len(got_only)} frames")
+    expect(got_a == [f for f, q in zip(sent, queues, strict=True) if q % 2 == 0] and
+           got_b == [f for f, q in zip(sent, queues, strict=True) if q % 2 == 1],
+           f"queue steering: {len(got_a)} and {len(got_b)} frames, not by queue")
+
+
+def check_cpu_and_rnd(config: Config) -> None:
+    """`cpu`: the frames fed from CPU c (NAPI poll runs where it was scheduled) reach
+    endpoint c % n; `rnd`: every endpoint gets some, none twice."""
+    cpus = sorted(os.sched_getaffinity(0))
+    expect(len(cpus) >= 2, f"the guest has {len(cpus)} CPU(s); cpu steering needs 2")
+    bursts = {cpu: ex1(50, start=1000 * cpu) for cpu in cpus[:2]}
+    with ExitStack() as stack:
+        eps = group(stack, 4, 15, "cpu")
+        try:
+            for cpu, burst in bursts.items():
+                os.sched_setaffinity(0, {cpu})
+                inject(DEV, burst)
+        finally:
+            os.sched_setaffinity(0, cpus)
+        got = drain(eps)
+    for cpu, burst in bursts.items():
+        expect(got[cpu % 4] == burst, f"cpu: the frames fed from CPU {cpu} are not all at "
+                                      f"endpoint {cpu % 4}: shares {[len(s) for s in got]}")
+    sent = ex1(400)
+    with ExitStack() as stack:
+        eps = group(stack, 4, 15, "rnd")
+        inject(DEV, sent)
+        got = drain(eps)
+    expect(sorted(f for s in got for f in s) == sorted(sent) and all(got),
+           f"rnd: shares {[len(s) for s in got]}")
+
+
+def check_read_and_caplen(config: Config) -> None:
+    """read() instead of the mapping, and a caplen of 64: frames cut, wire length kept."""
+    sent = [ipv4(1, 2, 17, 7000, 9, 5000 + i) + bytes(range(100)) for i in range(10)]
+    with ExitStack() as stack:
+        ep = stack.enter_context(Endpoint(nonblock=True))
+        ep.ring(slots=64, caplen=64)
+        ep.join(16)
+        ep.bind(DEV)
+        inject(DEV, sent)
+        got = ep.read_records()
+    expect([(f.data, f.wire_len) for f in got] == [(f[:64], len(f)) for f in sent],
+           f"read(): {len(got)} records, not the 10 frames cut at 64 bytes")
+
+
+def check_other_namespace(config: Config) -> None:
+    """From another network namespace, this one's devices cannot be bound (they are
+    invisible there), and that namespace's own devices are not PFQ's."""
+    code = ("import sys; from omatic.pfq import Endpoint, PfqError\n"
+            "ep = Endpoint(); ep.join(17)\n"
+            "for dev in sys.argv[1:]:\n"
+            "    try:\n"
+            "        ep.bind(dev); print(dev, 'bound')\n"
+            "    except PfqError as err:\n"
+            "        print(dev, 'EINVAL' if 'EINVAL' in str(err) else err)\n")
+    run = subprocess.run(["unshare", "-n", sys.executable, "-S", "-c", code, DEV, "lo"],
+                         capture_output=True, text=True, check=False)
+    expect(run.returncode == 0 and run.stdout.split() == [DEV, "EINVAL", "lo", "EINVAL"],
+           f"in another namespace: {run.stdout.strip()} {run.stderr.strip()[-200:]}")
 
 
 def check_two_groups(config: Config) -> None:
@@ -487,6 +561,10 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("copy_everything", check_copy),
     ("bpf_udp_dst_port_9", check_bpf),
     ("vlan_10", check_vlan),
+    ("queue_bind_and_steer", check_queue),
+    ("cpu_and_rnd", check_cpu_and_rnd),
+    ("read_and_caplen", check_read_and_caplen),
+    ("other_namespace", check_other_namespace),
     ("two_groups_one_device", check_two_groups),
     ("tap_feeds_stack_capture_does_not", check_tap_and_capture),
     ("endpoint_closed_mid_burst", check_close_mid_burst),

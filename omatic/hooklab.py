@@ -171,9 +171,12 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             # Debian's tcpdump drops root for a user of its own: the guest has one.
             (root / "etc" / "passwd").write_text(GUEST_PASSWD)
             (root / "etc" / "group").write_text(GUEST_GROUP)
-            (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps({"udp_dst_9": compile_filter("udp and dst port 9")}))
+            program = compile_filter("udp and dst port 9")
+            (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps(
+                {"udp_dst_9": program}))
             build_initramfs(root, initrd, init, modules)
-        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory)
+        # Two vCPUs: cpu steering is proven with frames fed from each.
+        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory, cpus=2)
         with step(f"boot ({accel})"):
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
     failures: list[str] = []

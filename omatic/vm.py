@@ -336,12 +336,13 @@ def udp_ports(sock: socket.socket) -> tuple[int, int]:
 
 
 def qemu_command(qemu: Emulator, accel: str, vmlinuz: Path, initrd: Path, model: str,
-                 guest_port: int, host_port: int, memory: int = 256) -> list[str]:
-    """The QEMU command line: one vCPU (the host needs the other core to inject), the NIC
-    on a dgram netdev whose datagrams from/to 127.0.0.1:`host_port` are its frames. With
-    `model` "", the machine has no NIC."""
+                 guest_port: int, host_port: int, memory: int = 256, cpus: int = 1
+                 ) -> list[str]:
+    """The QEMU command line: one vCPU unless told (the host needs the other core to
+    inject), the NIC on a dgram netdev whose datagrams from/to 127.0.0.1:`host_port` are
+    its frames. With `model` "", the machine has no NIC."""
     args = ["-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
-            "-m", str(memory), "-smp", "1", "-display", "none", "-nodefaults",
+            "-m", str(memory), "-smp", str(cpus), "-display", "none", "-nodefaults",
             "-no-user-config", "-no-reboot", "-serial", "stdio",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1"]

@@ -18,7 +18,8 @@ ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_f
                 "netif_receive_skb_list"]
 CASES = ["pass", "tap", "capture", "ring_full"]
 GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst_port_9",
-                "vlan_10", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
+                "vlan_10", "queue_bind_and_steer", "cpu_and_rnd", "read_and_caplen",
+                "other_namespace", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
                 "endpoint_closed_mid_burst", "endpoint_ring_full", "unprivileged_eperm",
                 "bad_requests_einval", "capture_cli_4_workers_hash", "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
