@@ -429,6 +429,13 @@ def _print_lab(report: dict[str, Any], out: TextIO) -> None:
         out.write(f"  {phase:8} sent={c['sent']['frames']} rx={n['rx_packets']} "
                   f"hooks={n['packets']} to_stack={n['to_stack']} captured={n['captured']} "
                   f"arp_replies={r['arp-reply']} echo_replies={r['echo-reply']}{pcap}\n")
+    fanout = checks.get("fanout", {})
+    if fanout.get("ran"):
+        out.write(f"  fanout   sent={fanout['sent']} in {fanout['flows']} flows, "
+                  f"pfq-omatic capture --workers {fanout['workers']} --steer hash: files of "
+                  f"{'+'.join(map(str, fanout['shares']))} frames, tcpdump read "
+                  f"{'+'.join(str(n) for n in fanout['tcpdump_read'])}, flows split "
+                  f"{fanout['flows_split']}\n")
     for failure in report["failures"]:
         out.write(f"  FAIL {failure}\n")
     if report["console_log"]:

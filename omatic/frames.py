@@ -74,10 +74,11 @@ def udp_payload(seq: int) -> bytes:
     return b"pfq-omatic %08d " % seq + bytes((seq + i) & 0xFF for i in range(40))
 
 
-def udp_frame(seq: int) -> bytes:
-    """UDP 192.0.2.1:40000 -> 192.0.2.2:9 carrying `udp_payload(seq)` (checksum 0: none)."""
+def udp_frame(seq: int, sport: int = 40000) -> bytes:
+    """UDP 192.0.2.1:`sport` -> 192.0.2.2:9 carrying `udp_payload(seq)` (checksum 0:
+    none)."""
     payload = udp_payload(seq)
-    udp = struct.pack("!HHHH", 40000, UDP_PORT, 8 + len(payload), 0) + payload
+    udp = struct.pack("!HHHH", sport, UDP_PORT, 8 + len(payload), 0) + payload
     return _pad(GUEST_MAC + HOST_MAC + struct.pack("!H", ETH_IP) + _ipv4(17, seq, udp))
 
 
@@ -107,6 +108,24 @@ def burst(count: int, first_seq: int = 0) -> Burst:
         frames.append(arp_request() if kind == "arp" else
                       echo_request(seq) if kind == "icmp" else udp_frame(seq))
     return Burst(frames=tuple(frames), **kinds)
+
+
+#: The source port of the first flow of `flows_burst`; flow i comes from FLOW_PORT + i.
+FLOW_PORT = 41000
+
+
+def flows_burst(flows: int, per_flow: int, first_seq: int = 0) -> Burst:
+    """`flows` UDP flows to the discard port, `per_flow` frames each, interleaved: the
+    fan-out phase's traffic (a flow is its source port, see `flow_of`)."""
+    frames = tuple(udp_frame(first_seq + i * flows + f, FLOW_PORT + f)
+                   for i in range(per_flow) for f in range(flows))
+    return Burst(frames=frames, arp=0, icmp=0, udp=len(frames))
+
+
+def flow_of(frame: bytes) -> int:
+    """The flow of a `flows_burst` frame: its source port less FLOW_PORT."""
+    ihl = (frame[14] & 0x0F) * 4
+    return int(struct.unpack_from("!H", frame, 14 + ihl)[0]) - FLOW_PORT
 
 
 def classify(frame: bytes) -> str:

@@ -46,8 +46,10 @@ from typing import Any, Protocol
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
-from omatic import __version__, frames
+import omatic
+from omatic import __version__, frames, labfanout
 from omatic.errors import BuildError, InfraError, PathError, UserError
+from omatic.guestpy import PACKAGE_DIR, stage_python
 from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.templates import render
@@ -144,6 +146,9 @@ class LabConfig:
     #: The oldest QEMU that emulates the NIC model (the manifest's qemu_min): an older
     #: QEMU here gives way to a kept system's.
     qemu_min: str = ""
+    #: Also run `pfq-omatic capture` with 4 hash-steered workers on the NIC
+    #: (omatic.labfanout).
+    fanout: bool = True
 
     @property
     def installed_dir(self) -> Path | None:
@@ -264,6 +269,10 @@ class Session:
         self.ended = False
         self._pcap: tuple[str, list[str]] | None = None
         self._seq = 0
+        #: Pcap streams that belong to no phase (the fan-out workers' files), by name.
+        self.pcaps: dict[str, bytes] = {}
+        #: The guest's report of the fan-out phase.
+        self.fanout: dict[str, Any] | None = None
 
     def _drain(self, phase: _Phase | None) -> None:
         while True:
@@ -284,7 +293,11 @@ class Session:
             if line.startswith("OMATIC-PCAP-END"):
                 import base64
 
-                self.phases[name].pcap = base64.b64decode("".join(lines))
+                data = base64.b64decode("".join(lines))
+                if name in self.phases:
+                    self.phases[name].pcap = data
+                else:
+                    self.pcaps[name] = data
                 self._pcap = None
             else:
                 lines.append(line.strip())
@@ -311,8 +324,12 @@ class Session:
             self.unbound = event
         elif kind == "fail":
             self.failure = event
+        elif kind == "fanout":
+            self.fanout = event
         elif kind == "ready":
-            phase = _Phase(frames.burst(int(event["frames"]), self._seq))
+            n = int(event["frames"])
+            phase = _Phase(frames.flows_burst(labfanout.FLOWS, n // labfanout.FLOWS, self._seq)
+                           if event.get("kind") == "flows" else frames.burst(n, self._seq))
             self._seq += len(phase.burst.frames)
             self.phases[event["phase"]] = phase
             self._drain(None)
@@ -546,8 +563,14 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                       guest_ip=frames.ip_text(frames.GUEST_IP),
                       host_ip=frames.ip_text(frames.HOST_IP),
                       host_mac=frames.mac_text(frames.HOST_MAC),
-                      dmesg_pattern="|".join(DMESG_BAD), pps=False)
+                      dmesg_pattern="|".join(DMESG_BAD), pps=False,
+                      fanout=config.fanout, fanout_workers=labfanout.WORKERS,
+                      fanout_frames=labfanout.FLOWS * labfanout.PER_FLOW,
+                      python_path=PACKAGE_DIR)
         with step("initramfs"):
+            if config.fanout:
+                stage_python(Path(tmp) / "root", labfanout.GUEST_IMPORTS,
+                             Path(omatic.__file__).parent.parent)
             build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
                            host_port, config.memory)
@@ -594,6 +617,12 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         failures += problems
     for name in [p for p, _ in PHASES] + ["reload"]:
         checks[name], problems = _check_phase(name, session.phases.get(name), config.frames)
+        failures += problems
+    if config.fanout:
+        fanout = session.phases.get(labfanout.PHASE)
+        checks[labfanout.PHASE], problems = labfanout.check_fanout(
+            fanout.burst.frames if fanout else None, session.pcaps, session.fanout,
+            out_dir if config.keep else None)
         failures += problems
     checks["dmesg"] = {"bad_lines": session.dmesg}
     failures += [f"dmesg: {line}" for line in session.dmesg]

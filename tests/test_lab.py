@@ -142,11 +142,14 @@ def test_init_template_uses_test_net_only() -> None:
     text = render("lab-init.sh.j2", driver="e1000e", release="6.1.0-56-amd64", frames=100,
                   wait_ticks=150, ring_slots=1024, ours=[], deps=[], phases=omatic.lab.PHASES,
                   guest_ip="192.0.2.2", host_ip="192.0.2.1", host_mac="02:00:00:00:00:01",
-                  dmesg_pattern="|".join(omatic.lab.DMESG_BAD), pps=False, pfq_users=[])
+                  dmesg_pattern="|".join(omatic.lab.DMESG_BAD), pps=False, pfq_users=[],
+                  fanout=True, fanout_workers=4, fanout_frames=128,
+                  python_path="/lib/pfq-omatic")
     addresses = {word for word in text.replace("/", " ").split() if word.count(".") == 3
                  and all(part.isdigit() for part in word.split("."))}
     assert addresses == {"192.0.2.2", "192.0.2.1"}
     assert "phase capture capture" in text and "poweroff -f" in text
+    assert "-m omatic capture $IF --workers 4" in text
 
 
 # --- vm: real guests ------------------------------------------------------------------
@@ -212,6 +215,11 @@ def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> No
         if captured:
             assert c["pcap"] == {"bytes": c["pcap"]["bytes"], "frames": n,
                                  "equal_to_sent": True}
+    # pfq-omatic capture with 4 hash-steered workers on the NIC (omatic.labfanout).
+    fanout = checks["fanout"]
+    assert fanout["capture_status"] == 0 and fanout["flows_split"] == 0
+    assert sum(fanout["shares"]) == fanout["sent"] == 128
+    assert fanout["tcpdump_read"] == fanout["shares"]
     assert checks["dmesg"]["bad_lines"] == []
     assert kname not in report["modules"]["in_tree"]
     assert ("8390" in report["modules"]["ours"]) == (driver == "ne2k-pci")
