@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from omatic.frames import checksum, read_pcap
 from omatic.pfq import PFQ_IOC_JOIN, PFQ_IOC_STEER, Endpoint, PfqError
 
 INJECT = Path("/proc/pfq_hooktest_inject")
@@ -57,15 +58,6 @@ def expect(cond: bool, why: str) -> None:
 
 # --- frames -------------------------------------------------------------------------------
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
-
-
 def eth(payload: bytes, ethertype: int, vlan: int | None = None) -> bytes:
     tag = struct.pack("!HH", 0x8100, vlan) if vlan is not None else b""
     frame = GUEST_MAC + PEER_MAC + tag + struct.pack("!H", ethertype) + payload
@@ -84,7 +76,7 @@ def ipv4(src: int, dst: int, proto: int, sport: int, dport: int, seq: int,
     seg = l4(proto, sport, dport, seq)
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), seq & 0xFFFF, 0, 64, proto, 0,
                       bytes([192, 0, 2, src]), bytes([192, 0, 2, dst]))
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return eth(hdr + seg, 0x0800, vlan)
 
 
@@ -200,6 +192,14 @@ def group(stack: ExitStack, n: int, gid: int, steer: str = "copy", dev: str = DE
     return eps
 
 
+def shares_of(n: int, gid: int, steer: str, sent: Sequence[bytes]) -> list[list[bytes]]:
+    """What each of `n` endpoints of a new group steering `steer` got of `sent`."""
+    with ExitStack() as stack:
+        eps = group(stack, n, gid, steer)
+        inject(DEV, sent)
+        return drain(eps)
+
+
 def counters_add_up(gid: int) -> None:
     g = group_line(gid)
     expect(bool(g), f"group {gid} missing from /proc/net/pfq/groups")
@@ -233,10 +233,7 @@ def check_hash(config: Config) -> None:
 
 def check_rr(config: Config) -> None:
     sent = ex1(101)
-    with ExitStack() as stack:
-        eps = group(stack, 4, 2, "rr")
-        inject(DEV, sent)
-        got = drain(eps)
+    got = shares_of(4, 2, "rr", sent)
     sizes = [len(s) for s in got]
     expect(max(sizes) - min(sizes) <= 1, f"rr shares {sizes} differ by more than 1")
     expect(sorted(f for s in got for f in s) == sorted(sent), "rr: union is not what was sent")
@@ -244,10 +241,7 @@ def check_rr(config: Config) -> None:
 
 def check_copy(config: Config) -> None:
     sent = ex1(40)
-    with ExitStack() as stack:
-        eps = group(stack, 3, 3, "copy")
-        inject(DEV, sent)
-        got = drain(eps)
+    got = shares_of(3, 3, "copy", sent)
     for i, share in enumerate(got):
         expect(share == sent, f"copy: endpoint {i} has {len(share)} of {len(sent)} frames")
 
@@ -326,10 +320,7 @@ def check_cpu_and_rnd(config: Config) -> None:
         expect(got[cpu % 4] == burst, f"cpu: the frames fed from CPU {cpu} are not all at "
                                       f"endpoint {cpu % 4}: shares {[len(s) for s in got]}")
     sent = ex1(400)
-    with ExitStack() as stack:
-        eps = group(stack, 4, 15, "rnd")
-        inject(DEV, sent)
-        got = drain(eps)
+    got = shares_of(4, 15, "rnd", sent)
     expect(sorted(f for s in got for f in s) == sorted(sent) and all(got),
            f"rnd: shares {[len(s) for s in got]}")
 
@@ -486,20 +477,6 @@ def _capture_drained(gid: int) -> bool:
     return bool(queued) and not any(queued)
 
 
-def read_pcap(path: Path) -> list[bytes]:
-    """The frames of a classic pcap file (either timestamp resolution, this byte order)."""
-    data = path.read_bytes()
-    magic, = struct.unpack_from("<I", data, 0)
-    expect(magic in (0xA1B2C3D4, 0xA1B23C4D), f"{path}: magic {magic:#x}")
-    frames, at = [], 24
-    while at < len(data):
-        _, _, incl, _ = struct.unpack_from("<IIII", data, at)
-        frames.append(data[at + 16:at + 16 + incl])
-        at += 16 + incl
-    expect(at == len(data), f"{path}: the last record is cut")
-    return frames
-
-
 def check_capture_cli(config: Config) -> None:
     """`pfq-omatic capture DEV --workers 4 --steer hash -w /tmp/w.pcap` (with rings of
     1024 slots: pfq.ko has 64 here), Ctrl-C once the workers took every frame: 4 files
@@ -529,7 +506,7 @@ def check_capture_cli(config: Config) -> None:
             proc.kill()
             proc.wait()
     files = [Path(f"/tmp/w.{i}.pcap") for i in range(4)]
-    shares = [read_pcap(f) for f in files]
+    shares = [read_pcap(f.read_bytes()) for f in files]
     expect(sorted(f for s in shares for f in s) == sorted(sent),
            f"the files hold {sum(map(len, shares))} frames, {len(sent)} were sent")
     owner: dict[int, int] = {}
