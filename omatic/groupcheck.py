@@ -402,6 +402,36 @@ def check_close_mid_burst(config: Config) -> None:
     expect(len(gone_share) == 20, f"close mid-burst: the closed endpoint had {len(gone_share)}")
 
 
+def check_killed_process(config: Config) -> None:
+    """A process killed with its endpoint open leaves the group at once: the others get
+    every frame after it."""
+    sent = ex1(30)
+    with ExitStack() as stack:
+        eps = group(stack, 1, 18, "rr")
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ep = Endpoint()
+                ep.join(18)
+                os.write(ready_w, b"1")
+                time.sleep(600)
+            finally:
+                os._exit(1)
+        os.read(ready_r, 1)
+        os.close(ready_r)
+        os.close(ready_w)
+        expect(group_line(18).get("endpoints") == "2", "the child did not join")
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        expect(group_line(18).get("endpoints") == "1",
+               f"after SIGKILL the group has {group_line(18).get('endpoints')} endpoints")
+        inject(DEV, sent)
+        (got,) = drain(eps)
+        counters_add_up(18)
+    expect(got == sent, f"after SIGKILL the remaining endpoint got {len(got)} of {len(sent)}")
+
+
 def check_ring_full(config: Config) -> None:
     sent = ex1(20)
     with ExitStack() as stack:
@@ -545,6 +575,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("two_groups_one_device", check_two_groups),
     ("tap_feeds_stack_capture_does_not", check_tap_and_capture),
     ("endpoint_closed_mid_burst", check_close_mid_burst),
+    ("killed_process_leaves", check_killed_process),
     ("endpoint_ring_full", check_ring_full),
     ("unprivileged_eperm", check_unprivileged),
     ("bad_requests_einval", check_bad_requests),

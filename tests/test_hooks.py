@@ -20,8 +20,9 @@ CASES = ["pass", "tap", "capture", "ring_full"]
 GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst_port_9",
                 "vlan_10", "queue_bind_and_steer", "cpu_and_rnd", "read_and_caplen",
                 "other_namespace", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
-                "endpoint_closed_mid_burst", "endpoint_ring_full", "unprivileged_eperm",
-                "bad_requests_einval", "capture_cli_4_workers_hash", "refcount_back"]
+                "endpoint_closed_mid_burst", "killed_process_leaves", "endpoint_ring_full",
+                "unprivileged_eperm", "bad_requests_einval", "capture_cli_4_workers_hash",
+                "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
 
