@@ -42,6 +42,7 @@ from omatic.pfq import (
     EndpointStats,
     Frame,
     PfqError,
+    check_ifname,
     compile_filter,
     steer_mode,
 )
@@ -67,8 +68,11 @@ def parse_devices(spec: str) -> tuple[str, ...]:
     """The devices of `DEV[^DEV...]` (the paper's syntax for one capture on several)."""
     devices = tuple(spec.split("^"))
     for dev in devices:
-        if not dev or len(dev.encode()) > 15 or "/" in dev or any(c.isspace() for c in dev):
-            raise UserError(f"{spec!r}: expected DEV[^DEV...], network device names")
+        try:
+            check_ifname(dev)
+        except UserError:
+            raise UserError(f"{spec!r}: expected DEV[^DEV...], network device names") \
+                from None
     if len(set(devices)) != len(devices):
         raise UserError(f"{spec!r}: a device is named twice")
     return devices
