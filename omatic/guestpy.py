@@ -24,6 +24,8 @@ from omatic.errors import InfraError
 PYTHON = Path("/usr/bin/python3")
 #: Where the package goes in the guest; its parent is put on sys.path.
 PACKAGE_DIR = "/lib/pfq-omatic"
+#: The folder this machine imports the omatic package from.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 _LIST_FILES = """
 import importlib, sys
@@ -73,7 +75,7 @@ def _copy(source: Path, root: Path, target: str | None = None) -> None:
     shutil.copy2(source, dest, follow_symlinks=True)
 
 
-def stage_python(root: Path, imports: Sequence[str], package_root: Path,
+def stage_python(root: Path, imports: Sequence[str], package_root: Path = PACKAGE_ROOT,
                  python: Path = PYTHON) -> None:
     """Put the interpreter (as /usr/bin/python3), its shared objects and the files of
     `imports` under `root`, an initramfs being staged; the package's own files go under

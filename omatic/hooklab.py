@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import omatic
 from omatic import __version__
 from omatic.data import HOOKMOD_DIR
 from omatic.errors import BuildError
@@ -165,7 +164,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                       python_path=PACKAGE_DIR, groupcheck_config=GROUPCHECK_CONFIG,
                       bench=config.bench)
         with step("initramfs"):
-            stage_python(root, GUEST_IMPORTS, Path(omatic.__file__).parent.parent)
+            stage_python(root, GUEST_IMPORTS)
             stage_program(root, Path(TCPDUMP))
             (root / "etc").mkdir(exist_ok=True)
             # Debian's tcpdump drops root for a user of its own: the guest has one.

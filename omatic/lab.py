@@ -46,7 +46,6 @@ from typing import Any, Protocol
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
-import omatic
 from omatic import __version__, frames, labfanout
 from omatic.errors import BuildError, InfraError, PathError, UserError
 from omatic.guestpy import PACKAGE_DIR, stage_python
@@ -569,8 +568,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                       python_path=PACKAGE_DIR)
         with step("initramfs"):
             if config.fanout:
-                stage_python(Path(tmp) / "root", labfanout.GUEST_IMPORTS,
-                             Path(omatic.__file__).parent.parent)
+                stage_python(Path(tmp) / "root", labfanout.GUEST_IMPORTS)
             build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
                            host_port, config.memory)

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import omatic
 from omatic.errors import InfraError
-from omatic.guestpy import PACKAGE_DIR, module_files, stage_python
+from omatic.guestpy import PACKAGE_DIR, PACKAGE_ROOT, module_files, stage_python
 
 unit = pytest.mark.unit
-PACKAGE_ROOT = Path(omatic.__file__).parent.parent
 
 
 def _run_staged(root: Path, code: str) -> subprocess.CompletedProcess[str]:
