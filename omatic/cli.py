@@ -304,7 +304,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
                            keep=args.keep, timeout=args.timeout, accel=args.accel,
                            installed=Path(args.installed) if args.installed else None,
                            companions=manifest.companions if manifest else (),
-                           qemu_min=manifest.qemu_min if manifest else "")
+                           qemu_min=manifest.qemu_min if manifest else "",
+                           fanout=args.fanout)
         progress = Progress(f"lab {name} {kernel.release}")
         try:
             result = run_lab(config, progress.step)
@@ -697,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames injected per phase (default: 100)")
     p.add_argument("--keep", action="store_true",
                    help="keep the console log and pcaps even when the lab passes")
+    p.add_argument("--fanout", action="store_true",
+                   help="also run pfq-omatic capture with 4 hash-steered workers on the NIC")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output root: DIR/<kernel>/<driver>/lab.json (default: out)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",

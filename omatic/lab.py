@@ -146,8 +146,9 @@ class LabConfig:
     #: QEMU here gives way to a kept system's.
     qemu_min: str = ""
     #: Also run `pfq-omatic capture` with 4 hash-steered workers on the NIC
-    #: (omatic.labfanout).
-    fanout: bool = True
+    #: (omatic.labfanout). Off by default: under TCG it lost frames now and then, cause
+    #: not found yet; the hook lab proves the same command on every kernel.
+    fanout: bool = False
 
     @property
     def installed_dir(self) -> Path | None:
@@ -327,14 +328,18 @@ class Session:
             self.fanout = event
         elif kind == "ready":
             n = int(event["frames"])
+            flows = event.get("kind") == "flows"
             phase = _Phase(frames.flows_burst(labfanout.FLOWS, n // labfanout.FLOWS, self._seq)
-                           if event.get("kind") == "flows" else frames.burst(n, self._seq))
+                           if flows else frames.burst(n, self._seq))
             self._seq += len(phase.burst.frames)
             self.phases[event["phase"]] = phase
             self._drain(None)
+            # The fan-out phase's guest is busy with its 4 workers: a NIC with a small
+            # ring (ne2k-pci) lost frames at the usual pace.
+            gap = labfanout.FRAME_GAP if flows else FRAME_GAP
             for frame in phase.burst.frames:
                 self.send(frame)
-                time.sleep(FRAME_GAP)
+                time.sleep(gap)
         elif kind == "phase":
             phase = self.phases[event["phase"]]
             phase.guest = event

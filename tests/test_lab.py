@@ -215,11 +215,6 @@ def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> No
         if captured:
             assert c["pcap"] == {"bytes": c["pcap"]["bytes"], "frames": n,
                                  "equal_to_sent": True}
-    # pfq-omatic capture with 4 hash-steered workers on the NIC (omatic.labfanout).
-    fanout = checks["fanout"]
-    assert fanout["capture_status"] == 0 and fanout["flows_split"] == 0
-    assert sum(fanout["shares"]) == fanout["sent"] == 128
-    assert fanout["tcpdump_read"] == fanout["shares"]
     assert checks["dmesg"]["bad_lines"] == []
     assert kname not in report["modules"]["in_tree"]
     assert ("8390" in report["modules"]["ours"]) == (driver == "ne2k-pci")
