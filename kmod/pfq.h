@@ -27,6 +27,12 @@
 #include <linux/wait.h>
 #include <pfq/uapi.h>
 
+/* The rings' head and tail are u64 read and written with acquire/release, which only a
+ * 64-bit kernel does in one access. */
+#ifndef CONFIG_64BIT
+#error "pfq.ko needs a 64-bit kernel (CONFIG_64BIT)"
+#endif
+
 #ifndef PFQ_PROBES_WORK
 #error "kmod/probes/netif_rx.c did not compile: the feature probes in Kbuild are broken"
 #endif
@@ -82,9 +88,11 @@ struct pfq_slot {
 /*
  * Bounded ring of preallocated slots. Producers (the hooks, any context, any CPU) and
  * consumers (pcap readers) take @lock with interrupts off; nothing ever waits for
- * room: a full ring drops the copy and the hook counts it.
+ * room: a full ring drops the copy and the hook counts it. Freed after a grace period
+ * (@rcu), since the hooks and pcap readers find it under RCU.
  */
 struct pfq_ring {
+	struct rcu_head rcu;
 	spinlock_t lock;
 	u32 slots;		/* capacity */
 	u32 snaplen;		/* bytes kept per frame */
@@ -95,6 +103,7 @@ struct pfq_ring {
 };
 
 struct pfq_dev {
+	struct rcu_head rcu;		/* freed after the hooks that found it */
 	struct hlist_node hnode;	/* in pfq_dev_table, RCU readers */
 	struct list_head node;		/* in pfq_dev_list, RTNL */
 	struct net_device *dev;		/* valid until NETDEV_UNREGISTER removes us */
@@ -109,25 +118,43 @@ struct pfq_dev {
 };
 
 /*
+ * Memory a user maps: pages charged to the caller's memory cgroup, counted against its
+ * RLIMIT_MEMLOCK (unless it has CAP_IPC_LOCK) and against the module's cap, mapped
+ * into one virtual area that remap_vmalloc_range() accepts (pfq_mem.c).
+ */
+struct pfq_area {
+	void *addr;
+	struct page **pages;
+	unsigned long npages;
+	struct user_struct *user;	/* whose RLIMIT_MEMLOCK pays, NULL: none */
+};
+
+/*
  * An endpoint: one open file of /dev/pfq, with its own ring (struct pfq_ring_head and
- * slots in one vmalloc_user() area, mmap-able). The hooks are its producers, under
- * @lock; the reader consumes through mmap (tail in the shared page) or read().
+ * slots in one struct pfq_area, mmap-able). The hooks are its producers, under @lock;
+ * the reader consumes through mmap (tail in the shared page) or read().
+ *
+ * Two mutexes, so that no lock ->mmap() takes is ever held across a user copy (whose
+ * fault takes mmap_lock, which ->mmap() runs under): @ring_mutex makes the ring, and
+ * ->mmap() takes it; @read_mutex serialises read() consumers, and ->mmap() never does.
  */
 struct pfq_endpoint {
-	spinlock_t lock;		/* producers: @khead, @stats, slot contents */
-	struct mutex mutex;		/* ring allocation, read() consumers */
+	spinlock_t lock;		/* producers: @khead, counters, slot contents */
+	struct mutex ring_mutex;	/* making the ring; never across a user copy */
+	struct mutex read_mutex;	/* read() consumers; never taken by ->mmap() */
 	struct pfq_ring_head *ring;	/* NULL until sized or first used */
+	struct pfq_area area;		/* the memory of @ring */
 	size_t ring_size;		/* bytes of the area, page aligned */
 	/* The ring's geometry as the kernel trusts it: the shared page is user memory. */
 	u32 slots, slot_size, caplen;
 	u8 *slot0;
-	u64 khead;			/* frames published: the kernel's own copy */
+	u64 khead;			/* frames published: the kernel's own copy, @lock */
 	wait_queue_head_t wait;
 	struct net *net;		/* the opener's namespace (a reference) */
 	int group;			/* -1 when in none; pfq_groups_mutex */
-	u32 id;				/* for /proc/net/pfq/endpoints */
-	pid_t pid;			/* of the opener */
-	struct list_head node;		/* in pfq_endpoints, pfq_groups_mutex */
+	u32 id;				/* for /proc/net/pfq/groups */
+	pid_t pid;			/* of the opener, in the initial pid namespace */
+	struct list_head node;		/* in the endpoint list, its own mutex */
 	u64 received, delivered, dropped;	/* under @lock */
 };
 
@@ -136,6 +163,7 @@ struct pfq_group_conf {
 	struct rcu_head rcu;
 	u32 steer;			/* enum pfq_steer */
 	struct bpf_prog *prog;		/* classic BPF, NULL: every frame passes */
+	bool owns_prog;			/* @prog goes when this configuration is freed */
 	u32 prog_len;			/* its instructions, for /proc */
 	bool vlan_enabled;
 	bool vlan_untagged;
@@ -165,6 +193,7 @@ int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode);
 /* pfq_ring.c */
 struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen);
 void pfq_ring_free(struct pfq_ring *ring);
+void pfq_ring_free_deferred(struct pfq_ring *ring);
 bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset);
 bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out);
 u32 pfq_ring_count(struct pfq_ring *ring);
@@ -173,9 +202,15 @@ u32 pfq_ring_count(struct pfq_ring *ring);
 int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen);
 u32 pfq_frame_len(const struct sk_buff *skb, int offset);
 
+/* pfq_mem.c */
+int pfq_mem_init(void);
+int pfq_mem_charge(unsigned long pages);
+void pfq_mem_uncharge(unsigned long pages);
+int pfq_area_alloc(struct pfq_area *area, size_t bytes);
+void pfq_area_free(struct pfq_area *area);
+void pfq_mem_show(struct seq_file *m);
+
 /* pfq_group.c */
-extern struct mutex pfq_groups_mutex;
-extern struct list_head pfq_endpoints;
 int pfq_groups_init(void);
 void pfq_groups_exit(void);
 bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset);
@@ -191,6 +226,7 @@ void pfq_groups_show(struct seq_file *m);
 int pfq_endpoint_init(void);
 void pfq_endpoint_exit(void);
 bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap);
+void pfq_endpoints_show(struct seq_file *m);
 
 /* pfq_proc.c */
 int pfq_proc_init(void);

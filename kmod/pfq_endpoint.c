@@ -2,17 +2,20 @@
 /*
  * /dev/pfq: every open file is an endpoint (include/pfq/uapi.h has the interface).
  *
- * The ring of an endpoint is one vmalloc_user() area: a page of struct pfq_ring_head,
+ * The ring of an endpoint is one struct pfq_area (pfq_mem.c: charged to the caller's
+ * memory cgroup, RLIMIT_MEMLOCK and the module's cap): a page of struct pfq_ring_head,
  * then the slots. It is made on the first PFQ_IOC_RING, join, mmap() or read(), and
  * keeps its size from then on, so the hooks and a mapping never see it move. The
  * hooks publish under the endpoint's spinlock and never wait: when the reader's tail
  * is a whole ring behind (or is nonsense: it is user memory), the frame is dropped
- * and counted. The kernel's own count of published frames (khead) is what it trusts;
- * the shared head is only a copy for the reader.
+ * and counted. The kernel's own count of published frames (khead) is what it trusts,
+ * for read() and poll() too; the shared head is only a copy for the reader.
  *
- * Opening needs CAP_NET_RAW in the opener's network namespace, as an AF_PACKET socket
- * does; closing leaves the group first and waits for the hooks that could still see
- * the endpoint, so no frame is ever delivered to a closed one.
+ * Opening needs CAP_NET_RAW in the initial user namespace (capable(), not the
+ * opener's namespace: a user namespace can mint that, and pfq.ko serves only the
+ * initial network namespace's devices); closing leaves the group first and waits,
+ * with no lock held, for the hooks that could still see the endpoint, so no frame is
+ * ever delivered to a closed one.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -36,34 +39,39 @@
 #define PFQ_RING_MAX_BYTES	(1ULL << 30)
 
 static atomic_t pfq_endpoint_ids = ATOMIC_INIT(0);
+/* Every open endpoint, for /proc/net/pfq/groups; nothing else is done under it. */
+static DEFINE_MUTEX(pfq_endpoints_mutex);
+static LIST_HEAD(pfq_endpoints);
 
 static size_t pfq_slot_size(u32 caplen)
 {
 	return ALIGN(sizeof(struct pfq_frame) + caplen, 8);
 }
 
-/* Make the ring of @ep with @info's sizes (0: the module's). Caller holds ep->mutex. */
+/* Make the ring of @ep with @info's sizes (0: the module's). Caller holds ring_mutex. */
 static int pfq_endpoint_make_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info)
 {
 	u32 slots = info->slots ?: pfq_ring_slots;
 	u32 caplen = info->caplen ?: pfq_snaplen;
 	struct pfq_ring_head *ring;
 	u64 bytes;
+	int err;
 
 	if (slots > (1U << 20) || caplen < 64 || caplen > 65535) {
-		pr_warn("endpoint %u: ring of %u slots of %u bytes is out of range (1..1048576 slots, 64..65535 bytes)\n",
+		pr_warn_ratelimited("endpoint %u: ring of %u slots of %u bytes is out of range (1..1048576 slots, 64..65535 bytes)\n",
 			ep->id, slots, caplen);
 		return -EINVAL;
 	}
 	bytes = PAGE_SIZE + (u64)slots * pfq_slot_size(caplen);
 	if (bytes > PFQ_RING_MAX_BYTES) {
-		pr_warn("endpoint %u: a ring of %llu bytes is more than %llu\n", ep->id, bytes,
-			PFQ_RING_MAX_BYTES);
+		pr_warn_ratelimited("endpoint %u: a ring of %llu bytes is more than %llu\n", ep->id,
+				    bytes, PFQ_RING_MAX_BYTES);
 		return -EINVAL;
 	}
-	ring = vmalloc_user(PAGE_ALIGN(bytes));
-	if (!ring)
-		return -ENOMEM;
+	err = pfq_area_alloc(&ep->area, bytes);
+	if (err)
+		return err;
+	ring = ep->area.addr;
 	ring->magic = PFQ_RING_MAGIC;
 	ring->version = 1;
 	ring->slots = slots;
@@ -86,10 +94,10 @@ static int pfq_endpoint_ensure_ring(struct pfq_endpoint *ep)
 	struct pfq_ring_info info = {};
 	int err = 0;
 
-	mutex_lock(&ep->mutex);
+	mutex_lock(&ep->ring_mutex);
 	if (!ep->ring)
 		err = pfq_endpoint_make_ring(ep, &info);
-	mutex_unlock(&ep->mutex);
+	mutex_unlock(&ep->ring_mutex);
 	return err;
 }
 
@@ -106,7 +114,7 @@ static int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info
 {
 	int err = 0;
 
-	mutex_lock(&ep->mutex);
+	mutex_lock(&ep->ring_mutex);
 	if (!ep->ring) {
 		err = pfq_endpoint_make_ring(ep, info);
 	} else if ((info->slots && info->slots != ep->slots) ||
@@ -116,7 +124,7 @@ static int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info
 	}
 	if (!err)
 		pfq_endpoint_ring_info(ep, info);
-	mutex_unlock(&ep->mutex);
+	mutex_unlock(&ep->ring_mutex);
 	return err;
 }
 
@@ -151,8 +159,10 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 			frame->vlan_tci = skb_vlan_tag_present(skb) ? skb_vlan_tag_get(skb) : 0;
 			frame->flags = skb_vlan_tag_present(skb) ? PFQ_FRAME_VLAN : 0;
 			frame->pad = 0;
-			ep->khead++;
-			/* The slot before the head that makes it visible. */
+			/* Read locklessly by pfq_endpoint_readable(): one 64-bit store. */
+			WRITE_ONCE(ep->khead, ep->khead + 1);
+			/* The slot before the head that makes it visible (smp_load_acquire() of
+			 * head in the reader's user space). */
 			smp_store_release(&ring->head, ep->khead);
 			stored = true;
 		}
@@ -167,33 +177,39 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 	return stored;
 }
 
+/*
+ * A wake-up hint for poll() and a sleeping read(), from the kernel's own count of
+ * published frames: the shared head is user memory. read() checks again under its
+ * mutex. The ring pointer is published with smp_store_release() (make_ring).
+ */
 static bool pfq_endpoint_readable(struct pfq_endpoint *ep)
 {
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 
-	return ring && smp_load_acquire(&ring->head) != READ_ONCE(ring->tail);
+	return ring && READ_ONCE(ep->khead) != READ_ONCE(ring->tail);
 }
 
 static int pfq_open(struct inode *inode, struct file *file)
 {
-	struct net *net = current->nsproxy->net_ns;
 	struct pfq_endpoint *ep;
 
-	if (!ns_capable(net->user_ns, CAP_NET_RAW))
+	/* misc_open() holds misc_mtx: nothing here waits on anything but a short list lock. */
+	if (!capable(CAP_NET_RAW))
 		return -EPERM;
-	ep = kzalloc(sizeof(*ep), GFP_KERNEL);
+	ep = kzalloc(sizeof(*ep), GFP_KERNEL_ACCOUNT);
 	if (!ep)
 		return -ENOMEM;
 	spin_lock_init(&ep->lock);
-	mutex_init(&ep->mutex);
+	mutex_init(&ep->ring_mutex);
+	mutex_init(&ep->read_mutex);
 	init_waitqueue_head(&ep->wait);
-	ep->net = get_net(net);
+	ep->net = get_net(current->nsproxy->net_ns);
 	ep->group = -1;
 	ep->id = atomic_inc_return(&pfq_endpoint_ids);
-	ep->pid = task_tgid_vnr(current);
-	mutex_lock(&pfq_groups_mutex);
+	ep->pid = task_tgid_nr(current);
+	mutex_lock(&pfq_endpoints_mutex);
 	list_add_tail(&ep->node, &pfq_endpoints);
-	mutex_unlock(&pfq_groups_mutex);
+	mutex_unlock(&pfq_endpoints_mutex);
 	file->private_data = ep;
 	return nonseekable_open(inode, file);
 }
@@ -202,22 +218,31 @@ static int pfq_release(struct inode *inode, struct file *file)
 {
 	struct pfq_endpoint *ep = file->private_data;
 
-	/* Out of its group, and every hook that could still see it gone, first. */
 	pfq_group_leave(ep);
-	mutex_lock(&pfq_groups_mutex);
+	mutex_lock(&pfq_endpoints_mutex);
 	list_del(&ep->node);
-	mutex_unlock(&pfq_groups_mutex);
-	vfree(ep->ring);
+	mutex_unlock(&pfq_endpoints_mutex);
+	/* Hooks found it through a group configuration under RCU: wait them out, with
+	 * no lock held, before its ring goes. */
+	if (ep->ring)
+		synchronize_rcu();
+	pfq_area_free(&ep->area);
 	put_net(ep->net);
 	kfree(ep);
 	return 0;
 }
 
+/* Runs with mmap_lock held for writing: takes ring_mutex only, which no one holds
+ * across a user copy. */
 static int pfq_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct pfq_endpoint *ep = file->private_data;
-	int err = pfq_endpoint_ensure_ring(ep);
+	int err;
 
+	/* A private mapping would keep the reader's tail from the kernel. */
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	err = pfq_endpoint_ensure_ring(ep);
 	if (err)
 		return err;
 	if (vma->vm_pgoff || vma->vm_end - vma->vm_start > ep->ring_size)
@@ -225,15 +250,25 @@ static int pfq_mmap(struct file *file, struct vm_area_struct *vma)
 	return remap_vmalloc_range(vma, ep->ring, 0);
 }
 
+/* Frames published and the reader's tail, as the kernel sees them. Caller holds
+ * read_mutex; the spinlock orders the slots' contents before the count. */
+static void pfq_endpoint_bounds(struct pfq_endpoint *ep, u64 *tail, u64 *head)
+{
+	*tail = READ_ONCE(ep->ring->tail);
+	spin_lock_irq(&ep->lock);
+	*head = ep->khead;
+	spin_unlock_irq(&ep->lock);
+}
+
 /*
  * Whole records (struct pfq_frame, then caplen bytes), as many as fit in @count; waits
- * for the first unless O_NONBLOCK. The tail is the one mmap() readers move: a reader
- * uses one way or the other.
+ * for the first unless O_NONBLOCK, and never returns 0: a reader that woke for a frame
+ * another reader took waits again. The tail is the one mmap() readers move: a reader
+ * uses one way or the other; a tail that is nonsense (user memory) is -EIO.
  */
 static ssize_t pfq_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
 {
 	struct pfq_endpoint *ep = file->private_data;
-	struct pfq_ring_head *ring;
 	struct pfq_frame *frame;
 	size_t done = 0, size;
 	u64 tail, head;
@@ -242,37 +277,47 @@ static ssize_t pfq_read(struct file *file, char __user *buf, size_t count, loff_
 	err = pfq_endpoint_ensure_ring(ep);
 	if (err)
 		return err;
-	ring = ep->ring;
 	if (count < sizeof(*frame) + ep->caplen)
 		return -EINVAL;
-	while (!pfq_endpoint_readable(ep)) {
+	if (mutex_lock_interruptible(&ep->read_mutex))
+		return -ERESTARTSYS;
+	for (;;) {
+		pfq_endpoint_bounds(ep, &tail, &head);
+		if (head - tail > ep->slots) {
+			pr_warn_ratelimited("endpoint %u: read: the ring's tail %llu is not within %u slots of head %llu\n",
+					    ep->id, tail, ep->slots, head);
+			err = -EIO;
+			goto out;
+		}
+		if (head != tail)
+			break;
+		mutex_unlock(&ep->read_mutex);
 		if (file->f_flags & O_NONBLOCK)
 			return -EAGAIN;
 		if (wait_event_interruptible(ep->wait, pfq_endpoint_readable(ep)))
 			return -ERESTARTSYS;
+		if (mutex_lock_interruptible(&ep->read_mutex))
+			return -ERESTARTSYS;
 	}
-	if (mutex_lock_interruptible(&ep->mutex))
-		return -ERESTARTSYS;
-	tail = READ_ONCE(ring->tail);
-	/* The kernel's own count, not the shared copy; the lock orders the slots. */
-	spin_lock_irq(&ep->lock);
-	head = ep->khead;
-	spin_unlock_irq(&ep->lock);
-	while (tail != head && head - tail <= ep->slots) {
+	while (tail != head) {
 		frame = (struct pfq_frame *)(ep->slot0 + (size_t)(tail % ep->slots) * ep->slot_size);
-		size = sizeof(*frame) + min(frame->caplen, ep->caplen);
+		/* caplen is in the shared page: read it once, bound it by the slot. */
+		size = sizeof(*frame) + min(READ_ONCE(frame->caplen), ep->caplen);
 		if (done + size > count)
 			break;
+		/* Holds read_mutex across the copy: ->mmap() never takes it. */
 		if (copy_to_user(buf + done, frame, size)) {
 			err = -EFAULT;
 			break;
 		}
 		done += size;
 		tail++;
-		/* The slot is read before the producer may take it back. */
-		smp_store_release(&ring->tail, tail);
+		/* The slot is read before the producer may take it back (its
+		 * READ_ONCE(ring->tail) in pfq_endpoint_put(), under ep->lock). */
+		smp_store_release(&ep->ring->tail, tail);
 	}
-	mutex_unlock(&ep->mutex);
+out:
+	mutex_unlock(&ep->read_mutex);
 	return done ?: err;
 }
 
@@ -341,7 +386,7 @@ static long pfq_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		stats.group = READ_ONCE(ep->group);
 		return copy_to_user(uarg, &stats, sizeof(stats)) ? -EFAULT : 0;
 	}
-	pr_warn("endpoint %u: unknown ioctl 0x%x\n", ep->id, cmd);
+	/* As every driver answers an ioctl it does not know: silently. */
 	return -ENOTTY;
 }
 
@@ -363,6 +408,27 @@ static struct miscdevice pfq_misc = {
 	.fops = &pfq_fops,
 	.mode = 0666,
 };
+
+/* One line per open endpoint, after the groups' lines of /proc/net/pfq/groups. */
+void pfq_endpoints_show(struct seq_file *m)
+{
+	struct pfq_ring_head *ring;
+	struct pfq_endpoint *ep;
+	u64 queued;
+
+	mutex_lock(&pfq_endpoints_mutex);
+	list_for_each_entry(ep, &pfq_endpoints, node) {
+		/* Published by make_ring with smp_store_release(), geometry first. */
+		ring = smp_load_acquire(&ep->ring);
+		spin_lock_irq(&ep->lock);
+		queued = ring ? min_t(u64, ep->khead - READ_ONCE(ring->tail), ep->slots) : 0;
+		seq_printf(m, "endpoint=%u pid=%d group=%d slots=%u caplen=%u queued=%llu received=%llu delivered=%llu dropped=%llu\n",
+			   ep->id, ep->pid, READ_ONCE(ep->group), ep->slots, ep->caplen, queued,
+			   ep->received, ep->delivered, ep->dropped);
+		spin_unlock_irq(&ep->lock);
+	}
+	mutex_unlock(&pfq_endpoints_mutex);
+}
 
 int pfq_endpoint_init(void)
 {

@@ -4,18 +4,21 @@
  *
  * A group's configuration (its endpoints, steering mode, BPF program and VLAN filter)
  * is one struct pfq_group_conf, replaced whole under pfq_groups_mutex and read by the
- * hooks under RCU; the one it replaces is freed after a grace period, so a hook never
- * sees an endpoint that has left, nor a program that is gone. A device lists the
- * groups bound to it in pfq_dev.groups (RTNL and pfq_groups_mutex to change), which
- * the hooks read only in tap and capture mode: pass never looks at groups.
+ * hooks under RCU; the one it replaces is freed, with its program when the new one
+ * does not keep it, by an RCU callback, so a hook never sees a program that is gone and
+ * no grace period is waited for under a lock. A device lists the groups bound to it in
+ * pfq_dev.groups (RTNL and pfq_groups_mutex to change), which the hooks read only in
+ * tap and capture mode: pass never looks at groups.
  *
  * A group lives while it has endpoints: its first endpoint makes it (in the
  * endpoint's network namespace), its last one leaving unbinds it from every device and
- * resets it. Lock order: RTNL, then pfq_groups_mutex, then an endpoint's lock.
+ * resets it. RTNL is taken only where bindings change (bind, unbind, the last leave).
+ * Lock order: RTNL, then pfq_groups_mutex, then an endpoint's lock. An endpoint that
+ * left may still be seen by hooks until a grace period ends: its owner waits for one
+ * (with no lock held) before freeing it.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/if_vlan.h>
 #include <linux/ip.h>
@@ -30,8 +33,7 @@
 
 #include "pfq.h"
 
-DEFINE_MUTEX(pfq_groups_mutex);
-LIST_HEAD(pfq_endpoints);
+static DEFINE_MUTEX(pfq_groups_mutex);
 
 struct pfq_group {
 	struct pfq_group_conf __rcu *conf;	/* NULL while it has no endpoint */
@@ -242,8 +244,22 @@ static struct pfq_group_conf *pfq_conf_copy(struct pfq_group *group)
 }
 
 /*
- * Make @conf (NULL: none) the group's, then free the one it replaces once no hook can
- * hold it, with its program unless @conf keeps it. Caller holds pfq_groups_mutex.
+ * A configuration no hook can hold any more. Softirq context: a classic program's
+ * release defers its own freeing, as a socket filter's does (sk_filter_release_rcu()).
+ */
+static void pfq_conf_free_rcu(struct rcu_head *rcu)
+{
+	struct pfq_group_conf *conf = container_of(rcu, struct pfq_group_conf, rcu);
+
+	if (conf->owns_prog)
+		bpf_prog_destroy(conf->prog);
+	kfree(conf);
+}
+
+/*
+ * Make @conf (NULL: none) the group's; the one it replaces is freed once no hook can
+ * hold it, with its program unless @conf keeps it. Does not wait. Caller holds
+ * pfq_groups_mutex.
  */
 static void pfq_conf_publish(struct pfq_group *group, struct pfq_group_conf *conf)
 {
@@ -252,10 +268,9 @@ static void pfq_conf_publish(struct pfq_group *group, struct pfq_group_conf *con
 	rcu_assign_pointer(group->conf, conf);
 	if (!old)
 		return;
-	synchronize_rcu();
-	if (old->prog && (!conf || conf->prog != old->prog))
-		bpf_prog_destroy(old->prog);
-	kfree(old);
+	/* Hooks still reading @old never look at owns_prog. */
+	old->owns_prog = old->prog && (!conf || conf->prog != old->prog);
+	call_rcu(&old->rcu, pfq_conf_free_rcu);
 }
 
 static void pfq_group_unbind_all(unsigned int g)
@@ -274,7 +289,7 @@ int pfq_group_join(struct pfq_endpoint *ep, u32 g)
 	int err = 0, cpu;
 
 	if (g >= PFQ_GROUPS) {
-		pr_warn("endpoint %u: group %u is out of range (0..%u)\n", ep->id, g,
+		pr_warn_ratelimited("endpoint %u: group %u is out of range (0..%u)\n", ep->id, g,
 			PFQ_GROUPS - 1);
 		return -EINVAL;
 	}
@@ -308,21 +323,30 @@ out:
 
 /*
  * Take @ep out of its group at once: the others share its frames from the next one.
- * When it was the last, the group is unbound from its devices and reset. Returns after
- * every hook that could have seen @ep has finished.
+ * When it was the last, the group is unbound from its devices (under RTNL, taken only
+ * then) and reset. Does not wait: hooks may see @ep until a grace period ends.
  */
 void pfq_group_leave(struct pfq_endpoint *ep)
 {
 	struct pfq_group_conf *conf, *old;
 	struct pfq_group *group;
+	bool rtnl = false;
 	u32 i, j;
 
-	rtnl_lock();
+again:
+	if (rtnl)
+		rtnl_lock();
 	mutex_lock(&pfq_groups_mutex);
 	if (ep->group < 0)
 		goto out;
 	group = &pfq_groups[ep->group];
 	old = pfq_conf(group);
+	if (old->n == 1 && !rtnl) {
+		/* The last one: its bindings change, and RTNL comes before our mutex. */
+		mutex_unlock(&pfq_groups_mutex);
+		rtnl = true;
+		goto again;
+	}
 	conf = NULL;
 	if (old->n > 1) {
 		/* Leaving cannot fail: the copy is small, the allocator may not refuse it. */
@@ -339,7 +363,8 @@ void pfq_group_leave(struct pfq_endpoint *ep)
 	WRITE_ONCE(ep->group, -1);
 out:
 	mutex_unlock(&pfq_groups_mutex);
-	rtnl_unlock();
+	if (rtnl)
+		rtnl_unlock();
 }
 
 /* The endpoint's group, or NULL (and one dmesg line) when it is in none. */
@@ -347,7 +372,7 @@ static struct pfq_group *pfq_group_of(struct pfq_endpoint *ep, const char *what)
 {
 	lockdep_assert_held(&pfq_groups_mutex);
 	if (ep->group < 0) {
-		pr_warn("endpoint %u: %s needs a group: join one first\n", ep->id, what);
+		pr_warn_ratelimited("endpoint %u: %s needs a group: join one first\n", ep->id, what);
 		return NULL;
 	}
 	return &pfq_groups[ep->group];
@@ -364,7 +389,7 @@ int pfq_group_bind(struct pfq_endpoint *ep, const struct pfq_bind *bind, bool on
 
 	if (!memchr(bind->ifname, '\0', sizeof(bind->ifname)) || bind->queue < -1 ||
 	    bind->queue > U16_MAX) {
-		pr_warn("endpoint %u: %s: bad device name or queue %d\n", ep->id, what,
+		pr_warn_ratelimited("endpoint %u: %s: bad device name or queue %d\n", ep->id, what,
 			bind->queue);
 		return -EINVAL;
 	}
@@ -379,17 +404,15 @@ int pfq_group_bind(struct pfq_endpoint *ep, const struct pfq_bind *bind, bool on
 	/* Only the devices of the endpoint's namespace are visible to it. */
 	dev = __dev_get_by_name(ep->net, bind->ifname);
 	if (!dev) {
-		pr_warn("endpoint %u: %s: unknown device '%s'\n", ep->id, what, bind->ifname);
+		pr_warn_ratelimited("endpoint %u: %s: unknown device '%s'\n", ep->id, what,
+				    bind->ifname);
 		err = -EINVAL;
 		goto out;
 	}
-	if (!ns_capable(dev_net(dev)->user_ns, CAP_NET_RAW)) {
-		err = -EPERM;
-		goto out;
-	}
+	/* Who opened the endpoint had CAP_NET_RAW in the initial namespace (pfq_open()). */
 	pd = pfq_dev_lookup(dev);
 	if (!pd) {
-		pr_warn("endpoint %u: %s: PFQ tracks the devices of the initial namespace only, not '%s'\n",
+		pr_warn_ratelimited("endpoint %u: %s: PFQ tracks the devices of the initial namespace only, not '%s'\n",
 			ep->id, what, bind->ifname);
 		err = -EINVAL;
 		goto out;
@@ -401,7 +424,7 @@ int pfq_group_bind(struct pfq_endpoint *ep, const struct pfq_bind *bind, bool on
 	} else if (pd->groups & bit) {
 		WRITE_ONCE(pd->groups, pd->groups & ~bit);
 	} else {
-		pr_warn("endpoint %u: unbind: group %d is not bound to '%s'\n", ep->id,
+		pr_warn_ratelimited("endpoint %u: unbind: group %d is not bound to '%s'\n", ep->id,
 			ep->group, bind->ifname);
 		err = -EINVAL;
 	}
@@ -418,7 +441,7 @@ int pfq_group_steer(struct pfq_endpoint *ep, u32 steer)
 	int err = 0;
 
 	if (steer >= PFQ_STEER_MAX) {
-		pr_warn("endpoint %u: unknown steering mode %u (0..%u)\n", ep->id, steer,
+		pr_warn_ratelimited("endpoint %u: unknown steering mode %u (0..%u)\n", ep->id, steer,
 			PFQ_STEER_MAX - 1);
 		return -EINVAL;
 	}
@@ -447,7 +470,7 @@ static int pfq_filter_load(struct pfq_endpoint *ep, const struct pfq_filter *fil
 	if (!filter->len)
 		return 0;
 	if (filter->len > BPF_MAXINSNS) {
-		pr_warn("endpoint %u: BPF program of %u instructions (at most %u)\n", ep->id,
+		pr_warn_ratelimited("endpoint %u: BPF program of %u instructions (at most %u)\n", ep->id,
 			filter->len, BPF_MAXINSNS);
 		return -EINVAL;
 	}
@@ -460,7 +483,7 @@ static int pfq_filter_load(struct pfq_endpoint *ep, const struct pfq_filter *fil
 	err = bpf_prog_create(prog, &fprog);
 	kfree(insns);
 	if (err) {
-		pr_warn("endpoint %u: the kernel refused the BPF program (error %d)\n", ep->id,
+		pr_warn_ratelimited("endpoint %u: the kernel refused the BPF program (error %d)\n", ep->id,
 			err);
 		return -EINVAL;
 	}
@@ -501,7 +524,7 @@ int pfq_group_vlan(struct pfq_endpoint *ep, const struct pfq_vlan *vlan)
 	u32 vid;
 
 	if (vlan->enabled > 1 || vlan->untagged > 1) {
-		pr_warn("endpoint %u: VLAN filter: enabled and untagged are 0 or 1\n", ep->id);
+		pr_warn_ratelimited("endpoint %u: VLAN filter: enabled and untagged are 0 or 1\n", ep->id);
 		return -EINVAL;
 	}
 	mutex_lock(&pfq_groups_mutex);
@@ -539,16 +562,14 @@ static void pfq_group_sum(struct pfq_group *group, struct pfq_group_counters *su
 	}
 }
 
-/* One line per group that has endpoints, then one per endpoint. */
+/* One line per group that has endpoints. */
 void pfq_groups_show(struct seq_file *m)
 {
 	struct pfq_group_counters sum;
 	struct pfq_group_conf *conf;
-	struct pfq_endpoint *ep;
 	struct pfq_dev *pd;
 	const char *sep;
 	unsigned int g;
-	u64 queued;
 
 	rtnl_lock();
 	mutex_lock(&pfq_groups_mutex);
@@ -571,14 +592,6 @@ void pfq_groups_show(struct seq_file *m)
 			sep = ",";
 		}
 		seq_putc(m, '\n');
-	}
-	list_for_each_entry(ep, &pfq_endpoints, node) {
-		spin_lock_irq(&ep->lock);
-		queued = ep->ring ? min_t(u64, ep->khead - READ_ONCE(ep->ring->tail), ep->slots) : 0;
-		seq_printf(m, "endpoint=%u pid=%d group=%d slots=%u caplen=%u queued=%llu received=%llu delivered=%llu dropped=%llu\n",
-			   ep->id, ep->pid, ep->group, ep->slots, ep->caplen, queued,
-			   ep->received, ep->delivered, ep->dropped);
-		spin_unlock_irq(&ep->lock);
 	}
 	mutex_unlock(&pfq_groups_mutex);
 	rtnl_unlock();
@@ -604,6 +617,8 @@ void pfq_groups_exit(void)
 {
 	unsigned int g;
 
+	/* Configurations replaced last are freed by callbacks of this module. */
+	rcu_barrier();
 	for (g = 0; g < PFQ_GROUPS; g++) {
 		WARN_ON(rcu_access_pointer(pfq_groups[g].conf));
 		free_percpu(pfq_groups[g].stats);

@@ -6,7 +6,9 @@
  * through the hooks uncounted). The netdevice notifier creates it on NETDEV_REGISTER
  * (replayed for existing devices when we register) and frees it, with its ring and
  * proc entry, on NETDEV_UNREGISTER (replayed when we unregister, so unloading frees
- * everything). All of that runs under RTNL, which also serialises the control file.
+ * everything). All of that runs under RTNL, which also serialises the control file;
+ * nothing here waits for a grace period under it: what the hooks may still hold is
+ * freed by RCU callbacks, and unloading waits for those (rcu_barrier()).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -83,7 +85,7 @@ static struct pfq_ring *pfq_dev_ring(struct pfq_dev *pd)
 /*
  * Switch @pd to @mode. The ring exists before a hook can see tap/capture, and is
  * freed (with what it still holds) only after every hook that could have seen it has
- * left its RCU read side. Caller holds RTNL.
+ * left its RCU read side, by a callback: the caller holds RTNL.
  */
 int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode)
 {
@@ -99,8 +101,7 @@ int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode)
 	WRITE_ONCE(pd->mode, mode);
 	if (mode == PFQ_PASS && ring) {
 		RCU_INIT_POINTER(pd->ring, NULL);
-		synchronize_rcu();
-		pfq_ring_free(ring);
+		pfq_ring_free_deferred(ring);
 	}
 	return 0;
 }
@@ -132,6 +133,16 @@ fail:
 	kfree(pd);
 }
 
+/* Hooks that found @pd have all left: free it (any context, see pfq_ring_free()). */
+static void pfq_dev_free_rcu(struct rcu_head *rcu)
+{
+	struct pfq_dev *pd = container_of(rcu, struct pfq_dev, rcu);
+
+	pfq_ring_free(rcu_dereference_protected(pd->ring, true));
+	free_percpu(pd->stats);
+	kfree(pd);
+}
+
 static void pfq_dev_del(struct net_device *dev)
 {
 	struct pfq_dev *pd = pfq_dev_lookup(dev);
@@ -142,11 +153,9 @@ static void pfq_dev_del(struct net_device *dev)
 	list_del(&pd->node);
 	/* Waits for pcap readers of this device to leave; new ones get -EIO. */
 	pfq_proc_del_dev(pd);
-	/* Hooks running on other CPUs may still hold pd: wait them out. */
-	synchronize_rcu();
-	pfq_ring_free(pfq_dev_ring(pd));
-	free_percpu(pd->stats);
-	kfree(pd);
+	/* Hooks running on other CPUs may still hold pd: freed after they leave, without
+	 * making every unregistration wait a grace period under RTNL. */
+	call_rcu(&pd->rcu, pfq_dev_free_rcu);
 }
 
 static void pfq_dev_rename(struct net_device *dev)
@@ -196,6 +205,9 @@ static int __init pfq_init(void)
 		pr_err("snaplen=%u is out of range (64..65535)\n", pfq_snaplen);
 		return -EINVAL;
 	}
+	err = pfq_mem_init();
+	if (err)
+		return err;
 	err = pfq_groups_init();
 	if (err)
 		return err;
@@ -217,6 +229,7 @@ proc:
 	pfq_proc_exit();
 groups:
 	pfq_groups_exit();
+	rcu_barrier();
 	return err;
 }
 
@@ -228,6 +241,8 @@ static void __exit pfq_exit(void)
 	unregister_netdevice_notifier(&pfq_netdev_notifier);
 	pfq_proc_exit();
 	pfq_groups_exit();
+	/* The RCU callbacks that free devices and rings run this module's code. */
+	rcu_barrier();
 	WARN_ON(!list_empty(&pfq_dev_list));
 	pr_info("unloaded\n");
 }

@@ -2,12 +2,16 @@
 /*
  * The user interface, under /proc/net/pfq/ (init_net):
  *   stats         one line per device and hook: key=value counters
- *   control       write "<device> <pass|tap|capture>"; read: one line per device
+ *   control       write "<device> <pass|tap|capture>" (CAP_NET_ADMIN in the initial
+ *                 user namespace, as the opener); read: one line per device
  *   pcap/<device> read: a pcap stream (Ethernet, microseconds) that drains the ring
- *   groups        one line per group that has endpoints, then one per endpoint
+ *   groups        one line per group that has endpoints, then one per endpoint (root
+ *                 only: it names the endpoints' processes)
+ *   memory        what every ring holds, and the module's cap (pfq_mem.c)
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/capability.h>
 #include <linux/ctype.h>
 #include <linux/if_ether.h>
 #include <linux/proc_fs.h>
@@ -83,6 +87,13 @@ static int pfq_stats_show(struct seq_file *m, void *v)
 static int pfq_groups_file_show(struct seq_file *m, void *v)
 {
 	pfq_groups_show(m);
+	pfq_endpoints_show(m);
+	return 0;
+}
+
+static int pfq_memory_show(struct seq_file *m, void *v)
+{
+	pfq_mem_show(m);
 	return 0;
 }
 
@@ -109,7 +120,10 @@ static int pfq_control_open(struct inode *inode, struct file *file)
 
 /*
  * "<device> <mode>", one command per write; -EINVAL and one warning when it is bad.
- * A blank write (`echo > control`) changes nothing and is not an error.
+ * A blank write (`echo > control`) changes nothing and is not an error. Capture can
+ * take a NIC's traffic from the stack: the writer needs CAP_NET_ADMIN in the initial
+ * user namespace, judged on who opened the file (file_ns_capable()), not only the
+ * file's mode.
  */
 static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 				 size_t count, loff_t *ppos)
@@ -118,8 +132,10 @@ static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 	struct pfq_dev *pd;
 	int mode, err;
 
+	if (!file_ns_capable(file, &init_user_ns, CAP_NET_ADMIN))
+		return -EPERM;
 	if (count >= sizeof(buf)) {
-		pr_warn("control: command too long (at most %zu bytes)\n", sizeof(buf) - 1);
+		pr_warn_ratelimited("control: command too long (at most %zu bytes)\n", sizeof(buf) - 1);
 		return -EINVAL;
 	}
 	if (copy_from_user(buf, ubuf, count))
@@ -131,13 +147,13 @@ static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 	name = strsep(&cmd, " \t");
 	mode_name = cmd ? skip_spaces(cmd) : NULL;
 	if (!*name || !mode_name || !*mode_name || strpbrk(mode_name, " \t")) {
-		pr_warn("control: expected \"<device> <pass|tap|capture>\"\n");
+		pr_warn_ratelimited("control: expected \"<device> <pass|tap|capture>\"\n");
 		return -EINVAL;
 	}
 	mode = match_string(pfq_mode_names, PFQ_MODE_MAX, mode_name);
 	if (mode < 0) {
-		pr_warn("control: unknown mode '%s' (expected pass, tap or capture)\n",
-			mode_name);
+		pr_warn_ratelimited("control: unknown mode '%s' (expected pass, tap or capture)\n",
+				    mode_name);
 		return -EINVAL;
 	}
 	rtnl_lock();
@@ -145,7 +161,7 @@ static ssize_t pfq_control_write(struct file *file, const char __user *ubuf,
 	err = pd ? pfq_dev_set_mode(pd, mode) : -ENODEV;
 	rtnl_unlock();
 	if (err == -ENODEV) {
-		pr_warn("control: unknown device '%s' (not in init_net)\n", name);
+		pr_warn_ratelimited("control: unknown device '%s' (not in init_net)\n", name);
 		return -EINVAL;
 	}
 	return err ?: count;
@@ -159,8 +175,13 @@ static const struct proc_ops pfq_control_ops = {
 	.proc_release = single_release,
 };
 
-/* An open pcap file: bytes of the header or of one record not yet read. */
+/*
+ * An open pcap file: bytes of the header or of one record not yet read. Reads of one
+ * file are serialised by @lock: the file position lock does not cover every reader
+ * (io_uring's async reads), and pos/len and the buffers are this file's state.
+ */
 struct pfq_reader {
+	struct mutex lock;
 	struct pfq_dev *pd;
 	bool header_sent;
 	size_t pos;		/* next byte of buf to hand out */
@@ -182,6 +203,7 @@ static int pfq_pcap_open(struct inode *inode, struct file *file)
 		kvfree(r);
 		return -ENOMEM;
 	}
+	mutex_init(&r->lock);
 	r->pd = pde_data(inode);
 	file->private_data = r;
 	return nonseekable_open(inode, file);
@@ -250,7 +272,10 @@ static ssize_t pfq_pcap_read(struct file *file, char __user *ubuf, size_t count,
 {
 	struct pfq_reader *r = file->private_data;
 	size_t done = 0, n;
+	int err = 0;
 
+	if (mutex_lock_interruptible(&r->lock))
+		return -ERESTARTSYS;
 	while (done < count) {
 		if (r->pos == r->len) {
 			if (!r->header_sent)
@@ -259,13 +284,16 @@ static ssize_t pfq_pcap_read(struct file *file, char __user *ubuf, size_t count,
 				break;
 		}
 		n = min(count - done, r->len - r->pos);
-		if (copy_to_user(ubuf + done, r->buf + r->pos, n))
-			return done ?: -EFAULT;
+		if (copy_to_user(ubuf + done, r->buf + r->pos, n)) {
+			err = -EFAULT;
+			break;
+		}
 		r->pos += n;
 		done += n;
 	}
+	mutex_unlock(&r->lock);
 	*ppos += done;
-	return done;
+	return done ?: err;
 }
 
 static const struct proc_ops pfq_pcap_ops = {
@@ -294,7 +322,8 @@ int pfq_proc_init(void)
 	pfq_pcap_dir = proc_mkdir("pcap", pfq_proc_dir);
 	if (!pfq_pcap_dir ||
 	    !proc_create_single("stats", 0444, pfq_proc_dir, pfq_stats_show) ||
-	    !proc_create_single("groups", 0444, pfq_proc_dir, pfq_groups_file_show) ||
+	    !proc_create_single("groups", 0400, pfq_proc_dir, pfq_groups_file_show) ||
+	    !proc_create_single("memory", 0444, pfq_proc_dir, pfq_memory_show) ||
 	    !proc_create("control", 0644, pfq_proc_dir, &pfq_control_ops)) {
 		proc_remove(pfq_proc_dir);
 		return -ENOMEM;

@@ -15,9 +15,18 @@
 
 #include "pfq.h"
 
+static size_t pfq_ring_bytes(const struct pfq_ring *ring)
+{
+	return PAGE_ALIGN(array_size(ring->slots, ring->slot_size));
+}
+
+/*
+ * A device's ring, charged to the caller's memory cgroup and counted against the
+ * module's cap (pfq_mem.c): NULL when either refuses, or the allocator does.
+ */
 struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen)
 {
-	struct pfq_ring *ring = kzalloc(sizeof(*ring), GFP_KERNEL);
+	struct pfq_ring *ring = kzalloc(sizeof(*ring), GFP_KERNEL_ACCOUNT);
 
 	if (!ring)
 		return NULL;
@@ -26,20 +35,42 @@ struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen)
 	ring->snaplen = snaplen;
 	/* struct_size() on a typed null pointer: struct_size_t() is only in 6.5 and later. */
 	ring->slot_size = ALIGN(struct_size((struct pfq_slot *)NULL, data, snaplen), 8);
-	ring->mem = vmalloc(array_size(slots, ring->slot_size));
-	if (!ring->mem) {
-		kfree(ring);
-		return NULL;
-	}
+	if (pfq_mem_charge(pfq_ring_bytes(ring) >> PAGE_SHIFT))
+		goto ring;
+	ring->mem = __vmalloc(pfq_ring_bytes(ring), GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
+	if (!ring->mem)
+		goto charge;
 	return ring;
+charge:
+	pfq_mem_uncharge(pfq_ring_bytes(ring) >> PAGE_SHIFT);
+ring:
+	kfree(ring);
+	return NULL;
 }
 
+/* Any context: vfree() defers itself in interrupt context. */
 void pfq_ring_free(struct pfq_ring *ring)
 {
 	if (!ring)
 		return;
 	vfree(ring->mem);
+	pfq_mem_uncharge(pfq_ring_bytes(ring) >> PAGE_SHIFT);
 	kfree(ring);
+}
+
+static void pfq_ring_free_rcu(struct rcu_head *rcu)
+{
+	pfq_ring_free(container_of(rcu, struct pfq_ring, rcu));
+}
+
+/*
+ * Free @ring once every hook and pcap reader that could have found it (under RCU) has
+ * left, without waiting here: callers hold RTNL.
+ */
+void pfq_ring_free_deferred(struct pfq_ring *ring)
+{
+	if (ring)
+		call_rcu(&ring->rcu, pfq_ring_free_rcu);
 }
 
 static struct pfq_slot *pfq_ring_slot(struct pfq_ring *ring, u32 index)
@@ -50,21 +81,27 @@ static struct pfq_slot *pfq_ring_slot(struct pfq_ring *ring, u32 index)
 /*
  * Copy @caplen bytes of the frame that starts @offset bytes from skb->data into @to,
  * putting back the 802.1Q tag a NIC stripped into skb metadata, as AF_PACKET does, so
- * the capture shows the frame as it was on the wire.
+ * the capture shows the frame as it was on the wire; pfq_frame_len() counts the tag
+ * under the same condition, even when @caplen keeps only part of it.
  */
 int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
 {
 	const u32 macs = 2 * ETH_ALEN;
+	u8 head[2 * ETH_ALEN + VLAN_HLEN];
 	__be16 tag[2] = { skb->vlan_proto, htons(skb_vlan_tag_get(skb)) };
+	u32 n;
 
-	if (!skb_vlan_tag_present(skb) || caplen < macs + VLAN_HLEN)
+	if (!skb_vlan_tag_present(skb) || skb->len - offset < macs)
 		return skb_copy_bits(skb, offset, to, caplen);
-	if (skb_copy_bits(skb, offset, to, macs))
-		return -EFAULT;
 	/* On the wire the tag follows the MAC addresses: TPID, then TCI. */
-	memcpy(to + macs, tag, sizeof(tag));
-	return skb_copy_bits(skb, offset + macs, to + macs + VLAN_HLEN,
-			     caplen - macs - VLAN_HLEN);
+	if (skb_copy_bits(skb, offset, head, macs))
+		return -EFAULT;
+	memcpy(head + macs, tag, sizeof(tag));
+	n = min_t(u32, caplen, sizeof(head));
+	memcpy(to, head, n);
+	if (caplen == n)
+		return 0;
+	return skb_copy_bits(skb, offset + macs, to + n, caplen - n);
 }
 
 /* The frame's length on the wire: from the Ethernet header on, with a stripped tag. */
