@@ -629,25 +629,33 @@ def main(argv: Iterable[str]) -> int:
         return 0
     (config_path,) = args
     config = json.loads(Path(config_path).read_text())
+    print("\n".join(run_checks(CHECKS, config)), flush=True)
+    return 0
+
+
+def run_checks(checks: Sequence[tuple[str, Callable[[Config], None]]],
+               config: Config) -> list[str]:
+    """Run `checks` with the hook test module's devices in tap mode, then a last one:
+    pfq.ko's reference count is back where it was. The KTAP document, as lines; each
+    result goes to stderr as it comes."""
     refcnt = Path("/sys/module/pfq/refcnt").read_text().strip()
     for dev in (DEV, DEV2):
         set_mode(dev, "tap")
-    lines = ["KTAP version 1", f"1..{len(CHECKS) + 1}"]
-    for n, (name, check) in enumerate(CHECKS, 1):
+    lines = ["KTAP version 1", f"1..{len(checks) + 1}"]
+    for n, (name, check) in enumerate(checks, 1):
         try:
             check(config)
             lines.append(f"ok {n} {name}")
-        except (CheckFailed, PfqError, OSError) as err:
+        except (CheckFailed, PfqError, OSError, subprocess.SubprocessError) as err:
             lines.append(f"not ok {n} {name} # {str(err).replace(chr(10), ' ')[:300]}")
         print(lines[-1], file=sys.stderr, flush=True)
     for dev in (DEV, DEV2):
         set_mode(dev, "pass")
     after = Path("/sys/module/pfq/refcnt").read_text().strip()
-    n = len(CHECKS) + 1
+    n = len(checks) + 1
     lines.append(f"ok {n} refcount_back" if after == refcnt else
                  f"not ok {n} refcount_back # pfq's refcount was {refcnt}, is {after}")
-    print("\n".join(lines), flush=True)
-    return 0
+    return lines
 
 
 if __name__ == "__main__":
