@@ -8,9 +8,11 @@ the guest it checks, for each entry point and each case (pass, tap, capture, rin
 the counters, the value returned to the driver, what reached the stack and the pcap bytes,
 and prints KTAP. Then omatic.groupcheck, in the guest's Python (omatic.guestpy), proves
 PFQ's groups through /dev/pfq with frames the module injects: steering, filters, modes,
-endpoints leaving, permissions and bad requests (a second document). The guest's /init
-(templates/hooklab-init.sh.j2) then checks, as a third KTAP document, bad control writes,
-`rmmod pfq` while in use, a device removed in tap mode and a clean unload. The documents
+endpoints leaving, permissions and bad requests (a second document); omatic.safetycheck
+proves pfq.ko's guards against users without privilege and careless readers (a third).
+The guest's /init (templates/hooklab-init.sh.j2) then checks, as a fourth KTAP document,
+bad control writes, `rmmod pfq` while in use, a device removed in tap mode and a clean
+unload. The documents
 are parsed here; the report goes to `OUT/<release>/pfq_hooktest/hooks.json`. With
 `bench`, the guest also times the hooks with groups (bench/fanout.py).
 """
@@ -38,23 +40,30 @@ from omatic.ktap import KtapError, KtapResult, parse
 from omatic.lab import DMESG_BAD, NoBootImageError, console_tail, run_guest, write_atomic
 from omatic.pfq import compile_filter
 from omatic.progress import Step, quiet_step
+from omatic.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.templates import render
 from omatic.vm import (
     GuestModule,
     build_initramfs,
     choose_accel,
+    in_tree_needs,
     qemu_binary,
     qemu_command,
     qemu_version,
+    read_modules_dep,
 )
 
 #: The test module's name (tests/hookmod/pfq_hooktest.c).
 MODULE = "pfq_hooktest"
-#: The KTAP documents the guest prints: the module's, omatic.groupcheck's, /init's.
-DOCUMENTS = ("hooks", "groups", "guest")
-#: What the guest's Python imports: runpy (for -m), the group checks and the capture
-#: command they run.
-GUEST_IMPORTS = ("runpy", "omatic.groupcheck", "omatic.cli", "omatic.capture")
+#: The KTAP documents the guest prints: the module's, omatic.groupcheck's,
+#: omatic.safetycheck's, /init's.
+DOCUMENTS = ("hooks", "groups", "safety", "guest")
+#: What the guest's Python imports: runpy (for -m), the group and safety checks and the
+#: capture command they run.
+GUEST_IMPORTS = ("runpy", "omatic.groupcheck", "omatic.safetycheck", "omatic.cli",
+                 "omatic.capture")
+#: In-tree modules the guest loads first: dummy, for the safety checks' `ip link add`.
+IN_TREE = ("dummy",)
 #: The users and groups of the guest: root, tcpdump's and nobody (the unprivileged
 #: check's).
 GUEST_PASSWD = ("root:x:0:0:root:/:/bin/sh\ntcpdump:x:100:100::/:/bin/false\n"
@@ -63,7 +72,7 @@ GUEST_GROUP = "root:x:0:\ntcpdump:x:100:\nnogroup:x:65534:\n"
 #: Where the guest finds the host's answers for the group checks (the BPF program).
 GROUPCHECK_CONFIG = "/etc/pfq-groupcheck.json"
 #: pfq.ko's ring_slots in the guest: small, so that the ring-full case is quick.
-SLOTS = 64
+SLOTS = DEVICE_SLOTS
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,9 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     (test_ko,) = built.modules
     modules = [GuestModule("pfq", pfq_ko, "modules/pfq.ko", built=True),
                GuestModule(MODULE, test_ko, f"modules/{MODULE}.ko", built=True)]
+    image = read_modules_dep(kernel)
+    deps = [GuestModule(name, image[name][0], f"modules/{name}.ko", built=False)
+            for name in in_tree_needs(list(IN_TREE), image, set())]
     with step("accelerator"):
         accel, accel_why = choose_accel(qemu, config.accel, vmlinuz)
     out_dir = built.out_dir
@@ -160,12 +172,14 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-hooks-") as tmp:
         initrd, root = Path(tmp) / "initrd.cpio", Path(tmp) / "root"
         init = render("hooklab-init.sh.j2", release=kernel.release, module=MODULE,
-                      slots=SLOTS, deps=[], dmesg_pattern="|".join(DMESG_BAD),
+                      slots=SLOTS, ring_memory_max=RING_MEMORY_MAX, deps=deps,
+                      dmesg_pattern="|".join(DMESG_BAD),
                       python_path=PACKAGE_DIR, groupcheck_config=GROUPCHECK_CONFIG,
                       bench=config.bench)
         with step("initramfs"):
             stage_python(root, GUEST_IMPORTS)
             stage_program(root, Path(TCPDUMP))
+            stage_program(root, Path(SETPRIV))
             (root / "etc").mkdir(exist_ok=True)
             # Debian's tcpdump drops root for a user of its own: the guest has one.
             (root / "etc" / "passwd").write_text(GUEST_PASSWD)
@@ -173,7 +187,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             program = compile_filter("udp and dst port 9")
             (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps(
                 {"udp_dst_9": program}))
-            build_initramfs(root, initrd, init, modules)
+            build_initramfs(root, initrd, init, deps + modules)
         # Two vCPUs: cpu steering is proven with frames fed from each.
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory, cpus=2)
         with step(f"boot ({accel})"):

@@ -143,12 +143,14 @@ class PfqError(UserError):
     template = "{op}: {message}"
 
     _HINTS: ClassVar[dict[int, str]] = {
-        errno.EPERM: "needs CAP_NET_RAW (run as root)",
+        errno.EPERM: "needs CAP_NET_RAW in the initial user namespace (run as root)",
         errno.EACCES: "needs CAP_NET_RAW (run as root)",
         errno.EINVAL: "the kernel refused it: see dmesg for why",
         errno.EBUSY: "the ring is already made with other sizes",
         errno.ENODEV: "no such network device in this namespace",
         errno.ENOTTY: "not an ioctl this file knows: is it /dev/pfq of this pfq.ko?",
+        errno.ENOBUFS: "over a limit on ring memory: RLIMIT_MEMLOCK (ulimit -l; CAP_IPC_LOCK "
+                       "lifts it) or pfq.ko's ring_memory_max (/proc/net/pfq/memory)",
     }
 
     @classmethod

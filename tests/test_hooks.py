@@ -23,6 +23,10 @@ GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst
                 "endpoint_closed_mid_burst", "killed_process_leaves", "endpoint_ring_full",
                 "unprivileged_eperm", "bad_requests_einval", "capture_cli_4_workers_hash",
                 "refcount_back"]
+SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted_and_capped",
+                 "read_racing_mmap_returns", "two_readers_never_read_0",
+                 "pcap_concurrent_reads_whole", "control_needs_cap_net_admin",
+                 "no_grace_period_under_locks", "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
 
@@ -43,6 +47,9 @@ def test_every_hook_in_every_mode(kernel: Kernel, tmp_path: Path) -> None:
     # PFQ's groups through /dev/pfq, by omatic.groupcheck in the guest's Python.
     groups = report["results"]["groups"]
     assert [(t["name"], t["ok"]) for t in groups] == [(c, True) for c in GROUP_CHECKS]
+    # pfq.ko's guards against users without privilege and careless readers.
+    safety = report["results"]["safety"]
+    assert [(t["name"], t["ok"]) for t in safety] == [(c, True) for c in SAFETY_CHECKS]
     # The module went through the tool like any driver: every entry point became a hook.
     module = KernelModule(tmp_path / kernel.release / "pfq_hooktest" / "pfq_hooktest.ko")
     undefined = module.undefined()

@@ -1,0 +1,365 @@
+"""pfq.ko's guards proven in a guest: run there as `python3 -S -m omatic.safetycheck`.
+
+The hook lab's guest (omatic.hooklab) has pfq.ko (with ring_memory_max=RING_MEMORY_MAX)
+and the hook test module loaded, after omatic.groupcheck has run. Each check here is
+one way a user without privilege, or a careless reader, could hurt the machine through
+pfq.ko, driven from user space as they would: rings from inside a user namespace, ring
+memory past RLIMIT_MEMLOCK or the module's cap, read() racing mmap() on one endpoint,
+two readers of one endpoint, concurrent reads of one pcap file, the control file from
+a root process without CAP_NET_ADMIN, and configuration calls that once waited for RCU
+grace periods under RTNL and global mutexes, timed against `ip link add`/`del` and a
+misc device's open. Each fails on a pfq.ko without its guard. The results are one KTAP
+document on stdout; figures go to stderr.
+
+Standard library and omatic only: the guest's python3 has nothing else. Users are
+switched with util-linux's setpriv, staged into the guest (busybox's cannot change uid).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from omatic.groupcheck import DEV, DEV2, PROC, CheckFailed, ex1, expect, group, inject, run_checks
+from omatic.guestpy import PACKAGE_DIR
+from omatic.pfq import FRAME, Endpoint, PfqError, parse_records
+
+#: util-linux's setpriv, staged into the guest (omatic.guestpy.stage_program).
+SETPRIV = "/usr/bin/setpriv"
+#: setpriv's options that make a process the user nobody, with no group.
+NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
+#: pfq.ko's ring_memory_max in the guest, MiB (omatic.hooklab loads it so).
+RING_MEMORY_MAX = 48
+#: pfq.ko's ring_slots in the guest: the device's pcap ring holds this many frames.
+DEVICE_SLOTS = 64
+#: Another misc device, for the time its open takes (misc_open holds misc_mtx).
+OTHER_MISC = Path("/dev/cpu_dma_latency")
+#: A dummy device's name for the RTNL timings.
+DUMMY = "pfqlat0"
+
+Config = dict[str, object]
+
+
+def python(code: str, prefix: Sequence[str] = (), args: Sequence[str] = (),
+           preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `code` in the guest's Python under `prefix` (setpriv, unshare...)."""
+    env = {"PATH": "/bin:/usr/bin:/sbin:/usr/sbin", "PYTHONPATH": PACKAGE_DIR}
+    return subprocess.run([*prefix, sys.executable, "-S", "-c", code, *args], env=env,
+                          capture_output=True, text=True, check=False, timeout=120,
+                          preexec_fn=preexec)
+
+
+def said(run: subprocess.CompletedProcess[str]) -> str:
+    return f"{run.stdout.strip()} {run.stderr.strip()[-300:]}".strip()
+
+
+def memory() -> dict[str, int]:
+    """/proc/net/pfq/memory as numbers: rings, bytes, limit."""
+    text = (PROC / "memory").read_text()
+    return {k: int(v) for k, v in (item.split("=") for item in text.split())}
+
+
+#: What a process prints of opening /dev/pfq: its euid, then `opened` or the errno.
+OPEN_CODE = ("import os\nfrom omatic.pfq import Endpoint, PfqError\n"
+             "try:\n    Endpoint().close(); what = 'opened'\n"
+             "except PfqError as err:\n    what = 'EPERM' if 'EPERM' in str(err) else str(err)\n"
+             "print(os.geteuid(), what)\n")
+
+
+def check_user_namespace(config: Config) -> None:
+    """nobody, made root of a user namespace of its own (`unshare -r -n`), and nobody as
+    it is: both EPERM. A namespace's root must not pin kernel memory nor take groups."""
+    inside = python(OPEN_CODE, [SETPRIV, *NOBODY, "unshare", "-r", "-n"])
+    expect(inside.returncode == 0 and inside.stdout.split() == ["0", "EPERM"],
+           f"root of a user namespace: {said(inside)} (expected '0 EPERM')")
+    plain = python(OPEN_CODE, [SETPRIV, *NOBODY])
+    expect(plain.returncode == 0 and plain.stdout.split() == ["65534", "EPERM"],
+           f"nobody: {said(plain)} (expected '65534 EPERM')")
+
+
+def check_memlock(config: Config) -> None:
+    """nobody with CAP_NET_RAW alone (as a capture program with file capabilities) and
+    RLIMIT_MEMLOCK of 1 MiB: a ring of 2 MiB is refused (ENOBUFS), one of 133 KiB made."""
+    code = ("from omatic.pfq import Endpoint, PfqError\n"
+            "for name, slots in (('big', 1024), ('small', 64)):\n"
+            "    try:\n        Endpoint().ring(slots=slots, caplen=2048); print(name, 'made')\n"
+            "    except PfqError as err:\n"
+            "        print(name, 'ENOBUFS' if 'ENOBUFS' in str(err) else err)\n")
+    limit = 1 << 20
+
+    def memlock() -> None:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
+
+    run = python(code, [SETPRIV, *NOBODY, "--inh-caps=+net_raw", "--ambient-caps=+net_raw"],
+                 preexec=memlock)
+    expect(run.returncode == 0 and run.stdout.split() == ["big", "ENOBUFS", "small", "made"],
+           f"RLIMIT_MEMLOCK 1 MiB: {said(run)} (expected big ENOBUFS, small made)")
+
+
+def check_memory_cap(config: Config) -> None:
+    """/proc/net/pfq/memory counts each ring's bytes while it lives, and the module's cap
+    refuses a ring that would pass it (ENOBUFS), until another ring goes."""
+    before = memory()
+    expect(before["limit"] == RING_MEMORY_MAX << 20,
+           f"limit={before['limit']}, pfq.ko was loaded with ring_memory_max="
+           f"{RING_MEMORY_MAX}")
+    slots = (RING_MEMORY_MAX << 20) * 6 // 10 // (FRAME.size + 65535 + 1)
+    with Endpoint() as first:
+        info = first.ring(slots=slots, caplen=65535)
+        held = memory()
+        expect(held["bytes"] - before["bytes"] == info.mmap_size and
+               held["rings"] == before["rings"] + 1,
+               f"a ring of {info.mmap_size} bytes: memory went from {before} to {held}")
+        with Endpoint() as second:
+            try:
+                second.ring(slots=slots, caplen=65535)
+                raise CheckFailed(f"two rings of {info.mmap_size} bytes passed the cap "
+                                  f"of {RING_MEMORY_MAX} MiB")
+            except PfqError as err:
+                expect("ENOBUFS" in str(err), f"over the cap: {err}, not ENOBUFS")
+    expect(memory() == before, f"after close: {memory()}, before: {before}")
+    with Endpoint() as again:
+        again.ring(slots=slots, caplen=65535)
+
+
+def check_read_racing_mmap(config: Config) -> None:
+    """One thread read()s into a buffer not yet faulted in while another mmap()s the
+    same endpoint, over and over: a read holding a lock that mmap() takes under
+    mmap_lock, across the copy whose fault needs mmap_lock, would deadlock here."""
+    with ExitStack() as stack:
+        (ep,) = group(stack, 1, 19, "copy", slots=64)
+        size = ep.ring(slots=64).mmap_size
+        stop = threading.Event()
+
+        def mapper() -> None:
+            while not stop.is_set():
+                mmap.mmap(ep.fd, size, mmap.MAP_SHARED, mmap.PROT_READ).close()
+
+        mapping = threading.Thread(target=mapper, daemon=True)
+        mapping.start()
+        rounds, deadline = 0, time.monotonic() + 4
+        try:
+            while time.monotonic() < deadline:
+                inject(DEV, ex1(4, start=40000 + 4 * rounds))
+                buf = mmap.mmap(-1, 1 << 16)  # anonymous: its pages come at first touch
+                reader = threading.Thread(target=os.readv, args=(ep.fd, [buf]), daemon=True)
+                reader.start()
+                reader.join(20)
+                expect(not reader.is_alive(), f"read() did not return in round {rounds}: "
+                                              "deadlocked with mmap()")
+                rounds += 1
+        finally:
+            stop.set()
+        mapping.join(20)
+        expect(not mapping.is_alive(), "mmap() did not return: deadlocked with read()")
+    print(f"safety: read racing mmap: {rounds} rounds", file=sys.stderr)
+
+
+def check_two_readers(config: Config) -> None:
+    """Two threads block in read() on one endpoint, frames come one at a time: each
+    read() returns a frame, never 0 (end of file) for one the other reader took."""
+    body, ends = ex1(150, start=50000), ex1(2, start=60000)
+    got: list[list[bytes]] = [[], []]
+    zeros: list[int] = []
+    with ExitStack() as stack:
+        ep = stack.enter_context(Endpoint())
+        ep.ring(slots=64, caplen=64)
+        ep.join(20)
+        ep.bind(DEV)
+
+        def reader(i: int) -> None:
+            while True:
+                data = os.read(ep.fd, FRAME.size + 64)  # room for one record only
+                if not data:
+                    zeros.append(i)
+                    return
+                for frame in parse_records(data):
+                    got[i].append(frame.data)
+                    if frame.data in ends:
+                        return
+
+        threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for frame in body:
+            inject(DEV, [frame])
+        inject(DEV, ends)
+        for thread in threads:
+            thread.join(30)
+        expect(not zeros, f"read() returned 0 to reader(s) {zeros} with the file open")
+        expect(not any(t.is_alive() for t in threads), "a reader never got its last frame")
+    expect(sorted(got[0] + got[1]) == sorted(body + ends),
+           f"the readers got {len(got[0])} + {len(got[1])} frames of {len(body) + 2}")
+
+
+def read_records(fd: int, size: int, start: threading.Barrier, out: list[bytes]) -> None:
+    """Once both readers are ready, read() `size` bytes at a time from `fd` into `out`,
+    until end of file."""
+    start.wait()
+    while chunk := os.read(fd, size):
+        out.append(chunk)
+
+
+def check_pcap_concurrent_reads(config: Config) -> None:
+    """Two threads read one /proc/net/pfq/pcap/DEV file at once, 16 records per read():
+    every read whole records (the stream stays aligned after the header) and each frame
+    once, over many rounds. Without a lock per open file, both take frames into the one
+    record buffer and hand out its bytes twice, or from past its end."""
+    path = PROC / "pcap" / DEV
+    path.read_bytes()  # empty the device's ring
+    record = 16 + 60
+    for round_ in range(24):
+        sent = ex1(DEVICE_SLOTS, start=70000 + 100 * round_)
+        inject(DEV, sent)
+        fd = os.open(path, os.O_RDONLY)
+        chunks: list[list[bytes]] = [[], []]
+        start = threading.Barrier(2)
+        try:
+            expect(len(os.read(fd, 24)) == 24, "no pcap header")
+            threads = [threading.Thread(target=read_records, args=(fd, 16 * record, start, c))
+                       for c in chunks]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks[0] + chunks[1])
+        records = [data[i:i + record] for i in range(0, len(data), record)]
+        whole = all(len(c) % record == 0 for c in chunks[0] + chunks[1])
+        bad = [r for r in records if r[8:16] != bytes.fromhex("3c0000003c000000")]
+        expect(whole and not bad, f"round {round_}: reads of {[len(c) for c in chunks[0]]} "
+                                  f"and {[len(c) for c in chunks[1]]} bytes, {len(bad)} "
+                                  "records not of a 60-byte frame")
+        expect(sorted(r[16:] for r in records) == sorted(sent),
+               f"round {round_}: the reads hold {len(records)} frames, not the "
+               f"{len(sent)} sent, each once")
+
+
+def check_control_needs_net_admin(config: Config) -> None:
+    """A root process without CAP_NET_ADMIN cannot switch a device's mode: EPERM, and
+    the mode stays; root with it can."""
+    control = str(PROC / "control")
+    code = ("import os, sys\nfd = os.open(sys.argv[1], os.O_WRONLY)\n"
+            "try:\n    os.write(fd, sys.argv[2].encode()); print('written')\n"
+            "except PermissionError:\n    print('EPERM')\n")
+    run = python(code, [SETPRIV, "--bounding-set=-net_admin", "--inh-caps=-net_admin"],
+                 args=[control, f"{DEV2} capture\n"])
+    mode = next((line for line in Path(control).read_text().splitlines()
+                 if line.startswith(f"dev={DEV2} ")), "")
+    expect(run.stdout.split() == ["EPERM"], f"without CAP_NET_ADMIN: {said(run)}")
+    expect(" mode=tap " in mode, f"the mode changed: {mode}")
+    Path(control).write_text(f"{DEV2} tap\n")
+
+
+#: A process that joins, steers and leaves a group (and opens /dev/pfq again) for
+#: argv[1] seconds, then prints how many rounds it made.
+LOOP_CODE = """
+import sys, time
+from omatic.pfq import Endpoint
+ep = Endpoint(); ep.ring(slots=1, caplen=64)
+rounds, end = 0, time.monotonic() + float(sys.argv[1])
+print('ready', flush=True)
+while time.monotonic() < end:
+    ep.join(21); ep.steer('rr'); ep.steer('copy'); ep.leave()
+    Endpoint().close()
+    rounds += 1
+print(rounds)
+"""
+
+
+def timings(seconds: float) -> dict[str, list[float]]:
+    """Milliseconds of `ip link add` + `del` of a dummy device and of an open of another
+    misc device, taken in turns for `seconds`."""
+    out: dict[str, list[float]] = {"ip_link_add_del": [], "misc_open": []}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.monotonic()
+        for verb in ("add", "del"):
+            argv = ["ip", "link", verb, DUMMY] + (["type", "dummy"] if verb == "add" else [])
+            run = subprocess.run(argv, capture_output=True, text=True, check=False)
+            expect(run.returncode == 0, f"{' '.join(argv)}: {run.stderr.strip()}")
+        out["ip_link_add_del"].append(1000 * (time.monotonic() - start))
+        for _ in range(5):
+            start = time.monotonic()
+            os.close(os.open(OTHER_MISC, os.O_RDONLY))
+            out["misc_open"].append(1000 * (time.monotonic() - start))
+    return out
+
+
+def summary(ms: Iterable[float]) -> str:
+    values = sorted(ms)
+    return (f"median {statistics.median(values):.1f} ms, max {values[-1]:.1f} ms "
+            f"({len(values)})")
+
+
+def check_no_grace_period_under_locks(config: Config) -> None:
+    """A process joins, steers and leaves a group as fast as it can while this one times
+    `ip link add`/`del` and another misc device's open. Configuration calls that waited
+    for an RCU grace period each (under RTNL, pfq's global mutex, and misc_mtx through
+    /dev/pfq's open) made a few dozen rounds a second and stretched both timings; now a
+    round waits for none."""
+    seconds = 4.0
+    idle = timings(seconds)
+    loop = subprocess.Popen([sys.executable, "-S", "-c", LOOP_CODE, str(seconds + 1)],
+                            env={"PYTHONPATH": PACKAGE_DIR}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        expect(loop.stdout is not None and loop.stdout.readline().strip() == "ready",
+               "the configuration loop did not start")
+        busy = timings(seconds)
+        out, err = loop.communicate(timeout=120)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    expect(loop.returncode == 0 and out.strip().isdigit(), f"the loop failed: {err[-300:]}")
+    rate = int(out) / (seconds + 1)
+    for name in idle:
+        print(f"safety: {name}: idle {summary(idle[name])}; with the loop "
+              f"{summary(busy[name])}", file=sys.stderr)
+    print(f"safety: configuration loop: {rate:.0f} rounds/s", file=sys.stderr)
+    # Each round is join, two steers and leave: four grace periods before, none now.
+    expect(rate >= 100, f"the configuration loop made {rate:.0f} rounds/s (at least 100 "
+                        "when no call waits for a grace period)")
+    worst_idle = max(idle["ip_link_add_del"])
+    worst_busy = max(busy["ip_link_add_del"])
+    # A sanity ceiling: the loop takes one of the guest's two CPUs from `ip` meanwhile.
+    expect(worst_busy <= 3 * worst_idle + 250,
+           f"ip link add+del took up to {worst_busy:.0f} ms with the loop, "
+           f"{worst_idle:.0f} ms without")
+    expect(max(busy["misc_open"]) <= max(idle["misc_open"]) + 100,
+           f"{OTHER_MISC} took up to {max(busy['misc_open']):.0f} ms to open with the loop")
+
+
+CHECKS: list[tuple[str, Callable[[Config], None]]] = [
+    ("user_namespace_root_eperm", check_user_namespace),
+    ("memlock_charged", check_memlock),
+    ("memory_counted_and_capped", check_memory_cap),
+    ("read_racing_mmap_returns", check_read_racing_mmap),
+    ("two_readers_never_read_0", check_two_readers),
+    ("pcap_concurrent_reads_whole", check_pcap_concurrent_reads),
+    ("control_needs_cap_net_admin", check_control_needs_net_admin),
+    ("no_grace_period_under_locks", check_no_grace_period_under_locks),
+]
+
+
+def main(argv: Iterable[str]) -> int:
+    if list(argv):
+        print("usage: python3 -m omatic.safetycheck", file=sys.stderr)
+        return 1
+    print("\n".join(run_checks(CHECKS, {})), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
