@@ -763,6 +763,12 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
         raise UserError("--driver and --drivers: give one of them")
     drivers = sorted({resolve(d, manifests)[0] for d in args.driver} if args.driver
                      else manifests)
+    if args.emit:
+        # The workflow and nothing else: no system made, nothing built, no report.
+        out.write(emit_github_actions(_emit_kernels(args.kernel),
+                                      [] if args.drivers == "all" else drivers, args.lab,
+                                      hooks=args.hooks, all_drivers=args.drivers == "all"))
+        return 0
     known = load_known_failures(Path(args.known_failures) if args.known_failures else None)
     kernels = _matrix_kernels(args.kernel)
     per_kernel = None
@@ -771,9 +777,6 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
 
         per_kernel = {k.release: [d.name for d in nic_drivers(k)] for k in kernels}
         drivers = sorted({d for names in per_kernel.values() for d in names})
-    if args.emit:
-        out.write(emit_github_actions([(k.release, k.suite or "bookworm") for k in kernels],
-                                      drivers, args.lab))
     # A driver the lab cannot prove (no_lab) still gets its lab cell: a skip saying why.
     lab = {d for d in drivers if d in manifests
            and (manifests[d].nic_model or manifests[d].no_lab)} if args.lab else set()
@@ -796,6 +799,28 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(f"wrote {Path(args.out) / 'matrix.md'}, matrix.json, junit.xml\n")
     return exit_code(cells)
+
+
+def _emit_kernels(specs: list[str] | None) -> list[tuple[str, str]]:
+    """(release, suite) of the kernels a workflow's jobs run on, as a matrix would choose
+    them, read from this machine and the archive's indexes: nothing is made."""
+    from omatic.archive import available_kernels, find_available, matrix_kernels, served
+    from omatic.kernel import NoHeadersError, find_kernel
+
+    offered = None
+    if not specs:
+        offered = available_kernels()
+        return [(k.release, k.suite) for k in matrix_kernels(offered, served, note=_note)]
+    found = []
+    for spec in specs:
+        try:
+            kernel = find_kernel(spec, archive=False)
+            found.append((kernel.release, kernel.suite or "bookworm"))
+        except NoHeadersError:
+            offered = offered or available_kernels()
+            wanted = find_available(spec, offered)
+            found.append((wanted.release, wanted.suite))
+    return found
 
 
 def _matrix_kernels(specs: list[str] | None) -> list[Any]:

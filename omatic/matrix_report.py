@@ -327,11 +327,12 @@ def _code(text: str) -> str:
 # -- the workflow ------------------------------------------------------------------------
 
 def emit_github_actions(kernels: Sequence[tuple[str, str]], drivers: Sequence[str],
-                        lab: bool) -> str:
+                        lab: bool, hooks: bool = False, all_drivers: bool = False) -> str:
     """A GitHub Actions workflow running the matrix there: a job per kernel (release,
-    suite), each building every driver (and proving it in the lab when `lab`), leaving its
-    matrix.md in the run's summary and its report and logs as an artifact."""
-    if not kernels or not drivers:
+    suite), each building every driver (`all_drivers`: every NIC driver its kernel builds;
+    with `lab`, proving them in QEMU; with `hooks`, every hook too), leaving its matrix.md
+    in the run's summary and its report and logs as an artifact."""
+    if not kernels or not (drivers or all_drivers):
         raise UserError("a workflow needs at least one kernel and one driver")
     for release, suite in kernels:
         if not _RELEASE_RE.fullmatch(release):
@@ -342,4 +343,4 @@ def emit_github_actions(kernels: Sequence[tuple[str, str]], drivers: Sequence[st
         if not _DRIVER_RE.fullmatch(driver):
             raise UserError(f"{driver!r} is not a driver name")
     return render("github-actions.yml.j2", kernels=list(kernels), drivers=list(drivers),
-                  lab=lab)
+                  lab=lab, hooks=hooks, all_drivers=all_drivers)

@@ -292,3 +292,4 @@ def test_workflow_refuses_what_it_cannot_quote(
         kernels: list[tuple[str, str]], drivers: list[str]) -> None:
     with pytest.raises(UserError):
         emit_github_actions(kernels, drivers, lab=False)
+
