@@ -126,7 +126,9 @@ struct pfq_area {
 	void *addr;
 	struct page **pages;
 	unsigned long npages;
-	struct user_struct *user;	/* whose RLIMIT_MEMLOCK pays, NULL: none */
+	/* Whose user's RLIMIT_MEMLOCK pays (cred->user), NULL: none. The credentials keep
+	 * the user_struct alive: free_uid() is not exported before 5.11. */
+	const struct cred *cred;
 };
 
 /*

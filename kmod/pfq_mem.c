@@ -67,35 +67,38 @@ void pfq_mem_uncharge(unsigned long pages)
 	atomic_long_dec(&pfq_mem_rings);
 }
 
-/* Count @pages against the caller's RLIMIT_MEMLOCK, as io_uring and AF_XDP do. */
+/* Count the area against the caller's RLIMIT_MEMLOCK, in its user's locked_vm as
+ * io_uring and AF_XDP do; CAP_IPC_LOCK lifts the limit, as there. */
 static int pfq_memlock_charge(struct pfq_area *area)
 {
+	const struct cred *cred;
 	unsigned long limit, cur, new;
 	struct user_struct *user;
 
 	if (capable(CAP_IPC_LOCK))
 		return 0;
-	user = get_uid(current_user());
+	cred = get_current_cred();
+	user = cred->user;
 	limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
 	cur = atomic_long_read(&user->locked_vm);
 	do {
 		new = cur + area->npages;
 		if (new > limit || new < cur) {
-			free_uid(user);
+			put_cred(cred);
 			return -ENOBUFS;
 		}
 	} while (!atomic_long_try_cmpxchg(&user->locked_vm, &cur, new));
-	area->user = user;
+	area->cred = cred;
 	return 0;
 }
 
 static void pfq_memlock_uncharge(struct pfq_area *area)
 {
-	if (!area->user)
+	if (!area->cred)
 		return;
-	atomic_long_sub(area->npages, &area->user->locked_vm);
-	free_uid(area->user);
-	area->user = NULL;
+	atomic_long_sub(area->npages, &area->cred->user->locked_vm);
+	put_cred(area->cred);
+	area->cred = NULL;
 }
 
 static void pfq_area_free_pages(struct pfq_area *area, unsigned long n)
