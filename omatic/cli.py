@@ -1,7 +1,8 @@
 """The `pfq-omatic` command line: parse arguments, call the library, map errors to exit codes.
 
-Exit codes: 0 ok, 1 user error, 2 build/verify/lab failure. Expected failures print one
-line on stderr, never a traceback.
+Exit codes: 0 ok, 1 user error, 2 build/verify/lab failure; 130 interrupted, 141 the
+reader of stdout went away (`| head`), as for any Unix command. Expected failures print
+one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -733,6 +734,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         print("pfq-omatic: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went (`| head`): end quietly, as `ls` does (128 + SIGPIPE), after the
+        # cleanups on the way here; stdout goes nowhere so the final flush fails no more.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

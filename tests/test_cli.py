@@ -177,3 +177,17 @@ def test_scan_in_parallel_equals_scan_in_one_process(src: Path,
     monkeypatch.setattr(omatic.tree, "_PARALLEL_THRESHOLD", 1)
     two = json.loads(run("scan", str(src), "--json", "--jobs", "2")[1])
     assert one == two
+
+
+@pytest.mark.parametrize("argv", [("scan", "--json", str(CASES)), ("scan", str(CASES)),
+                                  ("kernels", "--json")])
+def test_a_closed_pipe_ends_quietly(argv: tuple[str, ...]) -> None:
+    """`pfq-omatic ... | head -1`: the reader goes first; no traceback, the exit status
+    of a command SIGPIPE ended (as `ls | head`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "omatic", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it writes: every write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
