@@ -28,7 +28,7 @@ from typing import Any
 from omatic import __version__
 from omatic.cache import cache_root, file_lock, made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
-from omatic.errors import BuildError, InfraError, PathError, UserError
+from omatic.errors import BuildError, InfraError, OutputError, PathError, UserError
 from omatic.kbuild import KmodBuild, build_kmod
 from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
@@ -45,10 +45,6 @@ from omatic.tree import patch_tree
 
 _COMPILER_ERROR = re.compile(r"^(?P<path>[^\s:]+):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: ",
                              re.MULTILINE)
-
-
-class OutputError(UserError):
-    template = "{path}: cannot write the output: {message}"
 
 
 class NotConfiguredError(UserError):

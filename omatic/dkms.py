@@ -19,6 +19,7 @@ Every rewritten driver carries `MODULE_VERSION` of ours: without one, dkms 3.0.1
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -35,7 +36,14 @@ from typing import Any
 from omatic import __version__
 from omatic.cache import made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
-from omatic.errors import InfraError, OmaticError, PathError, UserError
+from omatic.errors import (
+    InfraError,
+    OmaticError,
+    OutputError,
+    OutputNotDirError,
+    PathError,
+    UserError,
+)
 from omatic.kbuild import PRODUCTS
 from omatic.kernel import Kernel, version_key
 from omatic.progress import Step, quiet_step
@@ -272,10 +280,20 @@ def write_tree(drivers: Sequence[str], kernels: Sequence[Kernel], out: Path, *,
                         "--kernel")
     if out.exists():
         raise DkmsError(f"{out} exists; remove it or choose another --out")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise OutputNotDirError(path=out.parent)
     series = group_series(kernels)
     rules = load_rules()
-    with made_dirs(out.parent):
+    # A run that fails leaves neither the folders it made nor its temporary one.
+    parents = contextlib.ExitStack()
+    try:
+        parents.enter_context(made_dirs(out.parent))
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except OSError as err:
+        parents.close()
+        # A read-only or full disk, a file where a folder goes: the user's to fix.
+        raise OutputError.of(err, out.parent) from None
+    with parents:
         try:
             tree = work / "tree"
             tree.mkdir()

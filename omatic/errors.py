@@ -45,6 +45,21 @@ class OutputExistsError(UserError):
     template = "{path}: output directory exists and is not empty; remove it or choose another"
 
 
+class OutputNotDirError(UserError):
+    template = "{path}: a file is there, not a directory; choose another output directory"
+
+
+class OutputError(UserError):
+    """The output cannot be written where the user asked (a read-only folder, a full
+    disk): theirs to fix."""
+
+    template = "{path}: cannot write the output: {message}"
+
+    @classmethod
+    def of(cls, err: OSError, path: object) -> OutputError:
+        return cls(err.strerror or str(err), path=err.filename or path)
+
+
 class BuildError(OmaticError):
     """A compile, a verification or the lab failed."""
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__
-from omatic.errors import OutputExistsError, PathError
+from omatic.cache import made_dirs
+from omatic.errors import OutputError, OutputExistsError, OutputNotDirError, PathError
 from omatic.rewrite import FileResult, Rewriter, Site
 from omatic.rules import Rule
 
@@ -200,7 +201,9 @@ def _check_out(src: Path, out: Path) -> None:
         raise PathError(f"output directory must be outside the source tree {src}", path=out)
     if s.is_relative_to(o):
         raise PathError(f"output directory must not contain the source tree {src}", path=out)
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+    if out.exists() and not out.is_dir() and not out.is_symlink():
+        raise OutputNotDirError(path=out)
+    if out.is_symlink() or (out.exists() and any(out.iterdir())):
         raise OutputExistsError(path=out)
 
 
@@ -213,19 +216,25 @@ def patch_tree(src: Path, out: Path, rules: list[Rule], jobs: int | None = None)
     rels, problems = collect_sources(src)
     if not rels and not problems:
         raise PathError("no C source (.c, .h) found", path=src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # A run that fails leaves neither the folders it made nor its temporary one.
     try:
-        _copy_tree(src, tmp, set(rels), problems)
-        report = _report(src, rels, problems, _run(rels, rules, src, tmp, jobs))
-        report.out = out
-        (tmp / PATCH_NAME).write_bytes(b"".join(f.diff for f in report.files))
-        (tmp / REPORT_NAME).write_text(json.dumps(report.to_json("patch"), indent=1) + "\n")
-        tmp.chmod(0o755)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with made_dirs(out.parent):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+            try:
+                _copy_tree(src, tmp, set(rels), problems)
+                report = _report(src, rels, problems, _run(rels, rules, src, tmp, jobs))
+                report.out = out
+                (tmp / PATCH_NAME).write_bytes(b"".join(f.diff for f in report.files))
+                (tmp / REPORT_NAME).write_text(json.dumps(report.to_json("patch"), indent=1)
+                                               + "\n")
+                tmp.chmod(0o755)
+                os.replace(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except OSError as err:
+        # A read-only or full disk, a file where a folder goes: the user's to fix.
+        raise OutputError.of(err, out.parent) from None
     return report
 
 

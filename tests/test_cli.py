@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import omatic.tree
+from asuser import as_user, one_line
 from omatic.cli import main
 
 pytestmark = pytest.mark.unit
@@ -191,3 +192,18 @@ def test_a_closed_pipe_ends_quietly(argv: tuple[str, ...]) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, err
     assert err == ""
+
+
+def test_patch_into_a_read_only_folder(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir()
+    run = as_user(tmp_path, "patch", str(CASES), "--out", "ro/p", read_only=tmp_path / "ro")
+    one_line(run, 1, "ro", "cannot write the output")
+    assert not list((tmp_path / "ro").iterdir())
+
+
+def test_patch_out_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("mine\n")
+    one_line(as_user(tmp_path, "patch", str(CASES), "--out", "f"), 1, "f: a file is there")
+    one_line(as_user(tmp_path, "patch", str(CASES), "--out", "f/p"), 1, "f", "cannot write")
+    assert (tmp_path / "f").read_text() == "mine\n"
+

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import KERNEL_SERIES
 
+from asuser import as_user, one_line
 from omatic.dkms import (
     MODULE_VERSION,
     TARGET_SYSTEM,
@@ -376,3 +377,15 @@ def test_the_package_lives_through_install_new_kernels_failures_and_removal(
     for k in (*kernels, added):
         assert "/kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko" in \
             results[f"purged_file:{k}:e1000e"]
+
+
+@pytest.mark.kbuild
+def test_dkms_into_a_read_only_folder_or_a_file(tmp_path: Path) -> None:
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "f").write_text("mine\n")
+    run = as_user(tmp_path, "dkms", "e1000e", "--kernel", "6.1", "--out", "ro",
+                   read_only=tmp_path / "ro")
+    one_line(run, 1, "ro", "cannot write the output")
+    one_line(as_user(tmp_path, "dkms", "e1000e", "--kernel", "6.1", "--out", "f"), 1,
+              "f: a file is there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "ro"]
