@@ -161,22 +161,16 @@ def _kernels_of(specs: list[str] | None) -> list[Any]:
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.build import BuildRequest, build_driver, dry_run_commands
+    from omatic.build import build_driver
     from omatic.drivers import resolve
     from omatic.progress import Progress
 
     name, manifest = resolve(args.driver)
+    if args.dry_run:
+        return _dry_run_build(args, name, out)
     results, code = [], 0
     for kernel in _kernels_of(args.kernel):
-        req = BuildRequest(driver=name, kernel=kernel, out_root=Path(args.out),
-                           jobs=args.jobs or os.cpu_count() or 1,
-                           kernel_tree=Path(args.kernel_tree) if args.kernel_tree else None,
-                           source_dir=Path(args.source) if args.source else None,
-                           force=args.force, vanilla=args.vanilla)
-        if args.dry_run:
-            for line in dry_run_commands(req):
-                out.write(line + "\n")
-            continue
+        req = _build_request(args, name, kernel)
         progress = Progress(f"{name} {kernel.release}")
         result = build_driver(req, progress.step)
         code = max(code, 0 if result.ok else 2)
@@ -185,9 +179,52 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
                         "report": result.report})
         if not args.json:
             _print_build(result, manifest, out)
-    if args.json and not args.dry_run:
+    if args.json:
         _print_json({"driver": name, "builds": results}, out)
     return code
+
+
+def _build_request(args: argparse.Namespace, name: str, kernel: Any) -> Any:
+    from omatic.build import BuildRequest
+
+    return BuildRequest(driver=name, kernel=kernel, out_root=Path(args.out),
+                        jobs=args.jobs or os.cpu_count() or 1,
+                        kernel_tree=Path(args.kernel_tree) if args.kernel_tree else None,
+                        source_dir=Path(args.source) if args.source else None,
+                        force=args.force, vanilla=args.vanilla)
+
+
+def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
+    """`build --dry-run`: the commands a build would run, per kernel, running none. A
+    kernel not on this machine nor in a kept system would first get a system of its
+    suite: its mmdebstrap command is shown, and the build's commands come from inside it
+    (a dry run there once it is made)."""
+    from omatic.archive import available_kernels, find_available
+    from omatic.build import dry_run_commands
+    from omatic.kernel import NoHeadersError, default_kernel, find_kernel
+    from omatic.system import SystemSpec
+
+    plans = []
+    for spec in args.kernel or [None]:
+        try:
+            kernel = find_kernel(spec, archive=False) if spec else default_kernel()
+        except NoHeadersError:
+            wanted = find_available(spec, available_kernels())
+            system = SystemSpec.of(wanted.suite, wanted.packages())
+            plans.append({"kernel": wanted.release, "system": system.to_json(), "commands": [
+                shlex.join(system.mmdebstrap_argv(Path(f"{wanted.suite}.tar"))),
+                (f"# then, in that system: pfq-omatic build {name} --kernel "
+                 f"{wanted.release} --dry-run")]})
+            continue
+        req = _build_request(args, name, kernel)
+        plans.append({"kernel": kernel.release, "system": None,
+                      "commands": dry_run_commands(req)})
+    if args.json:
+        _print_json({"driver": name, "dry_run": plans}, out)
+    else:
+        for plan in plans:
+            out.writelines(line + "\n" for line in plan["commands"])
+    return 0
 
 
 def _print_build(result: Any, manifest: Any, out: TextIO) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -340,3 +342,46 @@ def test_vanilla_builds_the_driver_as_it_is(out_root: Path) -> None:
                                                                 "report.json"]
     undefined = KernelModule(result.modules[0]).undefined()
     assert "netif_receive_skb" in undefined and not any(s.startswith("pfq_") for s in undefined)
+
+
+@pytest.mark.kbuild
+def test_dry_run_runs_nothing_and_json_is_json(tmp_path: Path) -> None:
+    """`build igc --kernel 6.1 --dry-run --json` as a user runs it: JSON with the commands,
+    and nothing written where it runs."""
+    run = subprocess.run([sys.executable, "-m", "omatic", "build", "igc", "--kernel", "6.1",
+                          "--dry-run", "--json"], cwd=tmp_path, capture_output=True,
+                         text=True, check=False, timeout=300)
+    assert run.returncode == 0, run.stderr
+    (plan,) = json.loads(run.stdout)["dry_run"]
+    assert plan["kernel"].startswith("6.1.") and plan["system"] is None
+    # The driver's own config symbol shows once the tarball is extracted (that runs).
+    assert plan["commands"][-1].startswith("make -C ") and "/igc" in plan["commands"][-1] or (
+        "KBUILD_EXTRA_SYMBOLS=" in plan["commands"][-1])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.unit
+def test_dry_run_of_a_kernel_not_here_makes_no_system(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A kernel that would need a Debian system of its own: the dry run shows the
+    mmdebstrap command and makes nothing."""
+    import omatic.system
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a dry run made a system")
+
+    monkeypatch.setattr(omatic.archive, "available_kernels", lambda *a, **k: [
+        ArchiveKernel("6.1.0-55-amd64", "bookworm", "bookworm")])
+    for name in ("ensure_system", "ensure_root"):
+        monkeypatch.setattr(omatic.system, name, forbidden)
+    monkeypatch.chdir(tmp_path)
+    for argv in (["--dry-run"], ["--dry-run", "--json"]):
+        out = io.StringIO()
+        assert main(["build", "igc", "--kernel", "6.1.0-55-amd64", *argv], out=out) == 0
+        text = out.getvalue()
+        if "--json" in argv:
+            (plan,) = json.loads(text)["dry_run"]
+            assert plan["system"]["suite"] == "bookworm"
+            text = "\n".join(plan["commands"])
+        assert text.startswith("mmdebstrap ") and "linux-headers-6.1.0-55-amd64" in text
+    assert not list(tmp_path.iterdir())
