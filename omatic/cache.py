@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -79,3 +81,31 @@ def made_dirs(path: Path) -> Iterator[Path]:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def file_mode() -> int:
+    """The mode a new file gets here: 0666 less the process's umask, read from
+    /proc/self/status (os.umask() can only be read by setting it, which would race the
+    matrix's threads)."""
+    try:
+        match = re.search(r"^Umask:\s*([0-7]+)$", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        match = None
+    return 0o666 & ~int(match[1], 8) if match else 0o644
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all (a temporary file beside it, flushed, then renamed),
+    with the mode any new file gets (the umask's), not mkstemp's 0600."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -204,7 +204,7 @@ def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
     from omatic.kernel import NoHeadersError, default_kernel, find_kernel
     from omatic.system import SystemSpec
 
-    plans = []
+    plans: list[dict[str, Any]] = []
     for spec in args.kernel or [None]:
         try:
             kernel = find_kernel(spec, archive=False) if spec else default_kernel()

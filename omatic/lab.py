@@ -47,6 +47,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
 from omatic import __version__, frames, labfanout
+from omatic.cache import write_atomic
 from omatic.errors import BuildError, InfraError, PathError, UserError
 from omatic.guestpy import PACKAGE_DIR, stage_python
 from omatic.kernel import Kernel
@@ -496,18 +497,6 @@ def _check_bind(name: str, bind: dict[str, Any] | None, driver: str, want_id: st
 
 
 # --- the run ---------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:

@@ -39,6 +39,7 @@ from typing import Any
 
 from omatic import __version__
 from omatic.build import hash_files, kmod_key
+from omatic.cache import write_atomic
 from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR
 from omatic.errors import FAILURE_ENV, UserError
 from omatic.kernel import Kernel
@@ -147,16 +148,6 @@ def _reproducer(argvs: list[list[str]]) -> str:
 
 def _cell_path(out_dir: Path, kernel: str, driver: str) -> Path:
     return out_dir / "cells" / kernel / f"{driver}.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Procs:
@@ -280,8 +271,9 @@ def run_matrix(run: MatrixRun, on_cell: Callable[[Cell, bool], None] | None = No
 
     def finish(cell: Cell, key: str) -> None:
         with lock:
-            _write_atomic(_cell_path(run.out_dir, cell.kernel, cell.driver),
-                          json.dumps({"key": key, "cell": cell.to_json()}, indent=1) + "\n")
+            path = _cell_path(run.out_dir, cell.kernel, cell.driver)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps({"key": key, "cell": cell.to_json()}, indent=1) + "\n")
             cells[(cell.kernel, cell.driver)] = cell
             write_outputs(list(cells.values()), run.out_dir, run.command, date)
         if on_cell:

@@ -28,6 +28,7 @@ from typing import Any
 
 import junitparser
 
+from omatic.cache import file_mode
 from omatic.errors import PathError, UserError
 from omatic.kernel import version_key
 from omatic.templates import render
@@ -178,7 +179,7 @@ def _stage(path: Path, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
+            os.fchmod(f.fileno(), file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -406,3 +406,19 @@ def test_a_real_bookworm_system_changes_and_the_host_does_not(tmp_path: Path) ->
     assert ensure_system(spec) == (tarball, False)
     assert time.monotonic() - start < min(1.0, made_in / 10)  # the second use costs nothing
     assert not mounts_under(systems_dir())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """lab.json, hooks.json and the matrix's files are written whole, with the mode every
+    other output gets (mkstemp's own is 0600)."""
+    from omatic.cache import write_atomic
+
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "report.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
