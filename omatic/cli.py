@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from omatic import __version__
-from omatic.errors import OmaticError, UserError
+from omatic.errors import BuildError, OmaticError, UserError
 from omatic.signature import DKMS_CERT
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -292,7 +292,12 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     for ko in kos:
         if not ko.is_file():
             raise PathError("no such module file", path=ko)
-    (kernel,) = _kernels_of([args.kernel] if args.kernel else None)
+    built_for = _vermagic_release(kos)
+    (kernel,) = _kernels_of([args.kernel or built_for])
+    if kernel.release != built_for:
+        # Every symbol would disagree: one line says why instead.
+        raise VerifyMismatchError(modules=", ".join(k.name for k in kos), built=built_for,
+                                  asked=kernel.release)
     report_path = Path(args.report) if args.report else kos[0].parent / "report.json"
     rewrite = None
     if report_path.is_file():
@@ -315,6 +320,31 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         for line in verdict.lines():
             out.write(line + "\n")
     return 0 if verdict.ok else 2
+
+
+class VerifyMismatchError(BuildError):
+    template = ("{modules}: built for {built} (its vermagic), not for {asked}; verify it "
+                "with --kernel {built}, or leave --kernel out")
+
+
+def _vermagic_release(kos: Sequence[Path]) -> str:
+    """The kernel release the modules were built for, from their vermagic."""
+    from omatic.errors import PathError
+    from omatic.modfile import KernelModule
+
+    releases = {}
+    for ko in kos:
+        try:
+            vermagic = KernelModule(ko).modinfo().get("vermagic", [""])[0]
+        except OmaticError as err:
+            raise PathError(f"not a kernel module: {err}", path=ko) from None
+        if not vermagic.split():
+            raise PathError("no vermagic in its .modinfo: not a kernel module", path=ko)
+        releases[ko.name] = vermagic.split()[0]
+    if len(set(releases.values())) > 1:
+        raise UserError("the modules were built for different kernels: " + ", ".join(
+            f"{name} for {release}" for name, release in releases.items()))
+    return next(iter(releases.values()))
 
 
 class NotEmulatedError(UserError):
