@@ -220,6 +220,14 @@ def _write_output(out_dir: Path, staged: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _final_paths(verify: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The verification's report with each module's path where the module ends up, not
+    in the temporary folder it was verified in (gone after the rename)."""
+    for module in verify.get("modules", []):
+        module["path"] = str(out_dir / Path(module["path"]).name)
+    return verify
+
+
 def dry_run_commands(req: BuildRequest) -> list[str]:
     """The commands a build would run, as shell lines (nothing is run)."""
     kmod = kmod_dir(req.kernel)
@@ -356,7 +364,7 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
                 "modules": [ko.name for ko in kos],
                 "rewrite": {"totals": rewrite_json["totals"], "sites": rewrite_json["sites"],
                             "files": rewrite_json["files"]},
-                "verify": verdict.to_json(),
+                "verify": _final_paths(verdict.to_json(), out_dir),
                 "timings": timings,
             }
             (final / "report.json").write_text(json.dumps(report, indent=1) + "\n")

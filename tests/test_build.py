@@ -50,6 +50,8 @@ def test_build_verifies_and_rebuilds_nothing_when_unchanged(kernel: Kernel, driv
     report = json.loads((out / "report.json").read_text())
     rewritten = [s for s in report["rewrite"]["sites"] if s["action"] == "rewrite"]
     assert rewritten and report["verify"]["ok"]
+    # The report names the module where it is, not the temporary folder it was built in.
+    assert [m["path"] for m in report["verify"]["modules"]] == [str(out / f"{driver}.ko")]
     module = KernelModule(out / f"{driver}.ko")
     needed = module.undefined()
     for site in rewritten:
