@@ -322,6 +322,17 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if verdict.ok else 2
 
 
+def _lab_hint(name: str) -> str:
+    """"; did you mean e1000e?" for a name close to a driver the lab knows a model of."""
+    import difflib
+
+    from omatic.drivers import load_manifests
+
+    known = [n for m in load_manifests().values() if m.nic_model for n in (m.name, *m.aliases)]
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.7)
+    return f" (did you mean {', '.join(near)}?)" if near else ""
+
+
 class VerifyMismatchError(BuildError):
     template = ("{modules}: built for {built} (its vermagic), not for {asked}; verify it "
                 "with --kernel {built}, or leave --kernel out")
@@ -363,8 +374,8 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     if manifest is not None and manifest.no_lab and not args.nic_model:
         raise NotEmulatedError(driver=name, why=manifest.no_lab)
     if not model:
-        raise UserError(f"no QEMU NIC model known for {name}: pass --nic-model "
-                        "(qemu-system-x86_64 -device help lists them)")
+        raise UserError(f"no QEMU NIC model known for {name}{_lab_hint(name)}: pass "
+                        "--nic-model (qemu-system-x86_64 -device help lists them)")
     results, code = [], 0
     for kernel in _kernels_of(args.kernel):
         config = LabConfig(driver=name, kernel=kernel, nic_model=model, frames=args.frames,

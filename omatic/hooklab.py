@@ -38,7 +38,14 @@ from omatic.groupcheck import TCPDUMP
 from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
 from omatic.kernel import Kernel
 from omatic.ktap import KtapError, KtapResult, parse
-from omatic.lab import DMESG_BAD, NoBootImageError, console_tail, run_guest
+from omatic.lab import (
+    DMESG_BAD,
+    NoBootImageError,
+    check_timeout,
+    console_tail,
+    log_kept_only_if,
+    run_guest,
+)
 from omatic.pfq import compile_filter
 from omatic.progress import Step, quiet_step
 from omatic.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
@@ -146,6 +153,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     """Build the test module, boot the guest, parse its KTAP; see the module docstring."""
     from omatic.build import BuildRequest, build_driver, ensure_kmod
 
+    check_timeout(config.timeout)
     kernel = config.kernel
     qemu = qemu_binary()
     vmlinuz = kernel.boot_image
@@ -191,7 +199,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             build_initramfs(root, initrd, init, deps + modules)
         # Two vCPUs: cpu steering is proven with frames fed from each.
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory, cpus=2)
-        with step(f"boot ({accel})"):
+        with step(f"boot ({accel})"), log_kept_only_if(config.keep, log):
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
     failures: list[str] = []
     results: dict[str, list[dict[str, Any]]] = {}

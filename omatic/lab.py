@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -499,6 +499,25 @@ def _check_bind(name: str, bind: dict[str, Any] | None, driver: str, want_id: st
 # --- the run ---------------------------------------------------------------------------
 
 
+def check_timeout(seconds: float) -> None:
+    """A guest needs seconds to boot: a timeout under one is a mistake, not a wish."""
+    if not seconds >= 1:
+        raise UserError(f"--timeout {seconds:g}: a guest needs at least 1 second (the "
+                        "default is 120)")
+
+
+@contextlib.contextmanager
+def log_kept_only_if(keep: bool, log: Path) -> Iterator[None]:
+    """An interrupted guest (Ctrl-C) leaves no console log unless asked to keep it: it
+    is kept on failure or with --keep, and an interruption is neither."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not keep:
+            log.unlink(missing_ok=True)
+        raise
+
+
 def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
     """Build what is needed, boot the guest, inject, check; see the module docstring.
     Returns the result (ok or not); raises a GuestError when the guest could not be
@@ -507,6 +526,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
 
     if config.frames < 5 or config.frames > 100_000:
         raise UserError(f"--frames {config.frames}: expected 5 to 100000")
+    check_timeout(config.timeout)
     with step("emulator"):
         qemu = emulator_for(config.qemu_min)
     check_nic_model(qemu, config.nic_model)
@@ -566,7 +586,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
             build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
                            host_port, config.memory)
-        with step(f"boot ({accel})"):
+        with step(f"boot ({accel})"), log_kept_only_if(config.keep, log):
             session = Session(sock, guest_port)
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
     report: dict[str, Any] = {

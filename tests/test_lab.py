@@ -338,3 +338,33 @@ def test_a_nic_model_newer_than_this_qemu_runs_in_a_kept_systems_qemu(
     versions[tmp_path] = "7.2.1"
     with pytest.raises(InfraError, match=r"QEMU 9\.0 or newer is needed"):
         omatic.vm.emulator_for("9.0")
+
+
+@pytest.mark.unit
+def test_a_typo_gets_the_drivers_the_lab_knows(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "e100e"]) == 1
+    err = capsys.readouterr().err
+    assert "did you mean e1000e" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", ["lab", "hooks"])
+@pytest.mark.parametrize("seconds", ["0", "-3", "0.5", "nan"])
+def test_a_timeout_under_a_second_is_refused(command: str, seconds: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [command, "e1000e"] if command == "lab" else [command]
+    assert main([*argv, "--timeout", seconds]) == 1
+    err = capsys.readouterr().err
+    assert "at least 1 second" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("keep", [False, True])
+def test_an_interrupted_guest_keeps_its_log_only_when_asked(tmp_path: Path, keep: bool) -> None:
+    from omatic.lab import log_kept_only_if
+
+    log = tmp_path / "lab-console.log"
+    with pytest.raises(KeyboardInterrupt), log_kept_only_if(keep, log):
+        log.write_text("booting\n")
+        raise KeyboardInterrupt
+    assert log.exists() == keep
