@@ -243,6 +243,25 @@ def _print_build(result: Any, manifest: Any, out: TextIO) -> None:
         out.write(f"  note: {manifest.limits}\n")
     verdict = "verified" if result.ok else "VERIFY FAILED"
     out.write(f"  {verdict}: {', '.join(report['modules'])}\n")
+    if result.ok:
+        _print_load(report, result.out_dir, out)
+
+
+def _print_load(report: Any, out_dir: Path, out: TextIO) -> None:
+    """Where the pfq.ko the driver needs is, and how to load both (on a machine running
+    that kernel, in place of the in-tree driver)."""
+    kos = [shlex.quote(str(out_dir / name)) for name in report["modules"]]
+    names = " ".join(name.removesuffix(".ko") for name in report["modules"])
+    release = report["kernel"]["release"]
+    if report.get("vanilla"):
+        out.write(f"  load (on {release}): sudo rmmod {names}; sudo insmod "
+                  f"{' '.join(kos)}\n")
+        return
+    pfq = Path(report["kmod"]["dir"]) / "pfq.ko"
+    out.write(f"  needs pfq.ko: {pfq}\n")
+    out.write(f"  load (on {release}): sudo rmmod {names}; sudo insmod "
+              f"{shlex.quote(str(pfq))}; " + "; ".join(f"sudo insmod {ko}" for ko in kos)
+              + "\n")
 
 
 def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
@@ -280,6 +299,13 @@ def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"wrote {tree.deb} (lintian: no errors, {len(warnings)} warning(s))\n")
         for line in warnings:
             out.write(f"  {line}\n")
+        out.write(f"next: sudo apt install {shlex.quote(str(tree.deb.absolute()))}\n")
+    else:
+        # What DKMS does with the tree; the package (--deb) does the same on install.
+        module = f"-m {PACKAGE} -v {tree.version}"
+        out.write(f"next: sudo cp -r {shlex.quote(str(tree.path))} /usr/src/ && sudo dkms add "
+                  f"{module} && sudo dkms install {module} (or run this command again with "
+                  "--deb for a Debian package)\n")
     return 0
 
 

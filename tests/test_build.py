@@ -275,6 +275,14 @@ def test_verify_command_passes_a_build_and_fails_a_tampered_copy(
     assert main(["verify", str(ko), "--kernel", kernel.release, "--json"], out=out) == 0
     checks = {c["name"]: c["status"] for c in json.loads(out.getvalue())["modules"][0]["checks"]}
     assert checks["entry-points"] == "pass"  # from the report.json beside the module
+    # What build says of it: where the pfq.ko it needs is, and how to load both.
+    said = io.StringIO()
+    assert main(["build", "e1000e", "--kernel", kernel.release, "--out", str(out_root)],
+                out=said) == 0
+    pfq = Path(result.report["kmod"]["dir"]) / "pfq.ko"
+    assert f"  needs pfq.ko: {pfq}\n" in said.getvalue() and pfq.is_file()
+    assert (f"sudo rmmod e1000e; sudo insmod {pfq}; sudo insmod {ko}\n"
+            in said.getvalue()), said.getvalue()
     # Without --kernel, the module's vermagic names its kernel (the default may be another);
     # the other kernel of the tests is a mismatch said in one line naming both.
     assert main(["verify", str(ko)], out=io.StringIO()) == 0

@@ -389,3 +389,14 @@ def test_dkms_into_a_read_only_folder_or_a_file(tmp_path: Path) -> None:
     one_line(as_user(tmp_path, "dkms", "e1000e", "--kernel", "6.1", "--out", "f"), 1,
               "f: a file is there")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "ro"]
+
+
+@pytest.mark.kbuild
+def test_dkms_without_deb_says_what_to_do_with_the_tree(tmp_path: Path) -> None:
+    run = as_user(tmp_path, "dkms", "e1000e", "--kernel", "6.1", "--out", "d")
+    assert run.returncode == 0, run.stderr
+    last = run.stdout.splitlines()[-1]
+    (tree,) = (tmp_path / "d").iterdir()
+    assert last.startswith(f"next: sudo cp -r d/{tree.name} /usr/src/ && sudo dkms add -m "
+                           f"pfq-omatic -v "), last
+    assert "--deb" in last
