@@ -220,6 +220,23 @@ def _write_output(out_dir: Path, staged: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class WrongSourceError(UserError):
+    template = ("{path} builds {built}, not {driver}: point --source at the folder of "
+                "{driver}'s Makefile, or build {first}")
+
+
+def _check_builds_the_driver(req: BuildRequest, kos: Sequence[Path]) -> None:
+    """A folder given with --source (or --kernel-tree) must build the module asked for:
+    one that builds others would be reported, verified and written as that driver."""
+    built = [ko.name.removesuffix(".ko") for ko in kos]
+    wanted = req.driver.replace("-", "_")
+    if any(name.replace("-", "_") == wanted for name in built):
+        return
+    where = req.source_dir or req.kernel_tree or req.kernel.release
+    raise WrongSourceError(path=where, built=", ".join(built), driver=req.driver,
+                           first=built[0])
+
+
 def _final_paths(verify: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """The verification's report with each module's path where the module ends up, not
     in the temporary folder it was verified in (gone after the rename)."""
@@ -349,6 +366,7 @@ def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
             if not kos:
                 raise BuildError(f"make built no .ko for {req.driver} (is {source.config} "
                                  "a tristate option?); see the build log")
+            _check_builds_the_driver(req, kos)
             with timed("verify"):
                 verdict = verify_modules(kos, req.kernel, kmod.symvers,
                                          rewrite_report=None if req.vanilla else rewrite_json)

@@ -243,6 +243,24 @@ MODULE_LICENSE("GPL");
 
 
 @kbuild
+def test_a_source_folder_that_builds_another_driver_is_refused(
+        kernel: Kernel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`build igc --source DIR` where DIR builds fixgood: one line naming what DIR builds,
+    exit 1, nothing written as igc."""
+    src = tmp_path / "fixgood-1.0"
+    src.mkdir()
+    (src / "Makefile").write_text("obj-m := fixgood.o\n")
+    (src / "fixgood.c").write_text(GOOD)
+    out = tmp_path / "out"
+    assert main(["build", "igc", "--kernel", kernel.release, "--source", str(src),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("pfq-omatic: error:")]
+    assert len(errors) == 1 and f"{src} builds fixgood, not igc" in errors[0], err
+    assert not (out / kernel.release / "igc").exists() and not leftovers(out)
+
+
+@kbuild
 @pytest.mark.parametrize("origin", ["kernel_tree", "source_dir"])
 def test_build_from_a_tree_or_an_out_of_tree_dir(kernel: Kernel, tmp_path: Path,
                                                  origin: str) -> None:
