@@ -9,6 +9,11 @@ A kernel is a `linux-image-RELEASE` package whose RELEASE ends in a flavor we bu
 (amd64, cloud-amd64, rt-amd64), listed with the archive suite that carries it
 ("trixie-backports") and the suite whose system builds for it ("trixie"): that system has
 the compiler the kernel was built with, and host tools linked against its own glibc.
+An image can outlive the rest of its kernel in the indexes: the signed images
+(`linux-signed-amd64`) linger after the `linux` source that built the headers was
+superseded. A kernel is offered only when its suite also serves its headers, what they
+depend on, and the `linux-source` of its series; the others are kept with what they
+miss, to say so when one is asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from omatic.system import Suite, SystemSpec, ensure_root, load_suites
 FLAVORS = ("amd64", "cloud-amd64", "rt-amd64")
 #: Hours the downloaded indexes serve before `apt-get update` runs again.
 MAX_AGE_HOURS = 24
-_IMAGE = re.compile(r"^Package: linux-image-(\d+\.\d+[^\s]*?-(?:cloud-|rt-)?amd64)$",
+#: An image of a kernel release ("6.1.0-56-amd64", "6.12.117+deb12-amd64"); the
+#: metapackages that track a series ("linux-image-6.1-amd64") have two numbers, no release.
+_IMAGE = re.compile(r"^Package: linux-image-(\d+\.\d+\.\d+[^\s]*?-(?:cloud-|rt-)?amd64)$",
                     re.MULTILINE)
 APT_HELPER = "/usr/lib/apt/apt-helper"
 
@@ -50,6 +57,11 @@ class UnknownKernelError(UserError):
     template = "no kernel {spec!r} in Debian's archive{hint}"
 
 
+class KernelNotServedError(UserError):
+    template = ("Debian's archive no longer serves all of kernel {release}: {missing} "
+                "missing{hint}")
+
+
 @dataclass(frozen=True)
 class ArchiveKernel:
     """A kernel the archive offers."""
@@ -60,6 +72,9 @@ class ArchiveKernel:
     archive_suite: str
     #: The suite whose system builds for it: "trixie".
     suite: str
+    #: What a build needs that the suite no longer serves (headers, what they depend on,
+    #: the series' linux-source): such a kernel cannot be had.
+    missing: tuple[str, ...] = ()
 
     @property
     def flavor(self) -> str:
@@ -86,6 +101,12 @@ class ArchiveKernel:
     def to_json(self) -> dict[str, Any]:
         return {"release": self.release, "suite": self.archive_suite, "system": self.suite,
                 "flavor": self.flavor, "series": self.series}
+
+    def needs(self) -> list[str]:
+        """The packages of the archive a build for this kernel needs by name (the others
+        come from its suite's own minbase and the headers' dependencies)."""
+        return [f"linux-image-{self.release}", f"linux-headers-{self.release}",
+                f"linux-source-{self.series}"]
 
 
 def _apt_dir(suite: Suite) -> Path:
@@ -151,19 +172,45 @@ def read_kernels(suite: Suite, refresh: bool = False) -> list[ArchiveKernel]:
     root = update_indexes(suite, refresh)
     targets = _apt(["apt-get", *_apt_options(suite, root), "indextargets", "--format",
                     "$(FILENAME)\t$(CODENAME)", "Identifier: Packages"], suite)
-    found = []
+    images: list[tuple[str, str]] = []
+    served: set[str] = set()
+    depends: dict[str, set[str]] = {}
     for line in targets.splitlines():
         path, _, codename = line.partition("\t")
         if not Path(path).is_file():
             continue
         text = _apt([APT_HELPER, "cat-file", path], suite)
+        for match in _LINUX_STANZA.finditer(text):
+            served.add(match[1])
+            if match[1].startswith("linux-headers-"):
+                depends.setdefault(match[1], set()).update(_linux_depends(match[2]))
         for release in sorted(set(_IMAGE.findall(text))):
             if not re.search(r"-(?:unsigned|dbg)$", release):
                 # An index without a Release file leaves the field unexpanded.
-                where = suite.name if codename.startswith("$(") else codename
-                found.append(ArchiveKernel(release=release, archive_suite=where,
-                                           suite=suite.name))
+                images.append((release, suite.name if codename.startswith("$(") else codename))
+    found = []
+    for release, where in images:
+        kernel = ArchiveKernel(release=release, archive_suite=where, suite=suite.name)
+        needed = kernel.needs() + sorted(depends.get(f"linux-headers-{release}", ()))
+        found.append(ArchiveKernel(release=release, archive_suite=where, suite=suite.name,
+                                   missing=tuple(p for p in needed if p not in served)))
     return found
+
+
+#: A stanza of a package whose name starts with linux- (headers, images, sources, kbuild),
+#: with the rest of its fields.
+_LINUX_STANZA = re.compile(r"^Package: (linux-\S+)\n((?:[^\n]+\n?)*)", re.MULTILINE)
+
+
+def _linux_depends(fields: str) -> list[str]:
+    """The linux-* packages a stanza's Depends names (the first of each alternative,
+    without versions): the headers' -common and linux-kbuild-X.Y."""
+    match = re.search(r"^Depends: (.*)$", fields, re.MULTILINE)
+    if not match:
+        return []
+    names = (part.split("|")[0].split("(")[0].split(":")[0].strip()
+             for part in match[1].split(","))
+    return [name for name in names if name.startswith("linux-")]
 
 
 def _apt(argv: list[str], suite: Suite) -> str:
@@ -198,18 +245,38 @@ def _suite_order(suite: Suite) -> tuple[int, str]:
 
 def find_available(spec: str, kernels: Sequence[ArchiveKernel]) -> ArchiveKernel:
     """The kernel named by `spec`: a release ("7.3.4+deb13-amd64"), or a series with an
-    optional flavor ("5.10", "7.3-rt-amd64"), newest first."""
-    for kernel in kernels:
-        if kernel.release == spec:
-            return kernel
+    optional flavor ("5.10", "7.3-rt-amd64"), the newest the archive serves whole. A
+    kernel it no longer serves whole is refused, naming what is missing and the nearest
+    kernels that can be had."""
+    whole = [k for k in kernels if not k.missing]
     series, _, flavor = spec.partition("-")
     flavor = flavor or "amd64"
+    for kernel in kernels:
+        if kernel.release == spec:
+            if kernel.missing:
+                raise KernelNotServedError(release=spec, missing=", ".join(kernel.missing),
+                                           hint=_nearest(kernel.release, kernel, whole))
+            return kernel
     matching = [k for k in kernels if k.series == series and k.flavor == flavor]
+    if any(not k.missing for k in matching):
+        return next(k for k in matching if not k.missing)
     if matching:
-        return matching[0]
-    near = difflib.get_close_matches(spec, [k.release for k in kernels], n=3, cutoff=0.5)
+        raise KernelNotServedError(release=matching[0].release,
+                                   missing=", ".join(matching[0].missing),
+                                   hint=_nearest(spec, matching[0], whole))
+    near = difflib.get_close_matches(spec, [k.release for k in whole], n=3, cutoff=0.5)
     hint = f"; nearest: {', '.join(near)}" if near else ""
     raise UnknownKernelError(spec=spec, hint=hint + " (pfq-omatic kernels --available)")
+
+
+def _nearest(spec: str, like: ArchiveKernel, whole: Sequence[ArchiveKernel]) -> str:
+    """"; nearest that can be had: ..." in --available order: the same flavor's kernels
+    of the same series first, then the releases closest in name."""
+    same = [k.release for k in whole if k.flavor == like.flavor and k.series == like.series]
+    near = same[:3] or difflib.get_close_matches(spec, [k.release for k in whole], n=3,
+                                                 cutoff=0.5)
+    return (f"; nearest that can be had: {', '.join(near)}" if near else "") + (
+        " (pfq-omatic kernels --available)")
 
 
 def system_kernel(kernel: ArchiveKernel, note: Any = None) -> Kernel:
@@ -284,7 +351,7 @@ def matrix_kernels(offered: Sequence[ArchiveKernel],
                 if not match:
                     raise ArchiveIndexError(f"no {series} kernel of flavor {flavor}",
                                             suite=suite.name)
-                pick = next((k for k in match if usable(k)), None)
+                pick = next((k for k in match if not k.missing and usable(k)), None)
                 if pick is None:
                     raise ArchiveIndexError(f"the archive serves no {series} kernel of "
                                             f"flavor {flavor} (its indexes list "

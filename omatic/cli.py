@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -142,6 +142,8 @@ def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
             for p in c.get("packages", []) if p.startswith("linux-headers-")}
     rows = []
     for kernel in available_kernels(refresh=args.refresh):
+        if kernel.missing:
+            continue  # listed by an index, but not all a build needs is served
         where = ("here" if kernel.release in here
                  else f"{kernel.suite} system" if kernel.release in kept else "")
         rows.append({**kernel.to_json(), "installed": where or None})
@@ -556,6 +558,22 @@ def _note(text: str) -> None:
     sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def _include_advice(args: argparse.Namespace) -> Iterator[None]:
+    """A package the archive does not serve: when the user named packages (--include),
+    theirs are the names to check."""
+    from omatic.system import UnknownPackageError
+
+    try:
+        yield
+    except UnknownPackageError as err:
+        if not args.include:
+            raise
+        raise UnknownPackageError(err.fields["message"], suite=err.fields["suite"],
+                                  advice="check the package names given to --include"
+                                  ) from None
+
+
 def _spec(args: argparse.Namespace) -> Any:
     from omatic.system import SystemSpec
 
@@ -587,7 +605,8 @@ def cmd_env_create(args: argparse.Namespace, out: TextIO) -> int:
     if args.dry_run:
         out.write(shlex.join(spec.mmdebstrap_argv(Path(f"{args.suite}.tar"))) + "\n")
         return 0
-    tarball, made = ensure_system(spec, refresh=args.refresh, note=_note)
+    with _include_advice(args):
+        tarball, made = ensure_system(spec, refresh=args.refresh, note=_note)
     if args.json:
         _print_json({**spec.to_json(), "tarball": str(tarball), "made": made}, out)
     else:
@@ -630,8 +649,9 @@ def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
         out.write(shlex.join(enter_argv(tarball, Path("ROOT"), Path("STATUS"), argv, binds,
                                         clones, workdir)) + "\n")
         return 0
-    run_command(spec, argv, fresh=args.fresh, refresh=args.refresh, binds=binds,
-                clones=clones, workdir=workdir, note=_note)
+    with _include_advice(args):
+        run_command(spec, argv, fresh=args.fresh, refresh=args.refresh, binds=binds,
+                    clones=clones, workdir=workdir, note=_note)
     return 0
 
 

@@ -66,7 +66,12 @@ class UnknownSuiteError(UserError):
 
 
 class UnknownPackageError(UserError):
-    template = "{suite}: {message}; check the package names given to --include"
+    template = "{suite}: {message}; {advice}"
+
+    def __init__(self, message: str = "", advice: str = "", **fields: Any) -> None:
+        super().__init__(message, advice=advice or "the archive does not serve it (for a "
+                         "kernel: pfq-omatic kernels --available lists those it serves "
+                         "whole)", **fields)
 
 
 class ArchiveError(InfraError):

@@ -9,6 +9,7 @@ import pytest
 from omatic.archive import (
     ArchiveIndexError,
     ArchiveKernel,
+    KernelNotServedError,
     UnknownKernelError,
     find_available,
     matrix_kernels,
@@ -18,10 +19,23 @@ from omatic.system import Suite
 
 pytestmark = pytest.mark.unit
 
-PACKAGES = "".join(f"Package: {name}\nVersion: 1\nArchitecture: amd64\n\n" for name in (
+def stanza(name: str, depends: str = "") -> str:
+    return (f"Package: {name}\nVersion: 1\nArchitecture: amd64\n"
+            + (f"Depends: {depends}\n" if depends else "") + "\n")
+
+
+#: 9.9.0-1-amd64 is whole. 9.9.0-1-rt-amd64's image lingers without its headers (as the
+#: signed images outlive the linux source that built them); 9.8.0-3-cloud-amd64 has
+#: headers whose -common package is gone and no linux-source-9.8.
+PACKAGES = "".join(stanza(name) for name in (
     "linux-image-9.9.0-1-amd64", "linux-image-9.9.0-1-rt-amd64", "linux-image-9.9.0-1-amd64-dbg",
     "linux-image-9.8.0-3-cloud-amd64", "linux-image-9.9.0-1-amd64-unsigned",
-    "linux-headers-9.9.0-1-amd64", "hello"))
+    "linux-headers-9.9.0-1-common", "linux-kbuild-9.9", "linux-source-9.9", "hello",
+    # A metapackage tracking the series, with headers of the same name: no kernel.
+    "linux-image-9.9-amd64", "linux-headers-9.9-amd64")) + (
+    stanza("linux-headers-9.9.0-1-amd64", "linux-headers-9.9.0-1-common (= 1), "
+           "linux-kbuild-9.9 (>= 1) | linux-kbuild-9.9-alt, gcc-14")
+    + stanza("linux-headers-9.8.0-3-cloud-amd64", "linux-headers-9.8.0-3-common (= 1)"))
 
 
 def local_suite(tmp_path: Path) -> Suite:
@@ -39,6 +53,28 @@ def test_images_of_our_flavors_are_kernels(tmp_path: Path) -> None:
         "9.8.0-3-cloud-amd64", "9.9.0-1-amd64", "9.9.0-1-rt-amd64"]
     assert {k.suite for k in kernels} == {"fake"}
     assert {k.flavor for k in kernels} == {"amd64", "rt-amd64", "cloud-amd64"}
+
+
+def test_a_kernel_is_offered_only_with_what_its_build_needs(tmp_path: Path) -> None:
+    kernels = {k.release: k.missing for k in read_kernels(local_suite(tmp_path))}
+    assert kernels == {
+        "9.9.0-1-amd64": (),
+        "9.9.0-1-rt-amd64": ("linux-headers-9.9.0-1-rt-amd64",),
+        "9.8.0-3-cloud-amd64": ("linux-source-9.8", "linux-headers-9.8.0-3-common")}
+
+
+def test_a_kernel_not_served_whole_names_what_is_missing(tmp_path: Path) -> None:
+    kernels = read_kernels(local_suite(tmp_path))
+    assert find_available("9.9", kernels).release == "9.9.0-1-amd64"
+    with pytest.raises(KernelNotServedError) as err:
+        find_available("9.9.0-1-rt-amd64", kernels)
+    assert str(err.value) == (
+        "Debian's archive no longer serves all of kernel 9.9.0-1-rt-amd64: "
+        "linux-headers-9.9.0-1-rt-amd64 missing; nearest that can be had: 9.9.0-1-amd64 "
+        "(pfq-omatic kernels --available)")
+    assert "--include" not in str(err.value)
+    with pytest.raises(KernelNotServedError, match=r"9\.8\.0-3-cloud-amd64: linux-source-9\.8"):
+        find_available("9.8-cloud-amd64", kernels)
 
 
 def test_an_unreachable_archive_is_an_infrastructure_error(tmp_path: Path) -> None:
