@@ -603,7 +603,7 @@ def cmd_env_create(args: argparse.Namespace, out: TextIO) -> int:
 
     spec = _spec(args)
     if args.dry_run:
-        out.write(shlex.join(spec.mmdebstrap_argv(Path(f"{args.suite}.tar"))) + "\n")
+        _print_commands([spec.mmdebstrap_argv(Path(f"{args.suite}.tar"))], args.json, out)
         return 0
     with _include_advice(args):
         tarball, made = ensure_system(spec, refresh=args.refresh, note=_note)
@@ -645,10 +645,13 @@ def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
     workdir = args.workdir or (clones[0].target if clones else "/root")
     if args.dry_run:
         tarball = Path(f"{args.suite}.tar")
-        out.write(shlex.join(spec.mmdebstrap_argv(tarball)) + "\n")
-        out.write(shlex.join(enter_argv(tarball, Path("ROOT"), Path("STATUS"), argv, binds,
-                                        clones, workdir)) + "\n")
+        _print_commands([spec.mmdebstrap_argv(tarball),
+                         enter_argv(tarball, Path("ROOT"), Path("STATUS"), argv, binds, clones,
+                                    workdir)], args.json, out)
         return 0
+    if args.json:
+        raise UserError("env run passes the command's own output through: --json is for "
+                        "--dry-run")
     with _include_advice(args):
         run_command(spec, argv, fresh=args.fresh, refresh=args.refresh, binds=binds,
                     clones=clones, workdir=workdir, note=_note)
@@ -658,12 +661,25 @@ def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_env_clean(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.system import cached_systems, remove_cached, remove_unpacked
 
+    removed = []
     for c in cached_systems():
         remove_cached(Path(c["tarball"]))
-        out.write(f"removed {c['tarball']}\n")
-    for folder in remove_unpacked():
-        out.write(f"removed {folder}\n")
+        removed.append(c["tarball"])
+    removed += [str(folder) for folder in remove_unpacked()]
+    if args.json:
+        _print_json({"removed": removed}, out)
+    else:
+        out.writelines(f"removed {path}\n" for path in removed)
     return 0
+
+
+def _print_commands(commands: Sequence[Sequence[str]], as_json: bool, out: TextIO) -> None:
+    """What a --dry-run would run: one shell line each, or JSON (argv lists and lines)."""
+    if as_json:
+        _print_json({"dry_run": [{"argv": list(c), "line": shlex.join(c)} for c in commands]},
+                    out)
+    else:
+        out.writelines(shlex.join(c) + "\n" for c in commands)
 
 
 def _add_env(sub: Any) -> None:
@@ -896,9 +912,13 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
                      else manifests)
     if args.emit:
         # The workflow and nothing else: no system made, nothing built, no report.
-        out.write(emit_github_actions(_emit_kernels(args.kernel),
-                                      [] if args.drivers == "all" else drivers, args.lab,
-                                      hooks=args.hooks, all_drivers=args.drivers == "all"))
+        workflow = emit_github_actions(_emit_kernels(args.kernel),
+                                       [] if args.drivers == "all" else drivers, args.lab,
+                                       hooks=args.hooks, all_drivers=args.drivers == "all")
+        if args.json:
+            _print_json({"workflow": workflow}, out)
+        else:
+            out.write(workflow)
         return 0
     known = load_known_failures(Path(args.known_failures) if args.known_failures else None)
     kernels = _matrix_kernels(args.kernel)

@@ -326,6 +326,23 @@ def test_run_dry_run_prints_the_commands(fake: Path) -> None:
 
 
 @unit
+def test_json_is_always_json(fake: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json with --dry-run prints the same commands as JSON; env clean says what it
+    removed as JSON; a real env run, whose output is the command's, refuses --json."""
+    code, out = cli("env", "run", "bookworm", "--dry-run", "--json", "--", "make", "test")
+    assert code == 0
+    create, enter = json.loads(out)["dry_run"]
+    assert create["argv"][0] == "mmdebstrap" and enter["line"].endswith("sh /root make test")
+    code, out = cli("env", "create", "bookworm", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["dry_run"][0]["argv"][0] == "mmdebstrap"
+    code, out = cli("env", "clean", "--json")
+    assert code == 0 and json.loads(out) == {"removed": []}
+    assert cli("env", "run", "bookworm", "--json", "--", "true")[0] == 1
+    assert "--json is for --dry-run" in capsys.readouterr().err
+    assert calls(fake) == []
+
+
+@unit
 def test_a_broken_tarball_is_an_enter_error(fake: Path) -> None:
     tarball = systems_dir() / "broken.tar"
     tarball.parent.mkdir(parents=True)
