@@ -12,6 +12,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/err.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/netdevice.h>
@@ -94,8 +95,8 @@ int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode)
 	ASSERT_RTNL();
 	if (mode != PFQ_PASS && !ring) {
 		ring = pfq_ring_alloc(pfq_ring_slots, pfq_snaplen);
-		if (!ring)
-			return -ENOMEM;
+		if (IS_ERR(ring))
+			return PTR_ERR(ring);
 		rcu_assign_pointer(pd->ring, ring);
 	}
 	WRITE_ONCE(pd->mode, mode);

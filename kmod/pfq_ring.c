@@ -8,6 +8,7 @@
  * the copy is refused and the hook counts a drop. The skb itself never enters the
  * ring, so the ring can never leak one.
  */
+#include <linux/err.h>
 #include <linux/if_vlan.h>
 #include <linux/overflow.h>
 #include <linux/slab.h>
@@ -22,21 +23,25 @@ static size_t pfq_ring_bytes(const struct pfq_ring *ring)
 
 /*
  * A device's ring, charged to the caller's memory cgroup and counted against the
- * module's cap (pfq_mem.c): NULL when either refuses, or the allocator does.
+ * module's cap (pfq_mem.c): ERR_PTR(-ENOBUFS) over the cap, ERR_PTR(-ENOMEM) when the
+ * allocator refuses.
  */
 struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen)
 {
 	struct pfq_ring *ring = kzalloc(sizeof(*ring), GFP_KERNEL_ACCOUNT);
+	int err;
 
 	if (!ring)
-		return NULL;
+		return ERR_PTR(-ENOMEM);
 	spin_lock_init(&ring->lock);
 	ring->slots = slots;
 	ring->snaplen = snaplen;
 	/* struct_size() on a typed null pointer: struct_size_t() is only in 6.5 and later. */
 	ring->slot_size = ALIGN(struct_size((struct pfq_slot *)NULL, data, snaplen), 8);
-	if (pfq_mem_charge(pfq_ring_bytes(ring) >> PAGE_SHIFT))
+	err = pfq_mem_charge(pfq_ring_bytes(ring) >> PAGE_SHIFT);
+	if (err)
 		goto ring;
+	err = -ENOMEM;
 	ring->mem = __vmalloc(pfq_ring_bytes(ring), GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!ring->mem)
 		goto charge;
@@ -45,7 +50,7 @@ charge:
 	pfq_mem_uncharge(pfq_ring_bytes(ring) >> PAGE_SHIFT);
 ring:
 	kfree(ring);
-	return NULL;
+	return ERR_PTR(err);
 }
 
 /* Any context: vfree() defers itself in interrupt context. */
