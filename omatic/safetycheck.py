@@ -18,6 +18,8 @@ switched with util-linux's setpriv, staged into the guest (busybox's cannot chan
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import mmap
 import os
 import resource
@@ -31,7 +33,18 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from omatic.groupcheck import DEV, DEV2, PROC, CheckFailed, ex1, expect, group, inject, run_checks
+from omatic.groupcheck import (
+    DEV,
+    DEV2,
+    PROC,
+    CheckFailed,
+    dmesg_lines,
+    ex1,
+    expect,
+    group,
+    inject,
+    run_checks,
+)
 from omatic.guestpy import PACKAGE_DIR
 from omatic.pfq import FRAME, Endpoint, PfqError, parse_records
 
@@ -313,6 +326,30 @@ def check_control_needs_net_admin(config: Config) -> None:
     Path(control).write_text(f"{DEV2} tap\n")
 
 
+def check_small_guards(config: Config) -> None:
+    """A private mapping of a ring is refused (the reader's tail would never reach the
+    kernel); an ioctl /dev/pfq does not know is ENOTTY with nothing in the kernel log;
+    /proc/net/pfq/groups, which names every endpoint's process, is root's alone."""
+    with Endpoint() as ep:
+        size = ep.ring(slots=8, caplen=64).mmap_size
+        try:
+            mmap.mmap(ep.fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ).close()
+            raise CheckFailed("a MAP_PRIVATE mapping of the ring was accepted")
+        except OSError as err:
+            expect(err.errno == errno.EINVAL, f"MAP_PRIVATE: {err}, not EINVAL")
+        before = len(dmesg_lines())
+        try:
+            fcntl.ioctl(ep.fd, 0xF9FF, b"\0" * 8)
+            raise CheckFailed("an unknown ioctl was accepted")
+        except OSError as err:
+            expect(err.errno == errno.ENOTTY, f"an unknown ioctl: {err}, not ENOTTY")
+        expect(len(dmesg_lines()) == before, "an unknown ioctl wrote to the kernel log")
+    code = ("import sys\ntry:\n    open(sys.argv[1]).read(); print('read')\n"
+            "except PermissionError:\n    print('EACCES')\n")
+    run = python(code, [SETPRIV, *NOBODY], args=[str(PROC / "groups")])
+    expect(run.stdout.split() == ["EACCES"], f"nobody reading {PROC / 'groups'}: {said(run)}")
+
+
 #: A process that joins, steers and leaves a group (and opens /dev/pfq again) for
 #: argv[1] seconds, then prints how many rounds it made.
 LOOP_CODE = """
@@ -402,6 +439,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("pcap_concurrent_reads_whole", check_pcap_concurrent_reads),
     ("control_needs_cap_net_admin", check_control_needs_net_admin),
     ("no_grace_period_under_locks", check_no_grace_period_under_locks),
+    ("private_map_ioctl_groups_file", check_small_guards),
 ]
 
 

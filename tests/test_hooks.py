@@ -26,7 +26,8 @@ GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst
 SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted_and_capped",
                  "read_racing_mmap_returns", "two_readers_never_read_0",
                  "pcap_concurrent_reads_whole", "control_needs_cap_net_admin",
-                 "no_grace_period_under_locks", "refcount_back"]
+                 "no_grace_period_under_locks", "private_map_ioctl_groups_file",
+                 "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
 
