@@ -28,7 +28,8 @@
 #include <pfq/uapi.h>
 
 /* The rings' head and tail are u64 read and written with acquire/release, which only a
- * 64-bit kernel does in one access. */
+ * 64-bit kernel does in one access.
+ */
 #ifndef CONFIG_64BIT
 #error "pfq.ko needs a 64-bit kernel (CONFIG_64BIT)"
 #endif
@@ -112,7 +113,8 @@ struct pfq_dev {
 	struct pfq_pcpu __percpu *stats;
 	struct proc_dir_entry *pcap;	/* /proc/net/pfq/pcap/<name> */
 	/* Groups bound to the device (bit g: group g), RTNL + pfq_groups_mutex to change,
-	 * READ_ONCE in the hooks; and each one's rx queue, -1 for every queue. */
+	 * READ_ONCE in the hooks; and each one's rx queue, -1 for every queue.
+	 */
 	u64 groups;
 	s32 group_queue[PFQ_GROUPS];
 };
@@ -127,7 +129,8 @@ struct pfq_area {
 	struct page **pages;
 	unsigned long npages;
 	/* Whose user's RLIMIT_MEMLOCK pays (cred->user), NULL: none. The credentials keep
-	 * the user_struct alive: free_uid() is not exported before 5.11. */
+	 * the user_struct alive: free_uid() is not exported before 5.11.
+	 */
 	const struct cred *cred;
 };
 

@@ -135,6 +135,7 @@ static int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info
  */
 bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap)
 {
+	/* Pairs with make_ring's smp_store_release(): the geometry before the ring. */
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 	u32 len = pfq_frame_len(skb, offset);
 	struct pfq_frame *frame;
@@ -162,7 +163,8 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 			/* Read locklessly by pfq_endpoint_readable(): one 64-bit store. */
 			WRITE_ONCE(ep->khead, ep->khead + 1);
 			/* The slot before the head that makes it visible (smp_load_acquire() of
-			 * head in the reader's user space). */
+			 * head in the reader's user space).
+			 */
 			smp_store_release(&ring->head, ep->khead);
 			stored = true;
 		}
@@ -184,6 +186,7 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
  */
 static bool pfq_endpoint_readable(struct pfq_endpoint *ep)
 {
+	/* Pairs with make_ring's smp_store_release(). */
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 
 	return ring && READ_ONCE(ep->khead) != READ_ONCE(ring->tail);
@@ -223,7 +226,8 @@ static int pfq_release(struct inode *inode, struct file *file)
 	list_del(&ep->node);
 	mutex_unlock(&pfq_endpoints_mutex);
 	/* Hooks found it through a group configuration under RCU: wait them out, with
-	 * no lock held, before its ring goes. */
+	 * no lock held, before its ring goes.
+	 */
 	if (ep->ring)
 		synchronize_rcu();
 	pfq_area_free(&ep->area);
@@ -233,7 +237,8 @@ static int pfq_release(struct inode *inode, struct file *file)
 }
 
 /* Runs with mmap_lock held for writing: takes ring_mutex only, which no one holds
- * across a user copy. */
+ * across a user copy.
+ */
 static int pfq_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct pfq_endpoint *ep = file->private_data;
@@ -251,7 +256,8 @@ static int pfq_mmap(struct file *file, struct vm_area_struct *vma)
 }
 
 /* Frames published and the reader's tail, as the kernel sees them. Caller holds
- * read_mutex; the spinlock orders the slots' contents before the count. */
+ * read_mutex; the spinlock orders the slots' contents before the count.
+ */
 static void pfq_endpoint_bounds(struct pfq_endpoint *ep, u64 *tail, u64 *head)
 {
 	*tail = READ_ONCE(ep->ring->tail);
@@ -313,7 +319,8 @@ static ssize_t pfq_read(struct file *file, char __user *buf, size_t count, loff_
 		done += size;
 		tail++;
 		/* The slot is read before the producer may take it back (its
-		 * READ_ONCE(ring->tail) in pfq_endpoint_put(), under ep->lock). */
+		 * READ_ONCE(ring->tail) in pfq_endpoint_put(), under ep->lock).
+		 */
 		smp_store_release(&ep->ring->tail, tail);
 	}
 out:

@@ -57,7 +57,8 @@ static const char *const pfq_steer_names[PFQ_STEER_MAX] = {
 /* -- the receive side (any context, under rcu_read_lock()) ------------------------- */
 
 /* Hash the two ends (address, port) of a flow in an order that does not depend on the
- * direction: both directions of a connection get the same value. */
+ * direction: both directions of a connection get the same value.
+ */
 static u32 pfq_sym_hash(const struct sk_buff *skb, const void *a, const void *b,
 			unsigned int alen, u8 proto, int l4)
 {

@@ -155,7 +155,8 @@ static void pfq_dev_del(struct net_device *dev)
 	/* Waits for pcap readers of this device to leave; new ones get -EIO. */
 	pfq_proc_del_dev(pd);
 	/* Hooks running on other CPUs may still hold pd: freed after they leave, without
-	 * making every unregistration wait a grace period under RTNL. */
+	 * making every unregistration wait a grace period under RTNL.
+	 */
 	call_rcu(&pd->rcu, pfq_dev_free_rcu);
 }
 

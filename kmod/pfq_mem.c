@@ -68,7 +68,8 @@ void pfq_mem_uncharge(unsigned long pages)
 }
 
 /* Count the area against the caller's RLIMIT_MEMLOCK, in its user's locked_vm as
- * io_uring and AF_XDP do; CAP_IPC_LOCK lifts the limit, as there. */
+ * io_uring and AF_XDP do; CAP_IPC_LOCK lifts the limit, as there.
+ */
 static int pfq_memlock_charge(struct pfq_area *area)
 {
 	const struct cred *cred;
