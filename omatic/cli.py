@@ -866,6 +866,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         args = _parse(list(sys.argv[1:] if argv is None else argv))
         code: int = args.handler(args, out)
+        # A pipe's stdout is block-buffered: a reader that went is found here, not at the
+        # interpreter's last flush, out of this function's reach.
+        out.flush()
         return code
     except OmaticError as err:
         print(f"pfq-omatic: error: {err}", file=sys.stderr)

@@ -196,7 +196,7 @@ def test_a_closed_pipe_ends_quietly(argv: tuple[str, ...]) -> None:
 
 def test_patch_into_a_read_only_folder(tmp_path: Path) -> None:
     (tmp_path / "ro").mkdir()
-    run = as_user(tmp_path, "patch", str(CASES), "--out", "ro/p", read_only=tmp_path / "ro")
+    run = as_user(tmp_path, "patch", str(CASES), "--out", "ro/p", read_only_dir=tmp_path / "ro")
     one_line(run, 1, "ro", "cannot write the output")
     assert not list((tmp_path / "ro").iterdir())
 

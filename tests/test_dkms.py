@@ -384,7 +384,7 @@ def test_dkms_into_a_read_only_folder_or_a_file(tmp_path: Path) -> None:
     (tmp_path / "ro").mkdir()
     (tmp_path / "f").write_text("mine\n")
     run = as_user(tmp_path, "dkms", "e1000e", "--kernel", "6.1", "--out", "ro",
-                   read_only=tmp_path / "ro")
+                   read_only_dir=tmp_path / "ro")
     one_line(run, 1, "ro", "cannot write the output")
     one_line(as_user(tmp_path, "dkms", "e1000e", "--kernel", "6.1", "--out", "f"), 1,
               "f: a file is there")
