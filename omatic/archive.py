@@ -35,8 +35,9 @@ from typing import Any
 
 from omatic.cache import cache_root, file_lock
 from omatic.errors import InfraError, UserError
-from omatic.kernel import Kernel, version_key
+from omatic.kernel import Kernel
 from omatic.system import Suite, SystemSpec, ensure_root, load_suites
+from omatic.versions import version_key
 
 FLAVORS = ("amd64", "cloud-amd64", "rt-amd64")
 #: Hours the downloaded indexes serve before `apt-get update` runs again.

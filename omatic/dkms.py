@@ -45,12 +45,13 @@ from omatic.errors import (
     UserError,
 )
 from omatic.kbuild import PRODUCTS
-from omatic.kernel import Kernel, version_key
+from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.rules import Rule, load_rules
 from omatic.source import DriverSource, stage_from_tarball
 from omatic.templates import render
 from omatic.tree import PATCH_NAME, patch_tree
+from omatic.versions import version_key
 
 #: DKMS's PACKAGE_NAME: the tree goes to /usr/src/pfq-omatic-<version>.
 PACKAGE = "pfq-omatic"

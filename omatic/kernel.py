@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from omatic.errors import PathError, UserError
+from omatic.versions import version_key
 
 MODULES_ROOT = Path(os.environ.get("PFQ_OMATIC_MODULES_ROOT", "/lib/modules"))
 SRC_ROOT = Path(os.environ.get("PFQ_OMATIC_SRC_ROOT", "/usr/src"))
@@ -217,11 +218,6 @@ def installed_kernels() -> list[Kernel]:
         if kernel is not None and kernel.release not in found:
             found[kernel.release] = kernel
     return sorted(found.values(), key=lambda k: version_key(k.release), reverse=True)
-
-
-def version_key(release: str) -> tuple[int, ...]:
-    """Sort key of a release by its numbers: 6.1 before 6.12 before 7.2, -9 before -10."""
-    return tuple(int(x) for x in re.findall(r"\d+", release))
 
 
 def find_kernel(spec: str | Path, archive: bool = True, note: Any = None) -> Kernel:

@@ -30,8 +30,8 @@ import junitparser
 
 from omatic.cache import file_mode
 from omatic.errors import PathError, UserError
-from omatic.kernel import version_key
 from omatic.templates import render
+from omatic.versions import version_key
 
 #: What became of a cell: `pass`; `fail`, the driver failed to build, verify or prove in
 #: the lab; `error`, the infrastructure failed (network, QEMU); `skip`, that kernel does

@@ -12,14 +12,10 @@ from pathlib import Path
 
 from omatic.data import PATCHES_DIR, load_toml_dir
 from omatic.errors import RuleError
+from omatic.versions import version_key
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VERSION = re.compile(r"\d+\.\d+(\.\d+)?\Z")
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """'5.18' -> (5, 18); '6.1.0-56-amd64' -> (6, 1, 0)."""
-    return tuple(int(x) for x in re.findall(r"\d+", version.split("-")[0])[:3])
 
 
 @dataclass(frozen=True)

@@ -224,8 +224,8 @@ EMULATOR_SUITE = "trixie"
 def emulator_for(oldest: str, note: Any = None) -> Emulator:
     """This machine's QEMU when it is `oldest` or newer, else the QEMU of a kept
     EMULATOR_SUITE system (made once, with qemu-system-x86)."""
-    from omatic.rules import version_key
     from omatic.system import SystemSpec, ensure_root
+    from omatic.versions import version_key
 
     host = qemu_binary()
     if not oldest or version_key(qemu_version(host) or "0") >= version_key(oldest):
