@@ -67,11 +67,9 @@ class Kernel:
                 *args]
         if self.on_host:
             return make
-        from omatic.system import Bind, chroot_argv
+        from omatic.system import chroot_at_own_paths
 
-        folders = sorted({p.absolute() for p in (module_dir, *uses)})
-        outer = [f for f in folders if not any(o in f.parents for o in folders)]
-        return chroot_argv(self.root, make, [Bind(f, str(f)) for f in outer])
+        return chroot_at_own_paths(self.root, make, [module_dir, *uses])
 
     @property
     def series(self) -> str:

@@ -374,6 +374,14 @@ def chroot_argv(root: Path, argv: Sequence[str], binds: Sequence[Bind] = (),
             *inside]
 
 
+def chroot_at_own_paths(root: Path, argv: Sequence[str], uses: Sequence[Path]) -> list[str]:
+    """The command running `argv` in the kept system at `root`, with the host folders
+    `uses` bound at their own paths (each outermost folder once)."""
+    folders = sorted({p.absolute() for p in uses})
+    outer = [f for f in folders if not any(o in f.parents for o in folders)]
+    return chroot_argv(root, argv, [Bind(f, str(f)) for f in outer])
+
+
 # -- running a command in a disposable copy ----------------------------------------------
 
 @dataclass(frozen=True)

@@ -198,11 +198,9 @@ class Emulator:
         (the kernel's, the initramfs's) are bound at their own paths."""
         if self.root is None:
             return [self.binary, *args]
-        from omatic.system import Bind, chroot_argv
+        from omatic.system import chroot_at_own_paths
 
-        folders = sorted({p.absolute() for p in uses})
-        outer = [f for f in folders if not any(o in f.parents for o in folders)]
-        return chroot_argv(self.root, [self.binary, *args], [Bind(f, str(f)) for f in outer])
+        return chroot_at_own_paths(self.root, [self.binary, *args], uses)
 
     @property
     def where(self) -> str:
