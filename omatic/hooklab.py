@@ -32,13 +32,7 @@ from typing import Any
 
 from omatic import __version__
 from omatic.cache import write_atomic
-from omatic.data import HOOKMOD_DIR
-from omatic.errors import BuildError
-from omatic.groupcheck import TCPDUMP
-from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
-from omatic.kernel import Kernel
-from omatic.ktap import KtapError, KtapResult, parse
-from omatic.lab import (
+from omatic.console import (
     DMESG_BAD,
     NoBootImageError,
     check_timeout,
@@ -46,6 +40,12 @@ from omatic.lab import (
     log_kept_only_if,
     run_guest,
 )
+from omatic.data import HOOKMOD_DIR
+from omatic.errors import BuildError
+from omatic.groupcheck import TCPDUMP
+from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
+from omatic.kernel import Kernel
+from omatic.ktap import KtapError, KtapResult, parse
 from omatic.pfq import compile_filter
 from omatic.progress import Step, quiet_step
 from omatic.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV

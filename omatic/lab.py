@@ -26,29 +26,33 @@ request.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import queue
 import re
 import shlex
 import socket
-import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
 from omatic import __version__, frames, labfanout
 from omatic.cache import write_atomic
-from omatic.errors import BuildError, InfraError, PathError, UserError
+from omatic.console import (
+    DMESG_BAD,
+    NoBootImageError,
+    check_timeout,
+    console_tail,
+    log_kept_only_if,
+    run_guest,
+)
+from omatic.errors import BuildError, PathError, UserError
 from omatic.guestpy import PACKAGE_DIR, stage_python
 from omatic.kernel import Kernel
 from omatic.progress import Step, quiet_step
@@ -62,7 +66,6 @@ from omatic.vm import (
     choose_accel,
     emulator_for,
     in_tree_needs,
-    kill,
     module_name,
     qemu_binary,
     qemu_command,
@@ -71,23 +74,11 @@ from omatic.vm import (
     udp_ports,
 )
 
-#: dmesg lines that fail the lab.
-DMESG_BAD = ("Oops", "BUG:", "WARNING:", "Call Trace", "disagrees about version",
-             "Unknown symbol")
 #: The phases of the guest's /init besides "reload": name and PFQ mode.
 PHASES = (("pass", "pass"), ("tap", "tap"), ("capture", "capture"))
 #: Seconds between two injected frames: the emulated NICs have 256 RX descriptors or
 #: fewer and the guest is slow under TCG; do not outrun them.
 FRAME_GAP = 0.001
-#: Lines of the console log shown with a failure.
-TAIL_LINES = 15
-
-
-class NoBootImageError(InfraError):
-    template = ("no boot image for kernel {release} ({path} is missing); install the Debian "
-                "package linux-image-{release}")
-
-
 class GuestError(BuildError):
     """The guest failed in a way that stops the lab; the console log is kept."""
 
@@ -350,71 +341,6 @@ class Session:
             self.ended = True
 
 
-def console_tail(log: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return "(no console log)"
-    kept = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
-    return "\n".join("  " + line for line in kept[-lines:]) or "  (the console is empty)"
-
-
-class ConsoleReader(Protocol):
-    """What run_guest drives: a reader of the guest's console lines."""
-
-    #: When QEMU started (set by run_guest).
-    start: float
-    #: Whether the guest said it ended.
-    ended: bool
-
-    def feed(self, line: str) -> None: ...
-
-
-def run_guest(cmd: list[str], session: ConsoleReader, log: Path,
-              timeout: float) -> tuple[int | None, str, float]:
-    """Run QEMU, feeding its console to `session` until the guest ends, QEMU exits or
-    `timeout` passes. Returns (QEMU's exit status or None if it was killed, QEMU's
-    stderr, seconds). QEMU never outlives this call."""
-    start = time.monotonic()
-    session.start = start
-    lines: queue.Queue[bytes | None] = queue.Queue()
-    stderr: list[bytes] = []
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        out, err = proc.stdout, proc.stderr
-
-        def pump() -> None:
-            for raw in out:
-                lines.put(raw)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        threading.Thread(target=lambda: stderr.append(err.read()), daemon=True).start()
-        with open(log, "wb") as console:
-            while not session.ended:
-                left = start + timeout - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    raw = lines.get(timeout=min(left, 1.0))
-                except queue.Empty:
-                    continue
-                if raw is None:
-                    break
-                console.write(raw)
-                console.flush()
-                session.feed(raw.decode(errors="replace").rstrip("\r\n"))
-        if session.ended:  # the guest powers off by itself
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        status = proc.poll()
-    finally:
-        kill(proc)
-    return status, b"".join(stderr).decode(errors="replace"), time.monotonic() - start
-
-
 # --- checks ----------------------------------------------------------------------------
 
 
@@ -497,25 +423,6 @@ def _check_bind(name: str, bind: dict[str, Any] | None, driver: str, want_id: st
 
 
 # --- the run ---------------------------------------------------------------------------
-
-
-def check_timeout(seconds: float) -> None:
-    """A guest needs seconds to boot: a timeout under one is a mistake, not a wish."""
-    if not seconds >= 1:
-        raise UserError(f"--timeout {seconds:g}: a guest needs at least 1 second (the "
-                        "default is 120)")
-
-
-@contextlib.contextmanager
-def log_kept_only_if(keep: bool, log: Path) -> Iterator[None]:
-    """An interrupted guest (Ctrl-C) leaves no console log unless asked to keep it: it
-    is kept on failure or with --keep, and an interruption is neither."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if not keep:
-            log.unlink(missing_ok=True)
-        raise
 
 
 def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:

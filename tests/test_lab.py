@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import omatic.console
 import omatic.kernel
 import omatic.lab
 import omatic.system
@@ -142,7 +143,7 @@ def test_init_template_uses_test_net_only() -> None:
     text = render("lab-init.sh.j2", driver="e1000e", release="6.1.0-56-amd64", frames=100,
                   wait_ticks=150, ring_slots=1024, ours=[], deps=[], phases=omatic.lab.PHASES,
                   guest_ip="192.0.2.2", host_ip="192.0.2.1", host_mac="02:00:00:00:00:01",
-                  dmesg_pattern="|".join(omatic.lab.DMESG_BAD), pps=False, pfq_users=[],
+                  dmesg_pattern="|".join(omatic.console.DMESG_BAD), pps=False, pfq_users=[],
                   fanout=True, fanout_workers=4, fanout_frames=128,
                   python_path="/lib/pfq-omatic")
     addresses = {word for word in text.replace("/", " ").split() if word.count(".") == 3
@@ -361,7 +362,7 @@ def test_a_timeout_under_a_second_is_refused(command: str, seconds: str,
 @pytest.mark.unit
 @pytest.mark.parametrize("keep", [False, True])
 def test_an_interrupted_guest_keeps_its_log_only_when_asked(tmp_path: Path, keep: bool) -> None:
-    from omatic.lab import log_kept_only_if
+    from omatic.console import log_kept_only_if
 
     log = tmp_path / "lab-console.log"
     with pytest.raises(KeyboardInterrupt), log_kept_only_if(keep, log):
