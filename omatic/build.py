@@ -30,7 +30,7 @@ from omatic.cache import cache_root, file_lock, made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
 from omatic.errors import BuildError, InfraError, OutputError, PathError, UserError
 from omatic.kbuild import KmodBuild, build_kmod
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.rules import load_rules
 from omatic.source import (

@@ -97,7 +97,7 @@ def cmd_patch(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.kernel import default_kernel, installed_kernels
+    from omatic.kernels.kernel import default_kernel, installed_kernels
 
     if args.available:
         return _available_kernels(args, out)
@@ -133,9 +133,9 @@ def cmd_drivers(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.archive import available_kernels
-    from omatic.kernel import installed_kernels
-    from omatic.system import cached_systems
+    from omatic.kernels.archive import available_kernels
+    from omatic.kernels.kernel import installed_kernels
+    from omatic.kernels.system import cached_systems
 
     here = {k.release for k in installed_kernels()}
     kept = {p.removeprefix("linux-headers-"): c["suite"] for c in cached_systems()
@@ -157,7 +157,7 @@ def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _kernels_of(specs: list[str] | None) -> list[Any]:
-    from omatic.kernel import default_kernel, find_kernel
+    from omatic.kernels.kernel import default_kernel, find_kernel
 
     return [find_kernel(s, note=_note) for s in specs] if specs else [default_kernel()]
 
@@ -201,10 +201,10 @@ def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
     kernel not on this machine nor in a kept system would first get a system of its
     suite: its mmdebstrap command is shown, and the build's commands come from inside it
     (a dry run there once it is made)."""
-    from omatic.archive import available_kernels, find_available
     from omatic.build import dry_run_commands
-    from omatic.kernel import NoHeadersError, default_kernel, find_kernel
-    from omatic.system import SystemSpec
+    from omatic.kernels.archive import available_kernels, find_available
+    from omatic.kernels.kernel import NoHeadersError, default_kernel, find_kernel
+    from omatic.kernels.system import SystemSpec
 
     plans: list[dict[str, Any]] = []
     for spec in args.kernel or [None]:
@@ -269,7 +269,7 @@ def _print_load(report: Any, out_dir: Path, out: TextIO) -> None:
 def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.dkms import PACKAGE, build_deb, write_tree
     from omatic.drivers import resolve
-    from omatic.kernel import find_kernel, installed_kernels
+    from omatic.kernels.kernel import find_kernel, installed_kernels
     from omatic.progress import Progress
 
     drivers = list(dict.fromkeys(resolve(d)[0] for d in args.drivers))
@@ -562,7 +562,7 @@ def _note(text: str) -> None:
 def _include_advice(args: argparse.Namespace) -> Iterator[None]:
     """A package the archive does not serve: when the user named packages (--include),
     theirs are the names to check."""
-    from omatic.system import UnknownPackageError
+    from omatic.kernels.system import UnknownPackageError
 
     try:
         yield
@@ -575,13 +575,13 @@ def _include_advice(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from omatic.system import SystemSpec
+    from omatic.kernels.system import SystemSpec
 
     return SystemSpec.of(args.suite, args.include or (), args.variant)
 
 
 def cmd_env_list(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.system import cached_systems, load_suites
+    from omatic.kernels.system import cached_systems, load_suites
 
     suites, cached = load_suites(), cached_systems()
     if args.json:
@@ -599,7 +599,7 @@ def cmd_env_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_env_create(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.system import ensure_system
+    from omatic.kernels.system import ensure_system
 
     spec = _spec(args)
     if args.dry_run:
@@ -616,7 +616,7 @@ def cmd_env_create(args: argparse.Namespace, out: TextIO) -> int:
 
 def _binds(specs: list[str] | None, default_target: str | None = None) -> list[Any]:
     from omatic.errors import PathError
-    from omatic.system import Bind
+    from omatic.kernels.system import Bind
 
     binds = []
     for spec in specs or ():
@@ -631,7 +631,7 @@ def _binds(specs: list[str] | None, default_target: str | None = None) -> list[A
 
 
 def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.system import enter_argv, run_command
+    from omatic.kernels.system import enter_argv, run_command
 
     argv = args.argv
     if not argv:
@@ -659,7 +659,7 @@ def cmd_env_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_env_clean(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.system import cached_systems, remove_cached, remove_unpacked
+    from omatic.kernels.system import cached_systems, remove_cached, remove_unpacked
 
     removed = []
     for c in cached_systems():
@@ -958,8 +958,8 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
 def _emit_kernels(specs: list[str] | None) -> list[tuple[str, str]]:
     """(release, suite) of the kernels a workflow's jobs run on, as a matrix would choose
     them, read from this machine and the archive's indexes: nothing is made."""
-    from omatic.archive import available_kernels, find_available, matrix_kernels, served
-    from omatic.kernel import NoHeadersError, find_kernel
+    from omatic.kernels.archive import available_kernels, find_available, matrix_kernels, served
+    from omatic.kernels.kernel import NoHeadersError, find_kernel
 
     offered = None
     if not specs:
@@ -980,14 +980,14 @@ def _emit_kernels(specs: list[str] | None) -> list[tuple[str, str]]:
 def _matrix_kernels(specs: list[str] | None) -> list[Any]:
     """The kernels named (default: suites/*.toml's), in the order given: those here or in
     a kept system as they are, the others in one new system per suite."""
-    from omatic.archive import (
+    from omatic.kernels.archive import (
         available_kernels,
         find_available,
         matrix_kernels,
         served,
         system_kernels,
     )
-    from omatic.kernel import NoHeadersError, find_kernel
+    from omatic.kernels.kernel import NoHeadersError, find_kernel
 
     offered = None
     if not specs:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omatic.errors import OmaticError
-from omatic.kernel import MODULES_ROOT, Kernel
+from omatic.kernels.kernel import MODULES_ROOT, Kernel
 from omatic.signature import DKMS_CERT
 from omatic.verify import ModuleReport, verify_modules
 

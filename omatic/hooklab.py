@@ -44,7 +44,7 @@ from omatic.data import HOOKMOD_DIR
 from omatic.errors import BuildError
 from omatic.groupcheck import TCPDUMP
 from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.ktap import KtapError, KtapResult, parse
 from omatic.pfq import compile_filter
 from omatic.progress import Step, quiet_step

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, InfraError, OutputExistsError
-from omatic.kernel import Kernel, find_kernel
+from omatic.kernels.kernel import Kernel, find_kernel
 from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import Rule
 
@@ -66,7 +66,7 @@ def build_kmod(kernel: Kernel | str | Path, out_dir: Path, jobs: int = 2,
                make_args: Sequence[str] = ("W=1",)) -> KmodBuild:
     """Copy kmod/ into `out_dir` (absent or empty) and build pfq.ko there.
 
-    `kernel` is a Kernel, or what omatic.kernel.find_kernel accepts (a release, a series,
+    `kernel` is a Kernel, or what omatic.kernels.kernel.find_kernel accepts (a release, a series,
     a Kbuild output directory). Raises BuildError with the compiler's messages when make
     fails, InfraError without make.
     """

@@ -54,7 +54,7 @@ from omatic.console import (
 )
 from omatic.errors import BuildError, PathError, UserError
 from omatic.guestpy import PACKAGE_DIR, stage_python
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.templates import render
 from omatic.vm import (

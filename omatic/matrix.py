@@ -42,7 +42,7 @@ from omatic.build import hash_files, kmod_key
 from omatic.cache import write_atomic
 from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR
 from omatic.errors import FAILURE_ENV, UserError
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.matrix_report import Cell, write_outputs
 
 #: Errors that mean "this kernel does not have that driver".

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omatic.drivers import Manifest, load_manifests
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.rules import load_rules
 from omatic.source import ModuleDef, TarballCache, module_files
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from omatic.errors import UserError
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.modfile import KernelModule, find_module, read_symvers
 from omatic.rules import load_rules
 

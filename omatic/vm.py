@@ -31,7 +31,7 @@ import zstandard
 
 from omatic import frames
 from omatic.errors import InfraError, PathError, UserError
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 
 BUSYBOX = Path("/bin/busybox")
 QEMU = "qemu-system-x86_64"
@@ -198,7 +198,7 @@ class Emulator:
         (the kernel's, the initramfs's) are bound at their own paths."""
         if self.root is None:
             return [self.binary, *args]
-        from omatic.system import chroot_at_own_paths
+        from omatic.kernels.system import chroot_at_own_paths
 
         return chroot_at_own_paths(self.root, [self.binary, *args], uses)
 
@@ -222,7 +222,7 @@ EMULATOR_SUITE = "trixie"
 def emulator_for(oldest: str, note: Any = None) -> Emulator:
     """This machine's QEMU when it is `oldest` or newer, else the QEMU of a kept
     EMULATOR_SUITE system (made once, with qemu-system-x86)."""
-    from omatic.system import SystemSpec, ensure_root
+    from omatic.kernels.system import SystemSpec, ensure_root
     from omatic.versions import version_key
 
     host = qemu_binary()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omatic.errors import UserError
-from omatic.kernel import Kernel, find_kernel
+from omatic.kernels.kernel import Kernel, find_kernel
 from omatic.rules import Rule, load_rules
 from omatic.source import TarballCache
 

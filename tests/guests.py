@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.vm import QEMU
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from omatic.archive import (
+from omatic.kernels.archive import (
     ArchiveIndexError,
     ArchiveKernel,
     KernelNotServedError,
@@ -15,7 +15,7 @@ from omatic.archive import (
     matrix_kernels,
     read_kernels,
 )
-from omatic.system import Suite
+from omatic.kernels.system import Suite
 
 pytestmark = pytest.mark.unit
 

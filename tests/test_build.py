@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from conftest import KERNEL_SERIES
 
-import omatic.archive
 import omatic.build
-from omatic.archive import ArchiveKernel
+import omatic.kernels.archive
 from omatic.build import BuildRequest, NotConfiguredError, OutputError, build_driver
 from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import FAILURE_ENV, BuildError
-from omatic.kernel import Kernel, NoHeadersError, find_kernel
+from omatic.kernels.archive import ArchiveKernel
+from omatic.kernels.kernel import Kernel, NoHeadersError, find_kernel
 from omatic.matrix import _classify
 from omatic.modfile import KernelModule
 from omatic.source import UnknownDriverError
@@ -172,7 +172,7 @@ def test_a_kernel_neither_here_nor_in_the_archive_lists_the_nearest(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     offered = [ArchiveKernel(r, "bullseye-security", "bullseye")
                for r in ("5.10.0-46-amd64", "5.10.0-46-rt-amd64")]
-    monkeypatch.setattr(omatic.archive, "available_kernels", lambda: offered)
+    monkeypatch.setattr(omatic.kernels.archive, "available_kernels", lambda: offered)
     assert main(["build", "e1000e", "--kernel", "5.10.0-99-amd64"]) == 1
     err = capsys.readouterr().err
     assert "no kernel '5.10.0-99-amd64' in Debian's archive; nearest: 5.10.0-46-amd64" in err
@@ -402,15 +402,15 @@ def test_dry_run_of_a_kernel_not_here_makes_no_system(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A kernel that would need a Debian system of its own: the dry run shows the
     mmdebstrap command and makes nothing."""
-    import omatic.system
+    import omatic.kernels.system
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a dry run made a system")
 
-    monkeypatch.setattr(omatic.archive, "available_kernels", lambda *a, **k: [
+    monkeypatch.setattr(omatic.kernels.archive, "available_kernels", lambda *a, **k: [
         ArchiveKernel("6.1.0-55-amd64", "bookworm", "bookworm")])
     for name in ("ensure_system", "ensure_root"):
-        monkeypatch.setattr(omatic.system, name, forbidden)
+        monkeypatch.setattr(omatic.kernels.system, name, forbidden)
     monkeypatch.chdir(tmp_path)
     for argv in (["--dry-run"], ["--dry-run", "--json"]):
         out = io.StringIO()

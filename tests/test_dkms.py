@@ -27,7 +27,7 @@ from omatic.dkms import (
 )
 from omatic.dkms_check import main as check_main
 from omatic.dkms_check import pre_install
-from omatic.kernel import Kernel, find_kernel
+from omatic.kernels.kernel import Kernel, find_kernel
 from omatic.lab import LabConfig, run_lab
 from omatic.modfile import KernelModule
 from omatic.signature import Certificate, read_signature
@@ -294,7 +294,7 @@ def test_the_package_builds_and_lintian_finds_no_error(tree: DkmsTree, tmp_path:
 def _previous_abi(release: str) -> str:
     """The 6.1 kernel of the ABI before `release` that the archive serves: a kernel update
     to come, as the system sees it."""
-    from omatic.archive import ArchiveKernel, served
+    from omatic.kernels.archive import ArchiveKernel, served
 
     head, abi, flavor = re.fullmatch(r"(\d+\.\d+\.\d+)-(\d+)-(.+)", release).groups()
     for older in range(int(abi) - 1, int(abi) - 6, -1):
@@ -308,7 +308,7 @@ def _previous_abi(release: str) -> str:
 @pytest.mark.system
 def test_the_package_lives_through_install_new_kernels_failures_and_removal(
         tree: DkmsTree, tmp_path: Path) -> None:
-    from omatic.system import Bind, SystemSpec, ensure_system, run_in_system
+    from omatic.kernels.system import Bind, SystemSpec, ensure_system, run_in_system
 
     built = build_deb(tree, tmp_path / "pkg")
     assert built.deb is not None

@@ -11,7 +11,7 @@ import pytest
 
 from guests import need_vm
 from omatic.cli import main
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.modfile import KernelModule
 
 ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",

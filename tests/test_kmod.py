@@ -21,7 +21,7 @@ from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, OutputExistsError, PathError
 from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
-from omatic.kernel import Kernel, find_kernel
+from omatic.kernels.kernel import Kernel, find_kernel
 from omatic.modfile import KernelModule, read_symvers
 from omatic.rules import Rule
 

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 
 import omatic.console
-import omatic.kernel
+import omatic.kernels.kernel
+import omatic.kernels.system
 import omatic.lab
-import omatic.system
 import omatic.vm
 from guests import need_vm
 from omatic import frames
 from omatic.cli import main
 from omatic.errors import InfraError
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.lab import GuestHangError, GuestPanicError, LabConfig, run_lab
 from omatic.templates import render
 from omatic.vm import (
@@ -229,7 +229,7 @@ def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> No
 @vm
 def test_a_nic_the_driver_does_not_drive_fails_with_the_log_kept(
         lab_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    kernel = omatic.kernel.find_kernel("6.1")
+    kernel = omatic.kernels.kernel.find_kernel("6.1")
     need_vm(kernel)
     code = main(["lab", "e1000e", "--kernel", "6.1", "--nic-model", "rtl8139",
                  "--out", str(lab_out), "-j", "2"])
@@ -248,7 +248,7 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
         lab_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The host drops the fourth frame of each phase (a UDP frame) behind the lab's back:
     the lab must see it missing everywhere it looks, and keep the evidence."""
-    kernel = omatic.kernel.find_kernel("6.12")
+    kernel = omatic.kernels.kernel.find_kernel("6.12")
     need_vm(kernel)
     send = omatic.lab.Session.send
     counter = {"n": 0}
@@ -272,7 +272,7 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
 
 @vm
 def test_a_guest_that_hangs_is_killed_and_its_console_shown(lab_out: Path) -> None:
-    kernel = omatic.kernel.find_kernel("6.1")
+    kernel = omatic.kernels.kernel.find_kernel("6.1")
     need_vm(kernel)
     with pytest.raises(GuestHangError) as info:
         run_lab(LabConfig(driver="e1000e", kernel=kernel, nic_model="e1000e",
@@ -285,7 +285,7 @@ def test_a_guest_that_hangs_is_killed_and_its_console_shown(lab_out: Path) -> No
 
 @vm
 def test_a_guest_that_panics_is_reported(lab_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = omatic.kernel.find_kernel("6.12")
+    kernel = omatic.kernels.kernel.find_kernel("6.12")
     need_vm(kernel)
     crash = ("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
              "echo c > /proc/sysrq-trigger\n")
@@ -305,8 +305,8 @@ def test_bad_input_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     err = capsys.readouterr().err
     assert "unknown NIC model 'e1000x'" in err and "virtio-net-pci" in err
 
-    monkeypatch.setattr(omatic.kernel, "BOOT_ROOT", tmp_path)
-    release = omatic.kernel.find_kernel("6.12").release
+    monkeypatch.setattr(omatic.kernels.kernel, "BOOT_ROOT", tmp_path)
+    release = omatic.kernels.kernel.find_kernel("6.12").release
     assert main(["lab", "e1000e", "--kernel", "6.12"]) == 2
     assert f"install the Debian package linux-image-{release}" in capsys.readouterr().err
 
@@ -323,7 +323,7 @@ def test_a_nic_model_newer_than_this_qemu_runs_in_a_kept_systems_qemu(
     made: list[str] = []
     monkeypatch.setattr(omatic.vm, "qemu_binary", lambda: Emulator("/usr/bin/qemu"))
     monkeypatch.setattr(omatic.vm, "qemu_version", lambda emu: versions[emu.root])
-    monkeypatch.setattr(omatic.system, "ensure_root",
+    monkeypatch.setattr(omatic.kernels.system, "ensure_root",
                         lambda spec, note=None: made.append(spec.suite.name) or tmp_path)
     assert omatic.vm.emulator_for("").root is None
     assert omatic.vm.emulator_for("7.0").root is None and made == []

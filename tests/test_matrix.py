@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from omatic.archive import available_kernels, matrix_kernels
 from omatic.cli import main
-from omatic.kernel import Kernel
+from omatic.kernels.archive import available_kernels, matrix_kernels
+from omatic.kernels.kernel import Kernel
 from omatic.matrix import HOOKS_ROW, KnownFailure, MatrixRun, load_known_failures
 from omatic.matrix_report import emit_github_actions, read_cells
 from omatic.versions import version_key

@@ -1,4 +1,4 @@
-"""Pristine Debian systems (`omatic.system`, `pfq-omatic env`).
+"""Pristine Debian systems (`omatic.kernels.system`, `pfq-omatic env`).
 
 Unit tests run against a fake mmdebstrap on PATH that makes a tiny busybox system, which
 the real entering code unpacks, mounts and chroots into (as root, in namespaces): every
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-import omatic.system
+import omatic.kernels.system
 from omatic.cli import main
 from omatic.data import SUITES_DIR
 from omatic.errors import UserError
-from omatic.system import (
+from omatic.kernels.system import (
     ArchiveError,
     Bind,
     EnterError,
@@ -222,7 +222,7 @@ def test_a_failed_bootstrap_is_named_and_leaves_nothing(
 def test_no_mmdebstrap_is_an_infrastructure_error(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(omatic.system, "MMDEBSTRAP", str(tmp_path / "no-mmdebstrap"))
+    monkeypatch.setattr(omatic.kernels.system, "MMDEBSTRAP", str(tmp_path / "no-mmdebstrap"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert main(["env", "create", "bookworm"]) == 2
     assert "install the Debian package mmdebstrap" in capsys.readouterr().err

@@ -21,11 +21,11 @@ import pytest
 import zstandard
 from elftools.elf.elffile import ELFFile
 
-import omatic.kernel
+import omatic.kernels.kernel
 from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 from omatic.errors import BuildError, PathError, UserError
 from omatic.kbuild import KmodBuild
-from omatic.kernel import Kernel, kernel_at
+from omatic.kernels.kernel import Kernel, kernel_at
 from omatic.modfile import KernelModule, parse_version_ext
 from omatic.verify import VerifyReport, verify_modules
 
@@ -85,7 +85,7 @@ _REPORT: dict[str, Any] = {"sites": [
 class Tiny:
     #: pfq.ko's build (its Module.symvers is the hooks' CRCs).
     kmod: KmodBuild
-    #: The kernel, as omatic.kernel sees it.
+    #: The kernel, as omatic.kernels.kernel sees it.
     kernel: Kernel
     #: Build folder of the two tiny modules.
     dir: Path
@@ -359,7 +359,7 @@ def test_this_module_size_mismatch(tiny: Tiny, tmp_path: Path) -> None:
 @kbuild
 def test_this_module_skipped_without_installed_modules(tiny: Tiny, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omatic.kernel, "MODULES_ROOT", tmp_path)
+    monkeypatch.setattr(omatic.kernels.kernel, "MODULES_ROOT", tmp_path)
     report = tiny.verify()
     assert report.ok
     check = report.modules[0].check("this_module")

@@ -35,8 +35,8 @@ from typing import Any
 
 from omatic.cache import cache_root, file_lock
 from omatic.errors import InfraError, UserError
-from omatic.kernel import Kernel
-from omatic.system import Suite, SystemSpec, ensure_root, load_suites
+from omatic.kernels.kernel import Kernel
+from omatic.kernels.system import Suite, SystemSpec, ensure_root, load_suites
 from omatic.versions import version_key
 
 FLAVORS = ("amd64", "cloud-amd64", "rt-amd64")

@@ -67,7 +67,7 @@ class Kernel:
                 *args]
         if self.on_host:
             return make
-        from omatic.system import chroot_at_own_paths
+        from omatic.kernels.system import chroot_at_own_paths
 
         return chroot_at_own_paths(self.root, make, [module_dir, *uses])
 
@@ -241,17 +241,17 @@ def find_kernel(spec: str | Path, archive: bool = True, note: Any = None) -> Ker
             return kernel
     if not archive:
         raise NoHeadersError(release=str(spec))
-    from omatic.archive import available_kernels, find_available, system_kernel
+    from omatic.kernels.archive import available_kernels, find_available, system_kernel
 
     return system_kernel(find_available(str(spec), available_kernels()), note=note)
 
 
 def kept_kernels() -> list[Kernel]:
-    """The kernels of the kept systems made for earlier builds (omatic.system.ensure_root),
+    """The kernels of the kept systems made for earlier builds (omatic.kernels.system.ensure_root),
     named SUITE-KEY-DATE, whose packages are still all a kernel's system needs (a system
     made before a package was added to the list is not used)."""
-    from omatic.archive import ArchiveKernel
-    from omatic.system import roots_dir, systems_dir
+    from omatic.kernels.archive import ArchiveKernel
+    from omatic.kernels.system import roots_dir, systems_dir
 
     found = []
     for root in sorted(roots_dir().glob("*-*-*")):
