@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from omatic import __version__
+from omatic import __version__, imports
 from omatic.cache import made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
 from omatic.errors import (
@@ -45,7 +45,7 @@ from omatic.errors import (
     UserError,
 )
 from omatic.kbuild import PRODUCTS
-from omatic.kernel import Kernel
+from omatic.kernels.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.rules import Rule, load_rules
 from omatic.source import DriverSource, stage_from_tarball
@@ -66,8 +66,8 @@ MODULE_VERSION = f"{__version__}-pfq"
 TARGET_SYSTEM = ("dkms", "openssl", "linux-headers-amd64", "linux-headers-6.12-amd64",
                  "linux-image-amd64", "linux-image-6.12-amd64", "python3-pyelftools",
                  "python3-zstandard", "python3-asn1crypto", "python3-cryptography")
-CHECK_MODULES = ("__init__", "errors", "data", "kernel", "modfile", "rules", "signature",
-                 "verify", "dkms_check")
+#: What DKMS runs after make and before install; it ships with what it imports.
+CHECK_ENTRY = "omatic.dkms_check"
 
 _LICENSE = re.compile(rb"^[ \t]*MODULE_LICENSE\s*\([^;]*\);[^\n]*\n?", re.MULTILINE)
 _VERSION = re.compile(rb"^[ \t]*MODULE_VERSION\s*\([^;]*\);[^\n]*\n?", re.MULTILINE)
@@ -257,11 +257,10 @@ def group_series(kernels: Sequence[Kernel]) -> list[Series]:
 
 def _copy_check(tree: Path) -> None:
     """The pre-install check and what it imports, and the rules it reads."""
-    package = Path(__file__).resolve().parent
-    dest = tree / "check" / "omatic"
-    dest.mkdir(parents=True)
-    for name in CHECK_MODULES:
-        shutil.copy2(package / f"{name}.py", dest / f"{name}.py")
+    for rel in imports.files(imports.reach([CHECK_ENTRY])):
+        dest = tree / "check" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(imports.PACKAGE_DIR.parent / rel, dest)
     shutil.copytree(PATCHES_DIR, tree / "check" / "patches",
                     ignore=shutil.ignore_patterns("*~", ".*"))
     script = tree / "pfq-omatic-check"

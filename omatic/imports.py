@@ -1,0 +1,131 @@
+"""The package's own import graph, read from its code: which modules of omatic a module
+imports (at the top, or inside a function, where a command loads what it needs late),
+what a set of modules reaches, and what of the world outside the package that needs.
+
+What is shipped beside pfq.ko for DKMS's check (omatic.build.dkms) is what the check
+reaches here, and the rules "the guest's modules import the standard library only" and
+"folders import one way" are tested on this graph (tests/test_layout.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+#: The package this reads: the folder holding this file.
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_DIR.name
+
+
+def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The file of module `name` (omatic.lab.vm, or omatic.lab for a package's
+    __init__.py), or None when the package has no such module."""
+    parts = name.split(".")[1:]
+    base = package_dir.joinpath(*parts)
+    for path in (base.with_suffix(".py") if parts else None, base / "__init__.py"):
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+def all_modules(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """Every module of the package, packages (their __init__) included, sorted."""
+    names = []
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        names.append(".".join([package_dir.name, *parts]))
+    return sorted(names)
+
+
+@functools.cache
+def _read(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def imports_of(name: str, *, top_only: bool = False,
+               package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The modules `name` imports, by absolute name: `from omatic.x import y` is omatic.x,
+    and omatic.x.y too when y is a module. With `top_only`, only the imports that run
+    when the module is imported (not those inside functions or classes)."""
+    path = module_file(name, package_dir)
+    if path is None:
+        raise LookupError(f"no module {name} in {package_dir}")
+    tree = _read(path)
+    nodes: Iterable[ast.AST] = tree.body if top_only else ast.walk(tree)
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = name.split(".")
+                up = here if is_package else here[:-1]
+                up = up[:len(up) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            found.add(base)
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                if module_file(child, package_dir) is not None:
+                    found.add(child)
+    return found
+
+
+def _own(name: str, package_dir: Path) -> bool:
+    return name == package_dir.name or name.startswith(package_dir.name + ".")
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def reach(roots: Iterable[str], *, top_only: bool = False,
+          package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The package's modules that importing `roots` may load: the roots, what they import,
+    and so on, with every package (its __init__) on the way."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or not _own(name, package_dir):
+            continue
+        if module_file(name, package_dir) is None:
+            raise LookupError(f"no module {name} in {package_dir}")
+        seen.add(name)
+        todo.extend(_parents(name))
+        todo.extend(m for m in imports_of(name, top_only=top_only, package_dir=package_dir)
+                    if _own(m, package_dir))
+    return seen
+
+
+def outside(modules: Iterable[str], *, top_only: bool = False,
+            package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """What `modules` import from outside the package, by top-level name, each with the
+    modules that import it."""
+    found: dict[str, set[str]] = {}
+    for name in modules:
+        for imported in imports_of(name, top_only=top_only, package_dir=package_dir):
+            if not _own(imported, package_dir) and imported != "__future__":
+                found.setdefault(imported.split(".")[0], set()).add(name)
+    return found
+
+
+def not_standard(found: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Of `outside`'s answer, what is not the standard library."""
+    return {top: who for top, who in found.items() if top not in sys.stdlib_module_names}
+
+
+def files(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """The files of `modules`, relative to the package's parent folder (omatic/x.py)."""
+    out = []
+    for name in sorted(modules):
+        path = module_file(name, package_dir)
+        assert path is not None, name
+        out.append(path.relative_to(package_dir.parent))
+    return out
