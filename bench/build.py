@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from omatic.build import BuildRequest, build_driver, ensure_kmod
-from omatic.kernels.kernel import Kernel, default_kernel, find_kernel
+from omatic.kernels.find import default_kernel, find_kernel
+from omatic.kernels.kernel import Kernel
 from omatic.source import TarballCache, lookup, stage
 
 

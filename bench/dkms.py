@@ -25,7 +25,7 @@ from pathlib import Path
 
 from omatic import __version__
 from omatic.dkms import PACKAGE, TARGET_SYSTEM, DkmsTree, write_tree
-from omatic.kernels.kernel import find_kernel
+from omatic.kernels.find import find_kernel
 from omatic.kernels.system import Bind, SystemSpec, ensure_system, run_in_system
 from omatic.source import stage_from_tarball
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from omatic.hooklab import HookLabConfig, run_hook_lab
-from omatic.kernels.kernel import default_kernel, find_kernel
+from omatic.kernels.find import default_kernel, find_kernel
 
 
 def main() -> int:

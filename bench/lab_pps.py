@@ -30,7 +30,7 @@ from omatic import frames
 from omatic.build import BuildRequest, build_driver, ensure_kmod
 from omatic.console import DMESG_BAD, run_guest
 from omatic.drivers import resolve
-from omatic.kernels.kernel import default_kernel, find_kernel
+from omatic.kernels.find import default_kernel, find_kernel
 from omatic.lab import PHASES, Session, guest_modules
 from omatic.templates import render
 from omatic.vm import (

@@ -97,7 +97,7 @@ def cmd_patch(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.kernels.kernel import default_kernel, installed_kernels
+    from omatic.kernels.find import default_kernel, installed_kernels
 
     if args.available:
         return _available_kernels(args, out)
@@ -134,7 +134,7 @@ def cmd_drivers(args: argparse.Namespace, out: TextIO) -> int:
 
 def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.kernels.archive import available_kernels
-    from omatic.kernels.kernel import installed_kernels
+    from omatic.kernels.find import installed_kernels
     from omatic.kernels.system import cached_systems
 
     here = {k.release for k in installed_kernels()}
@@ -157,7 +157,7 @@ def _available_kernels(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _kernels_of(specs: list[str] | None) -> list[Any]:
-    from omatic.kernels.kernel import default_kernel, find_kernel
+    from omatic.kernels.find import default_kernel, find_kernel
 
     return [find_kernel(s, note=_note) for s in specs] if specs else [default_kernel()]
 
@@ -203,7 +203,7 @@ def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
     (a dry run there once it is made)."""
     from omatic.build import dry_run_commands
     from omatic.kernels.archive import available_kernels, find_available
-    from omatic.kernels.kernel import NoHeadersError, default_kernel, find_kernel
+    from omatic.kernels.find import NoHeadersError, default_kernel, find_kernel
     from omatic.kernels.system import SystemSpec
 
     plans: list[dict[str, Any]] = []
@@ -269,7 +269,7 @@ def _print_load(report: Any, out_dir: Path, out: TextIO) -> None:
 def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.dkms import PACKAGE, build_deb, write_tree
     from omatic.drivers import resolve
-    from omatic.kernels.kernel import find_kernel, installed_kernels
+    from omatic.kernels.find import find_kernel, installed_kernels
     from omatic.progress import Progress
 
     drivers = list(dict.fromkeys(resolve(d)[0] for d in args.drivers))
@@ -959,7 +959,7 @@ def _emit_kernels(specs: list[str] | None) -> list[tuple[str, str]]:
     """(release, suite) of the kernels a workflow's jobs run on, as a matrix would choose
     them, read from this machine and the archive's indexes: nothing is made."""
     from omatic.kernels.archive import available_kernels, find_available, matrix_kernels, served
-    from omatic.kernels.kernel import NoHeadersError, find_kernel
+    from omatic.kernels.find import NoHeadersError, find_kernel
 
     offered = None
     if not specs:
@@ -987,7 +987,7 @@ def _matrix_kernels(specs: list[str] | None) -> list[Any]:
         served,
         system_kernels,
     )
-    from omatic.kernels.kernel import NoHeadersError, find_kernel
+    from omatic.kernels.find import NoHeadersError, find_kernel
 
     offered = None
     if not specs:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, InfraError, OutputExistsError
-from omatic.kernels.kernel import Kernel, find_kernel
-from omatic.modfile import KernelModule, read_symvers
+from omatic.kernels.find import find_kernel
+from omatic.kernels.kernel import Kernel
+from omatic.kernels.symvers import read_symvers
+from omatic.modfile import KernelModule
 from omatic.rules import Rule
 
 #: Build products Kbuild leaves in kmod/ when someone builds in place; never copied.
@@ -66,7 +68,7 @@ def build_kmod(kernel: Kernel | str | Path, out_dir: Path, jobs: int = 2,
                make_args: Sequence[str] = ("W=1",)) -> KmodBuild:
     """Copy kmod/ into `out_dir` (absent or empty) and build pfq.ko there.
 
-    `kernel` is a Kernel, or what omatic.kernels.kernel.find_kernel accepts (a release, a series,
+    `kernel` is a Kernel, or what omatic.kernels.find.find_kernel accepts (a release, a series,
     a Kbuild output directory). Raises BuildError with the compiler's messages when make
     fails, InfraError without make.
     """

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from omatic.errors import UserError
 from omatic.kernels.kernel import Kernel
-from omatic.modfile import KernelModule, find_module, read_symvers
+from omatic.kernels.symvers import read_symvers
+from omatic.modfile import KernelModule, find_module
 from omatic.rules import load_rules
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from omatic.errors import UserError
-from omatic.kernels.kernel import Kernel, find_kernel
+from omatic.kernels.find import find_kernel
+from omatic.kernels.kernel import Kernel
 from omatic.rules import Rule, load_rules
 from omatic.source import TarballCache
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from omatic.kbuild import KmodBuild, build_kmod
-from omatic.kernels.kernel import find_kernel
+from omatic.kernels.find import find_kernel
 
 #: Kernel series the kmod must build for, and the Debian releases that provide them.
 KERNEL_RELEASES = {"6.1": "6.1.*-amd64", "6.12": "6.12.*+deb12-amd64"}

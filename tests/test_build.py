@@ -20,7 +20,8 @@ from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import FAILURE_ENV, BuildError
 from omatic.kernels.archive import ArchiveKernel
-from omatic.kernels.kernel import Kernel, NoHeadersError, find_kernel
+from omatic.kernels.find import NoHeadersError, find_kernel
+from omatic.kernels.kernel import Kernel
 from omatic.matrix import _classify
 from omatic.modfile import KernelModule
 from omatic.source import UnknownDriverError

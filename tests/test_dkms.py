@@ -27,7 +27,8 @@ from omatic.dkms import (
 )
 from omatic.dkms_check import main as check_main
 from omatic.dkms_check import pre_install
-from omatic.kernels.kernel import Kernel, find_kernel
+from omatic.kernels.find import find_kernel
+from omatic.kernels.kernel import Kernel
 from omatic.lab import LabConfig, run_lab
 from omatic.modfile import KernelModule
 from omatic.signature import Certificate, read_signature

@@ -21,8 +21,10 @@ from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, OutputExistsError, PathError
 from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
-from omatic.kernels.kernel import Kernel, find_kernel
-from omatic.modfile import KernelModule, read_symvers
+from omatic.kernels.find import find_kernel
+from omatic.kernels.kernel import Kernel
+from omatic.kernels.symvers import read_symvers
+from omatic.modfile import KernelModule
 from omatic.rules import Rule
 
 kbuild = pytest.mark.kbuild

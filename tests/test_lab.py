@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import omatic.console
+import omatic.kernels.find
 import omatic.kernels.kernel
 import omatic.kernels.system
 import omatic.lab
@@ -229,7 +230,7 @@ def test_lab_proves_the_driver(kernel: Kernel, driver: str, lab_out: Path) -> No
 @vm
 def test_a_nic_the_driver_does_not_drive_fails_with_the_log_kept(
         lab_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    kernel = omatic.kernels.kernel.find_kernel("6.1")
+    kernel = omatic.kernels.find.find_kernel("6.1")
     need_vm(kernel)
     code = main(["lab", "e1000e", "--kernel", "6.1", "--nic-model", "rtl8139",
                  "--out", str(lab_out), "-j", "2"])
@@ -248,7 +249,7 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
         lab_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The host drops the fourth frame of each phase (a UDP frame) behind the lab's back:
     the lab must see it missing everywhere it looks, and keep the evidence."""
-    kernel = omatic.kernels.kernel.find_kernel("6.12")
+    kernel = omatic.kernels.find.find_kernel("6.12")
     need_vm(kernel)
     send = omatic.lab.Session.send
     counter = {"n": 0}
@@ -272,7 +273,7 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
 
 @vm
 def test_a_guest_that_hangs_is_killed_and_its_console_shown(lab_out: Path) -> None:
-    kernel = omatic.kernels.kernel.find_kernel("6.1")
+    kernel = omatic.kernels.find.find_kernel("6.1")
     need_vm(kernel)
     with pytest.raises(GuestHangError) as info:
         run_lab(LabConfig(driver="e1000e", kernel=kernel, nic_model="e1000e",
@@ -285,7 +286,7 @@ def test_a_guest_that_hangs_is_killed_and_its_console_shown(lab_out: Path) -> No
 
 @vm
 def test_a_guest_that_panics_is_reported(lab_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = omatic.kernels.kernel.find_kernel("6.12")
+    kernel = omatic.kernels.find.find_kernel("6.12")
     need_vm(kernel)
     crash = ("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
              "echo c > /proc/sysrq-trigger\n")
@@ -306,7 +307,7 @@ def test_bad_input_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
     assert "unknown NIC model 'e1000x'" in err and "virtio-net-pci" in err
 
     monkeypatch.setattr(omatic.kernels.kernel, "BOOT_ROOT", tmp_path)
-    release = omatic.kernels.kernel.find_kernel("6.12").release
+    release = omatic.kernels.find.find_kernel("6.12").release
     assert main(["lab", "e1000e", "--kernel", "6.12"]) == 2
     assert f"install the Debian package linux-image-{release}" in capsys.readouterr().err
 

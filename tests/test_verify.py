@@ -25,7 +25,8 @@ import omatic.kernels.kernel
 from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
 from omatic.errors import BuildError, PathError, UserError
 from omatic.kbuild import KmodBuild
-from omatic.kernels.kernel import Kernel, kernel_at
+from omatic.kernels.find import kernel_at
+from omatic.kernels.kernel import Kernel
 from omatic.modfile import KernelModule, parse_version_ext
 from omatic.verify import VerifyReport, verify_modules
 
