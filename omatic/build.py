@@ -294,7 +294,7 @@ def _driver_make(req: BuildRequest, kmod: Path, driver_dir: Path, config: str,
 
 def build_driver(req: BuildRequest, step: Step = quiet_step) -> BuildResult:
     """Build, verify and write one accelerated driver; see the module docstring."""
-    from omatic.verify import verify_modules
+    from omatic.verify.checks import verify_modules
 
     rules = load_rules()
     out_dir = req.out_dir

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from omatic import __version__
 from omatic.errors import BuildError, OmaticError, UserError
-from omatic.signature import DKMS_CERT
+from omatic.verify.signature import DKMS_CERT
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -230,7 +230,7 @@ def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
 
 
 def _print_build(result: Any, manifest: Any, out: TextIO) -> None:
-    from omatic.verify import report_lines
+    from omatic.verify.checks import report_lines
 
     report = result.report
     totals = report["rewrite"]["totals"]
@@ -314,7 +314,7 @@ def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.build import ensure_kmod
     from omatic.errors import PathError
-    from omatic.verify import verify_modules
+    from omatic.verify.checks import verify_modules
 
     kos = [Path(k) for k in args.kos]
     for ko in kos:
@@ -369,7 +369,7 @@ class VerifyMismatchError(BuildError):
 def _vermagic_release(kos: Sequence[Path]) -> str:
     """The kernel release the modules were built for, from their vermagic."""
     from omatic.errors import PathError
-    from omatic.modfile import KernelModule
+    from omatic.verify.modfile import KernelModule
 
     releases = {}
     for ko in kos:

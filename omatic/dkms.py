@@ -8,7 +8,7 @@ CRCs the drivers record are pfq.ko's own), and a `dkms.conf` that picks the seri
 kernel it skips with exit 77 and dkms.conf names the command that would add it.
 
 Before DKMS installs anything, its PRE_INSTALL step runs the checks of `pfq-omatic
-verify` (omatic/dkms_check.py, shipped in the tree with the modules it needs) on the very
+verify` (omatic/verify/dkms_check.py, shipped in the tree with the modules it needs) on the very
 files it would install: stripped, signed and compressed. A module that would fail to load
 is not installed, and the failing check is printed.
 
@@ -67,7 +67,7 @@ TARGET_SYSTEM = ("dkms", "openssl", "linux-headers-amd64", "linux-headers-6.12-a
                  "linux-image-amd64", "linux-image-6.12-amd64", "python3-pyelftools",
                  "python3-zstandard", "python3-asn1crypto", "python3-cryptography")
 #: What DKMS runs after make and before install; it ships with what it imports.
-CHECK_ENTRY = "omatic.dkms_check"
+CHECK_ENTRY = "omatic.verify.dkms_check"
 
 _LICENSE = re.compile(rb"^[ \t]*MODULE_LICENSE\s*\([^;]*\);[^\n]*\n?", re.MULTILINE)
 _VERSION = re.compile(rb"^[ \t]*MODULE_VERSION\s*\([^;]*\);[^\n]*\n?", re.MULTILINE)

@@ -3,7 +3,7 @@
 `build_kmod` copies kmod/ into an output folder and runs
 `make -C <kernel build dir> M=<that folder> modules` there, so the checkout stays clean
 and two kernels can build side by side. `check_kmod` then reads the result with
-omatic.modfile and lists every way it breaks the contract with the rewrite rules: the
+omatic.verify.modfile and lists every way it breaks the contract with the rewrite rules: the
 hooks pfq.ko exports are exactly those the rules name for that kernel, GPL-only, with
 the CRCs Module.symvers gives them, and the vermagic of that kernel.
 """
@@ -23,8 +23,8 @@ from omatic.errors import BuildError, InfraError, OutputExistsError
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.kernels.symvers import read_symvers
-from omatic.modfile import KernelModule
 from omatic.rules import Rule
+from omatic.verify.modfile import KernelModule
 
 #: Build products Kbuild leaves in kmod/ when someone builds in place; never copied.
 PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "Module.symvers", "modules.order",

@@ -178,7 +178,7 @@ class LabResult:
 def build_id(ko: Path) -> str:
     """The GNU build id of a module (hex), "" if it has none: the guest reads the same
     bytes from /sys/module/NAME/notes/.note.gnu.build-id."""
-    from omatic.modfile import KernelModule
+    from omatic.verify.modfile import KernelModule
 
     with io.BytesIO(KernelModule(ko).data) as f:  # a DKMS-installed one may be .ko.xz
         section = ELFFile(f).get_section_by_name(".note.gnu.build-id")
@@ -191,7 +191,7 @@ def build_id(ko: Path) -> str:
 
 
 def _modinfo(ko: Path) -> dict[str, list[str]]:
-    from omatic.modfile import KernelModule
+    from omatic.verify.modfile import KernelModule
 
     return KernelModule(ko).modinfo()
 
@@ -199,7 +199,7 @@ def _modinfo(ko: Path) -> dict[str, list[str]]:
 def _installed_modules(folder: Path, drivers: Sequence[str]) -> tuple[Path, list[Path]]:
     """pfq.ko and the drivers' modules where DKMS installed them (compressed as the
     kernel's own modules are: e1000e.ko.xz on 6.12)."""
-    from omatic.modfile import find_module
+    from omatic.verify.modfile import find_module
 
     names = ("pfq", *drivers)
     found = {name: path for name in names

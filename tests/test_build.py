@@ -23,8 +23,8 @@ from omatic.kernels.archive import ArchiveKernel
 from omatic.kernels.find import NoHeadersError, find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.matrix import _classify
-from omatic.modfile import KernelModule
 from omatic.source import UnknownDriverError
+from omatic.verify.modfile import KernelModule
 
 kbuild = pytest.mark.kbuild
 unit = pytest.mark.unit

@@ -25,14 +25,14 @@ from omatic.dkms import (
     set_module_version,
     write_tree,
 )
-from omatic.dkms_check import main as check_main
-from omatic.dkms_check import pre_install
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.lab import LabConfig, run_lab
-from omatic.modfile import KernelModule
-from omatic.signature import Certificate, read_signature
 from omatic.templates import render
+from omatic.verify.dkms_check import main as check_main
+from omatic.verify.dkms_check import pre_install
+from omatic.verify.modfile import KernelModule
+from omatic.verify.signature import Certificate, read_signature
 
 unit = pytest.mark.unit
 kbuild = pytest.mark.kbuild

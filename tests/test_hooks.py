@@ -12,7 +12,7 @@ import pytest
 from guests import need_vm
 from omatic.cli import main
 from omatic.kernels.kernel import Kernel
-from omatic.modfile import KernelModule
+from omatic.verify.modfile import KernelModule
 
 ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
                 "netif_receive_skb_list"]

@@ -24,8 +24,8 @@ from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.kernels.symvers import read_symvers
-from omatic.modfile import KernelModule
 from omatic.rules import Rule
+from omatic.verify.modfile import KernelModule
 
 kbuild = pytest.mark.kbuild
 unit = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""omatic.verify: built modules checked the way the kernel checks them at load time.
+"""omatic.verify.checks: built modules checked the way the kernel checks them at load time.
 
 kbuild tier: two tiny modules are built once per kernel (6.1, 6.12) against pfq.ko: a
 library exporting one symbol, and a stand-in driver calling pfq_gro_receive, netif_rx
@@ -27,8 +27,8 @@ from omatic.errors import BuildError, PathError, UserError
 from omatic.kbuild import KmodBuild
 from omatic.kernels.find import kernel_at
 from omatic.kernels.kernel import Kernel
-from omatic.modfile import KernelModule, parse_version_ext
-from omatic.verify import VerifyReport, verify_modules
+from omatic.verify.checks import VerifyReport, verify_modules
+from omatic.verify.modfile import KernelModule, parse_version_ext
 
 kbuild = pytest.mark.kbuild
 unit = pytest.mark.unit
@@ -531,7 +531,7 @@ def test_a_certificate_accepts_its_own_signature_only(tiny: Tiny, tmp_path: Path
 
 @unit
 def test_a_bad_certificate_is_one_line(tmp_path: Path) -> None:
-    from omatic.signature import Certificate
+    from omatic.verify.signature import Certificate
 
     junk = tmp_path / "junk.pem"
     junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")

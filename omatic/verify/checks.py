@@ -3,7 +3,7 @@
 A rewritten driver that builds can still be refused by `insmod`: a vermagic from other
 headers, a hook CRC that is not pfq.ko's, a symbol nothing exports, a GPL-only hook used
 by a non-GPL module, a `struct module` of another size. Each of those is found here from
-the files alone (read with omatic.modfile, no modinfo/readelf subprocess), and each
+the files alone (read with omatic.verify.modfile, no modinfo/readelf subprocess), and each
 failure quotes what the kernel would print (kernel/module/main.c and version.c of 6.1
 and 6.12), so a report reads like the dmesg the user would otherwise meet in the lab.
 
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from omatic.errors import UserError
 from omatic.kernels.kernel import Kernel
 from omatic.kernels.symvers import read_symvers
-from omatic.modfile import KernelModule, find_module
 from omatic.rules import load_rules
+from omatic.verify.modfile import KernelModule, find_module
 
 if TYPE_CHECKING:
-    from omatic.signature import Certificate
+    from omatic.verify.signature import Certificate
 
 Status = Literal["pass", "fail", "skipped"]
 
@@ -206,7 +206,7 @@ def verify_modules(kos: Sequence[Path], kernel: Kernel, pfq_symvers: Path, *,
     symbols = {callee: kernel.callee_symbols(callee) for callee in fully_rewritten or ()}
     certificate = None
     if cert is not None:
-        from omatic.signature import Certificate
+        from omatic.verify.signature import Certificate
 
         certificate = Certificate.load(cert)
     reports = []
@@ -430,7 +430,7 @@ def _check_symbols(ctx: _Context) -> Check:
 
 
 def _check_signature(ctx: _Context, cert: Certificate | None, required: bool) -> Check:
-    from omatic.signature import read_signature
+    from omatic.verify.signature import read_signature
 
     signature = read_signature(ctx.module.data, ctx.module.path)
     if signature is None:

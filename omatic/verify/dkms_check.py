@@ -25,8 +25,8 @@ from pathlib import Path
 
 from omatic.errors import OmaticError
 from omatic.kernels.kernel import MODULES_ROOT, Kernel
-from omatic.signature import DKMS_CERT
-from omatic.verify import ModuleReport, verify_modules
+from omatic.verify.checks import ModuleReport, verify_modules
+from omatic.verify.signature import DKMS_CERT
 
 #: Where the script lives: the package's source tree (/usr/src/pfq-omatic-VERSION).
 TREE = Path(__file__).resolve().parent.parent.parent
