@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from omatic.build import BuildRequest, build_driver, ensure_kmod
+from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
+from omatic.build.source import TarballCache, lookup, stage
 from omatic.kernels.find import default_kernel, find_kernel
 from omatic.kernels.kernel import Kernel
-from omatic.source import TarballCache, lookup, stage
 
 
 def plain_kbuild(kernel: Kernel, driver: str, jobs: int, work: Path) -> float:

@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 
 from omatic import __version__
-from omatic.dkms import PACKAGE, TARGET_SYSTEM, DkmsTree, write_tree
+from omatic.build.dkms import PACKAGE, TARGET_SYSTEM, DkmsTree, write_tree
+from omatic.build.source import stage_from_tarball
 from omatic.kernels.find import find_kernel
 from omatic.kernels.system import Bind, SystemSpec, ensure_system, run_in_system
-from omatic.source import stage_from_tarball
 
 DRIVERS = ("e1000e", "e1000", "virtio_net")
 VANILLA = "pfq-vanilla"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from omatic import frames
-from omatic.build import BuildRequest, build_driver, ensure_kmod
+from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
 from omatic.console import DMESG_BAD, run_guest
 from omatic.drivers import resolve
 from omatic.kernels.find import default_kernel, find_kernel

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from build import plain_kbuild  # bench/build.py, beside this script
 
-from omatic.build import ensure_kmod
+from omatic.build.pipeline import ensure_kmod
 from omatic.cli import _matrix_kernels
 
 DRIVERS = ("e1000e", "e1000", "e100", "igb", "ixgbe", "virtio_net")

@@ -66,8 +66,8 @@ def _summary(report: Any) -> str:
 
 
 def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.build.tree import scan_tree
     from omatic.rules import load_rules
-    from omatic.tree import scan_tree
 
     report = scan_tree(Path(args.path), load_rules(), jobs=args.jobs)
     if args.json:
@@ -79,8 +79,8 @@ def cmd_scan(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_patch(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.build.tree import PATCH_NAME, patch_tree
     from omatic.rules import load_rules
-    from omatic.tree import PATCH_NAME, patch_tree
 
     report = patch_tree(Path(args.src), Path(args.out), load_rules(), jobs=args.jobs)
     if args.json:
@@ -120,7 +120,7 @@ def cmd_kernels(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_drivers(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.nics import nic_drivers, render_table
+    from omatic.build.nics import nic_drivers, render_table
 
     kernel = _kernels_of([args.kernel] if args.kernel else None)[0]
     drivers = nic_drivers(kernel)
@@ -163,7 +163,7 @@ def _kernels_of(specs: list[str] | None) -> list[Any]:
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.build import build_driver
+    from omatic.build.pipeline import build_driver
     from omatic.drivers import resolve
     from omatic.progress import Progress
 
@@ -187,7 +187,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _build_request(args: argparse.Namespace, name: str, kernel: Any) -> Any:
-    from omatic.build import BuildRequest
+    from omatic.build.pipeline import BuildRequest
 
     return BuildRequest(driver=name, kernel=kernel, out_root=Path(args.out),
                         jobs=args.jobs or os.cpu_count() or 1,
@@ -201,7 +201,7 @@ def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
     kernel not on this machine nor in a kept system would first get a system of its
     suite: its mmdebstrap command is shown, and the build's commands come from inside it
     (a dry run there once it is made)."""
-    from omatic.build import dry_run_commands
+    from omatic.build.pipeline import dry_run_commands
     from omatic.kernels.archive import available_kernels, find_available
     from omatic.kernels.find import NoHeadersError, default_kernel, find_kernel
     from omatic.kernels.system import SystemSpec
@@ -267,7 +267,7 @@ def _print_load(report: Any, out_dir: Path, out: TextIO) -> None:
 
 
 def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.dkms import PACKAGE, build_deb, write_tree
+    from omatic.build.dkms import PACKAGE, build_deb, write_tree
     from omatic.drivers import resolve
     from omatic.kernels.find import find_kernel, installed_kernels
     from omatic.progress import Progress
@@ -312,7 +312,7 @@ def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.build import ensure_kmod
+    from omatic.build.pipeline import ensure_kmod
     from omatic.errors import PathError
     from omatic.verify.checks import verify_modules
 
@@ -927,7 +927,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     kernels = _matrix_kernels(args.kernel)
     per_kernel = None
     if args.drivers == "all":
-        from omatic.nics import nic_drivers
+        from omatic.build.nics import nic_drivers
 
         per_kernel = {k.release: [d.name for d in nic_drivers(k)] for k in kernels}
         drivers = sorted({d for names in per_kernel.values() for d in names})

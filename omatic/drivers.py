@@ -1,6 +1,6 @@
 """Driver manifests: what code cannot find out about a driver (drivers/*.toml).
 
-Any in-tree module builds without a manifest (omatic.source finds it in the Kbuild
+Any in-tree module builds without a manifest (omatic.build.source finds it in the Kbuild
 Makefiles). A manifest adds aliases, the QEMU NIC model that exercises the driver in the
 lab, and known limits.
 """

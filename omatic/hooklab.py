@@ -151,7 +151,7 @@ class HookLabResult:
 
 def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResult:
     """Build the test module, boot the guest, parse its KTAP; see the module docstring."""
-    from omatic.build import BuildRequest, build_driver, ensure_kmod
+    from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
 
     check_timeout(config.timeout)
     kernel = config.kernel

@@ -429,7 +429,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
     """Build what is needed, boot the guest, inject, check; see the module docstring.
     Returns the result (ok or not); raises a GuestError when the guest could not be
     driven to the end (hang, panic, no bound device, a failed insmod)."""
-    from omatic.build import BuildRequest, build_driver, ensure_kmod
+    from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
 
     if config.frames < 5 or config.frames > 100_000:
         raise UserError(f"--frames {config.frames}: expected 5 to 100000")

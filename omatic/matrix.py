@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__
-from omatic.build import hash_files, kmod_key
+from omatic.build.pipeline import hash_files, kmod_key
 from omatic.cache import write_atomic
 from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR
 from omatic.errors import FAILURE_ENV, UserError

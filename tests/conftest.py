@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from omatic.build.source import TarballCache
 from omatic.errors import UserError
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.rules import Rule, load_rules
-from omatic.source import TarballCache
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Kernel series whose Debian linux-source tarball the real-kernel tests use.

@@ -1,6 +1,6 @@
 """An independent count of entry-point sites, for checking the rewriter on real kernels.
 
-It shares nothing with omatic.rewrite: gcc strips comments (`-fpreprocessed` runs no
+It shares nothing with omatic.build.rewrite: gcc strips comments (`-fpreprocessed` runs no
 directive), regular expressions drop string and character literals, directives that only
 name a macro, labels, and member accesses; every remaining whole-word use of a callee counts.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omatic.kbuild import KmodBuild, build_kmod
+from omatic.build.kbuild import KmodBuild, build_kmod
 from omatic.kernels.find import find_kernel
 
 #: Kernel series the kmod must build for, and the Debian releases that provide them.

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import KERNEL_SERIES
 
-import omatic.build
+import omatic.build.pipeline
 import omatic.kernels.archive
-from omatic.build import BuildRequest, NotConfiguredError, OutputError, build_driver
+from omatic.build.pipeline import BuildRequest, NotConfiguredError, OutputError, build_driver
+from omatic.build.source import UnknownDriverError
 from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import FAILURE_ENV, BuildError
@@ -23,7 +24,6 @@ from omatic.kernels.archive import ArchiveKernel
 from omatic.kernels.find import NoHeadersError, find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.matrix import _classify
-from omatic.source import UnknownDriverError
 from omatic.verify.modfile import KernelModule
 
 kbuild = pytest.mark.kbuild
@@ -112,7 +112,7 @@ def test_interrupt_leaves_no_partial_output(kernel: Kernel, broken_tree: Path, t
     def interrupted(*args: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(omatic.build, "_run_make", interrupted)
+    monkeypatch.setattr(omatic.build.pipeline, "_run_make", interrupted)
     req = BuildRequest(driver="fixbad", kernel=kernel, out_root=tmp_path / "out", jobs=2,
                        kernel_tree=broken_tree)
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import omatic.tree
+import omatic.build.tree
 from asuser import as_user, one_line
 from omatic.cli import main
 
@@ -117,7 +117,7 @@ def test_failure_midway_leaves_no_output(src: Path, tmp_path: Path,
     def boom(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(omatic.tree, "_report", boom)
+    monkeypatch.setattr(omatic.build.tree, "_report", boom)
     assert run("patch", str(src), "--out", str(tmp_path / "out"))[0] == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drv"]
 
@@ -175,7 +175,7 @@ def test_module_entry_point_runs_without_traceback(tmp_path: Path) -> None:
 def test_scan_in_parallel_equals_scan_in_one_process(src: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     one = json.loads(run("scan", str(src), "--json", "--jobs", "1")[1])
-    monkeypatch.setattr(omatic.tree, "_PARALLEL_THRESHOLD", 1)
+    monkeypatch.setattr(omatic.build.tree, "_PARALLEL_THRESHOLD", 1)
     two = json.loads(run("scan", str(src), "--json", "--jobs", "2")[1])
     assert one == two
 

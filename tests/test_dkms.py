@@ -14,7 +14,7 @@ import pytest
 from conftest import KERNEL_SERIES
 
 from asuser import as_user, one_line
-from omatic.dkms import (
+from omatic.build.dkms import (
     MODULE_VERSION,
     TARGET_SYSTEM,
     DkmsError,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from independent import count_sites, strip_comments
+from omatic.build.tree import patch_tree, scan_tree
 from omatic.rules import Rule
-from omatic.tree import patch_tree, scan_tree
 
 pytestmark = pytest.mark.kbuild
 

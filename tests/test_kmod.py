@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import omatic.kbuild
+import omatic.build.kbuild
 from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
+from omatic.build.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
 from omatic.data import KMOD_DIR
 from omatic.errors import BuildError, OutputExistsError, PathError
-from omatic.kbuild import KmodBuild, build_kmod, check_kmod, expected_hooks
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.kernels.symvers import read_symvers
@@ -215,7 +215,7 @@ def test_build_failure_reports_the_compiler(kmod_build: KmodBuild, tmp_path: Pat
     shutil.copytree(KMOD_DIR, broken)
     with open(broken / "pfq_ring.c", "a") as f:
         f.write("\nint pfq_broken(void) { return undeclared_thing; }\n")
-    monkeypatch.setattr(omatic.kbuild, "KMOD_DIR", broken)
+    monkeypatch.setattr(omatic.build.kbuild, "KMOD_DIR", broken)
     with pytest.raises(BuildError) as err:
         build_kmod(kmod_build.kernel.build_dir, tmp_path / "out")
     assert "undeclared_thing" in str(err.value)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import omatic.rewrite
+import omatic.build.rewrite
+from omatic.build.difftext import diff_edits
+from omatic.build.rewrite import Edit, OverlapError, Rewriter, apply_edits
 from omatic.cli import main
-from omatic.difftext import diff_edits
-from omatic.rewrite import Edit, OverlapError, Rewriter, apply_edits
 from omatic.rules import Rule
 
 pytestmark = pytest.mark.unit
@@ -93,7 +93,7 @@ def test_include_goes_after_the_last_include_not_before_pr_fmt(rewriter: Rewrite
 
 def test_a_rewrite_that_parses_worse_is_refused(rewriter: Rewriter,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omatic.rewrite, "HOOK_INCLUDE", b"int (((;")
+    monkeypatch.setattr(omatic.build.rewrite, "HOOK_INCLUDE", b"int (((;")
     result = rewriter.rewrite((CASES / "calls.c").read_bytes(), "calls.c")
     assert result.status == "refused"
     assert "parses with" in result.reason
@@ -111,7 +111,7 @@ def test_overlapping_edits_are_rejected() -> None:
 def test_partial_parse_agrees_with_whole_file_parse(rewriter: Rewriter,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     partial = {p.name: rewriter.rewrite(p.read_bytes(), p.name) for p in SOURCES}
-    monkeypatch.setattr(omatic.rewrite, "top_level_regions", lambda data, spans: None)
+    monkeypatch.setattr(omatic.build.rewrite, "top_level_regions", lambda data, spans: None)
     whole = {p.name: rewriter.rewrite(p.read_bytes(), p.name) for p in SOURCES}
     for name in partial:
         assert partial[name].sites == whole[name].sites, name

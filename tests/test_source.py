@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omatic.errors import PathError
-from omatic.source import (
+from omatic.build.source import (
     TarballCache,
     TarballError,
     UnknownDriverError,
@@ -24,6 +23,7 @@ from omatic.source import (
     stage_from_dir,
     stage_from_tree,
 )
+from omatic.errors import PathError
 
 pytestmark = pytest.mark.unit
 

@@ -23,8 +23,8 @@ from elftools.elf.elffile import ELFFile
 
 import omatic.kernels.kernel
 from kbuild_fixtures import in_tree_module, kmod_build  # noqa: F401  (fixture)
+from omatic.build.kbuild import KmodBuild
 from omatic.errors import BuildError, PathError, UserError
-from omatic.kbuild import KmodBuild
 from omatic.kernels.find import kernel_at
 from omatic.kernels.kernel import Kernel
 from omatic.verify.checks import VerifyReport, verify_modules

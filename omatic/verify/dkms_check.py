@@ -28,8 +28,9 @@ from omatic.kernels.kernel import MODULES_ROOT, Kernel
 from omatic.verify.checks import ModuleReport, verify_modules
 from omatic.verify.signature import DKMS_CERT
 
-#: Where the script lives: the package's source tree (/usr/src/pfq-omatic-VERSION).
-TREE = Path(__file__).resolve().parent.parent.parent
+#: Where the script lives: the package's source tree (/usr/src/pfq-omatic-VERSION), which
+#: holds this file as check/omatic/verify/dkms_check.py.
+TREE = Path(__file__).resolve().parents[3]
 SYMVERS = "Module.symvers"
 
 

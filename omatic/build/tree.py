@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__
+from omatic.build.rewrite import FileResult, Rewriter, Site
 from omatic.cache import made_dirs
 from omatic.errors import OutputError, OutputExistsError, OutputNotDirError, PathError
-from omatic.rewrite import FileResult, Rewriter, Site
 from omatic.rules import Rule
 
 C_SUFFIXES = (".c", ".h")

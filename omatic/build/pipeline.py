@@ -26,14 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__
-from omatic.cache import cache_root, file_lock, made_dirs
-from omatic.data import KMOD_DIR, PATCHES_DIR
-from omatic.errors import BuildError, InfraError, OutputError, PathError, UserError
-from omatic.kbuild import KmodBuild, build_kmod
-from omatic.kernels.kernel import Kernel
-from omatic.progress import Step, quiet_step
-from omatic.rules import load_rules
-from omatic.source import (
+from omatic.build.kbuild import KmodBuild, build_kmod
+from omatic.build.source import (
     DriverSource,
     TarballCache,
     lookup,
@@ -41,7 +35,13 @@ from omatic.source import (
     stage_from_tarball,
     stage_from_tree,
 )
-from omatic.tree import patch_tree
+from omatic.build.tree import patch_tree
+from omatic.cache import cache_root, file_lock, made_dirs
+from omatic.data import KMOD_DIR, PATCHES_DIR
+from omatic.errors import BuildError, InfraError, OutputError, PathError, UserError
+from omatic.kernels.kernel import Kernel
+from omatic.progress import Step, quiet_step
+from omatic.rules import load_rules
 
 _COMPILER_ERROR = re.compile(r"^(?P<path>[^\s:]+):(?P<line>\d+):(?P<col>\d+): (?:fatal )?error: ",
                              re.MULTILINE)

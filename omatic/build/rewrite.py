@@ -26,7 +26,7 @@ from typing import Any
 import tree_sitter
 import tree_sitter_c
 
-from omatic.difftext import diff_edits
+from omatic.build.difftext import diff_edits
 from omatic.rules import Rule
 
 #: The line a rewritten file gets once; kmod/include/pfq/hooks.h declares the hooks.

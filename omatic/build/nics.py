@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from omatic.build.source import ModuleDef, TarballCache, module_files
 from omatic.drivers import Manifest, load_manifests
 from omatic.kernels.kernel import Kernel
 from omatic.rules import load_rules
-from omatic.source import ModuleDef, TarballCache, module_files
 
 #: Folders whose modules are NIC drivers.
 NIC_FOLDERS = ("drivers/net/ethernet/", "drivers/net/usb/")
@@ -66,7 +66,7 @@ def entry_point_pattern(release: str) -> re.Pattern[str]:
 
 def nic_drivers(kernel: Kernel) -> list[NicDriver]:
     """Every NIC driver `kernel` builds as a module, by name; see the module docstring."""
-    from omatic.build import kernel_tarball
+    from omatic.build.pipeline import kernel_tarball
 
     cache = TarballCache(kernel_tarball(kernel))
     config = kernel.config()

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from omatic import __version__, imports
+from omatic.build.kbuild import PRODUCTS
+from omatic.build.source import DriverSource, stage_from_tarball
+from omatic.build.tree import PATCH_NAME, patch_tree
 from omatic.cache import made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
 from omatic.errors import (
@@ -44,13 +47,10 @@ from omatic.errors import (
     PathError,
     UserError,
 )
-from omatic.kbuild import PRODUCTS
 from omatic.kernels.kernel import Kernel
 from omatic.progress import Step, quiet_step
 from omatic.rules import Rule, load_rules
-from omatic.source import DriverSource, stage_from_tarball
 from omatic.templates import render
-from omatic.tree import PATCH_NAME, patch_tree
 from omatic.versions import version_key
 
 #: DKMS's PACKAGE_NAME: the tree goes to /usr/src/pfq-omatic-<version>.
