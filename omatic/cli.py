@@ -468,7 +468,7 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
     # Standard library only on this path: it runs in a guest's plain python3.
-    from omatic.capture import CaptureOptions, plan_capture, run_capture
+    from omatic.pfq.capture import CaptureOptions, plan_capture, run_capture
 
     options = CaptureOptions(
         devices=args.devices, output=Path(args.write), group=args.group, steer=args.steer,

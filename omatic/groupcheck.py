@@ -3,12 +3,12 @@
 The hook lab's guest (omatic.hooklab) has pfq.ko and the hook test module loaded; the
 module's devices (hk-gro: napi_gro_receive, hk-rcv-skb: netif_receive_skb) take frames
 written to /proc/pfq_hooktest_inject and feed them through the accelerated driver's hooks
-from NAPI poll. Each check here opens endpoints of /dev/pfq as a user would (omatic.pfq),
+from NAPI poll. Each check here opens endpoints of /dev/pfq as a user would (omatic.pfq.endpoint),
 injects frames, reads the rings and compares with what was sent; the results are one KTAP
 document on stdout. CONFIG is a JSON file the host wrote: the BPF program of
 `udp and dst port 9`, compiled there by tcpdump (the guest has no libpcap).
 
-Standard library and omatic.pfq only: the guest's python3 has nothing else.
+Standard library and omatic.pfq.endpoint only: the guest's python3 has nothing else.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from omatic.frames import checksum, read_pcap
-from omatic.pfq import PFQ_IOC_JOIN, PFQ_IOC_STEER, Endpoint, PfqError
+from omatic.pfq.endpoint import Endpoint, PfqError
+from omatic.pfq.uapi import PFQ_IOC_JOIN, PFQ_IOC_STEER
 
 INJECT = Path("/proc/pfq_hooktest_inject")
 #: This machine's tcpdump, staged into the guest (omatic.guestpy.stage_program).
@@ -171,7 +172,7 @@ def dmesg_lines() -> list[str]:
 
 
 def raw_ioctl(ep: Endpoint, what: str, request: int, arg: bytes) -> None:
-    """An ioctl as is, for requests omatic.pfq refuses before the kernel sees them."""
+    """An ioctl as is, for requests omatic.pfq.endpoint refuses before the kernel sees them."""
     try:
         fcntl.ioctl(ep.fd, request, arg)
     except OSError as err:
@@ -342,7 +343,7 @@ def check_read_and_caplen(config: Config) -> None:
 def check_other_namespace(config: Config) -> None:
     """From another network namespace, this one's devices cannot be bound (they are
     invisible there), and that namespace's own devices are not PFQ's."""
-    code = ("import sys; from omatic.pfq import Endpoint, PfqError\n"
+    code = ("import sys; from omatic.pfq.endpoint import Endpoint, PfqError\n"
             "ep = Endpoint(); ep.join(17)\n"
             "for dev in sys.argv[1:]:\n"
             "    try:\n"

@@ -2,7 +2,7 @@
 and programs of this machine (tcpdump) with their shared objects.
 
 The guests of the lab boot an initramfs with busybox. Checks that drive /dev/pfq as a
-user would (omatic.pfq, `pfq-omatic capture`) run there in Python, so the initramfs gets
+user would (omatic.pfq.endpoint, `pfq-omatic capture`) run there in Python, so the initramfs gets
 Debian's /usr/bin/python3 with the shared objects it links, and the files of the modules
 a list of imports loads, found by importing them in that interpreter here (isolated:
 no site, no environment, no user folders). Debian byte-compiles its standard library

@@ -46,7 +46,7 @@ from omatic.groupcheck import TCPDUMP
 from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
 from omatic.kernels.kernel import Kernel
 from omatic.ktap import KtapError, KtapResult, parse
-from omatic.pfq import compile_filter
+from omatic.pfq.endpoint import compile_filter
 from omatic.progress import Step, quiet_step
 from omatic.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.templates import render
@@ -69,7 +69,7 @@ DOCUMENTS = ("hooks", "groups", "safety", "guest")
 #: What the guest's Python imports: runpy (for -m), the group and safety checks and the
 #: capture command they run.
 GUEST_IMPORTS = ("runpy", "omatic.groupcheck", "omatic.safetycheck", "omatic.cli",
-                 "omatic.capture")
+                 "omatic.pfq.capture")
 #: In-tree modules the guest loads first: dummy, for the safety checks' `ip link add`.
 IN_TREE = ("dummy",)
 #: The users and groups of the guest: root, tcpdump's and nobody (the unprivileged

@@ -27,7 +27,7 @@ PER_FLOW = 4
 #: NIC with a small ring (ne2k-pci) dropped frames sent 1 ms apart.
 FRAME_GAP = 0.01
 #: What the guest's Python imports for the phase: runpy for -m, and the capture command.
-GUEST_IMPORTS = ("runpy", "omatic.cli", "omatic.capture")
+GUEST_IMPORTS = ("runpy", "omatic.cli", "omatic.pfq.capture")
 PHASE = "fanout"
 
 

@@ -46,7 +46,8 @@ from omatic.groupcheck import (
     run_checks,
 )
 from omatic.guestpy import PACKAGE_DIR
-from omatic.pfq import FRAME, Endpoint, PfqError, parse_records
+from omatic.pfq.endpoint import Endpoint, PfqError, parse_records
+from omatic.pfq.uapi import FRAME
 
 #: util-linux's setpriv, staged into the guest (omatic.guestpy.stage_program).
 SETPRIV = "/usr/bin/setpriv"
@@ -84,7 +85,7 @@ def memory() -> dict[str, int]:
 
 
 #: What a process prints of opening /dev/pfq: its euid, then `opened` or the errno.
-OPEN_CODE = ("import os\nfrom omatic.pfq import Endpoint, PfqError\n"
+OPEN_CODE = ("import os\nfrom omatic.pfq.endpoint import Endpoint, PfqError\n"
              "try:\n    Endpoint().close(); what = 'opened'\n"
              "except PfqError as err:\n    what = 'EPERM' if 'EPERM' in str(err) else str(err)\n"
              "print(os.geteuid(), what)\n")
@@ -104,7 +105,7 @@ def check_user_namespace(config: Config) -> None:
 def check_memlock(config: Config) -> None:
     """nobody with CAP_NET_RAW alone (as a capture program with file capabilities) and
     RLIMIT_MEMLOCK of 1 MiB: a ring of 2 MiB is refused (ENOBUFS), one of 133 KiB made."""
-    code = ("from omatic.pfq import Endpoint, PfqError\n"
+    code = ("from omatic.pfq.endpoint import Endpoint, PfqError\n"
             "for name, slots in (('big', 1024), ('small', 64)):\n"
             "    try:\n        Endpoint().ring(slots=slots, caplen=2048); print(name, 'made')\n"
             "    except PfqError as err:\n"
@@ -354,7 +355,7 @@ def check_small_guards(config: Config) -> None:
 #: argv[1] seconds, then prints how many rounds it made.
 LOOP_CODE = """
 import sys, time
-from omatic.pfq import Endpoint
+from omatic.pfq.endpoint import Endpoint
 ep = Endpoint(); ep.ring(slots=1, caplen=64)
 rounds, end = 0, time.monotonic() + float(sys.argv[1])
 print('ready', flush=True)

@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from omatic import capture
-from omatic.capture import (
+from omatic.cli import main
+from omatic.errors import UserError
+from omatic.frames import read_pcap, udp_frame
+from omatic.pfq import capture
+from omatic.pfq.capture import (
     CaptureOptions,
     PcapWriter,
     Shared,
@@ -31,10 +34,7 @@ from omatic.capture import (
     run_capture,
     set_device_mode,
 )
-from omatic.cli import main
-from omatic.errors import UserError
-from omatic.frames import read_pcap, udp_frame
-from omatic.pfq import Endpoint, EndpointStats, Frame, RingInfo
+from omatic.pfq.endpoint import Endpoint, EndpointStats, Frame, RingInfo
 
 pytestmark = pytest.mark.unit
 
@@ -363,7 +363,7 @@ def test_capture_runs_on_the_standard_library_alone(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert run.stderr == ("pfq-omatic: error: --workers 0: expected 1..64 (the endpoints a "
                           "group holds)\n")
-    code = ("import sys, omatic.cli, omatic.capture, omatic.pfq; "
+    code = ("import sys, omatic.cli, omatic.pfq.capture, omatic.pfq.endpoint; "
             "print(sorted({'jinja2', 'rich', 'tree_sitter', 'elftools'} & set(sys.modules)))")
     run = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True)

@@ -26,11 +26,11 @@ def _run_staged(root: Path, code: str) -> subprocess.CompletedProcess[str]:
 def test_the_staged_python_imports_the_group_checks_and_nothing_is_missing(
         tmp_path: Path) -> None:
     stage_python(tmp_path, ["runpy", "omatic.groupcheck"], PACKAGE_ROOT)
-    run = _run_staged(tmp_path, "import sys, omatic.groupcheck, omatic.pfq; "
-                                "print(omatic.pfq.__file__); print(sys.prefix)")
+    run = _run_staged(tmp_path, "import sys, omatic.groupcheck, omatic.pfq.endpoint; "
+                                "print(omatic.pfq.endpoint.__file__); print(sys.prefix)")
     assert run.returncode == 0, run.stderr
     pfq_file, prefix = run.stdout.split()
-    assert pfq_file == str(tmp_path / PACKAGE_DIR.lstrip("/") / "omatic" / "pfq.py")
+    assert pfq_file == str(tmp_path / PACKAGE_DIR.lstrip("/") / "omatic" / "pfq" / "endpoint.py")
     assert Path(prefix) == tmp_path / "usr"
     # Only what was asked for: a module nobody imported is not there.
     missing = _run_staged(tmp_path, "import tkinter")

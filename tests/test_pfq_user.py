@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from omatic import pfq
 from omatic.errors import UserError
-from omatic.fanout import CaptureConfig, apply_env, parse_config
-from omatic.pfq import (
-    FRAME,
-    LAYOUTS,
-    RING_HEAD,
-    Endpoint,
-    PfqError,
-    Ring,
-    compile_filter,
-    parse_records,
-)
+from omatic.pfq import endpoint as pfq
+from omatic.pfq import uapi
+from omatic.pfq.config import CaptureConfig, apply_env, parse_config
+from omatic.pfq.endpoint import Endpoint, PfqError, Ring, compile_filter, parse_records
+from omatic.pfq.uapi import FRAME, LAYOUTS, RING_HEAD
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +45,7 @@ def header_constants(text: str) -> set[str]:
 
 def test_python_mirrors_every_name_of_the_header() -> None:
     text = UAPI.read_text()
-    assert header_constants(text) == set(pfq.CONSTANTS)
+    assert header_constants(text) == set(uapi.CONSTANTS)
     assert header_structs(text) == {name: [f for f, _ in layout.fields]
                                     for name, layout in LAYOUTS.items()}
 
@@ -62,7 +55,7 @@ def test_sizes_offsets_and_ioctls_equal_the_compiled_header(tmp_path: Path) -> N
     if shutil.which("gcc") is None:
         pytest.fail("gcc is missing: it compiles uapi.h for this test")
     lines = []
-    for name in pfq.CONSTANTS:
+    for name in uapi.CONSTANTS:
         lines.append(f'printf("%s %llu\\n", "{name}", (unsigned long long)({name}));')
     for name, layout in LAYOUTS.items():
         lines.append(f'printf("sizeof {name} %zu\\n", sizeof(struct {name}));')
@@ -78,7 +71,7 @@ def test_sizes_offsets_and_ioctls_equal_the_compiled_header(tmp_path: Path) -> N
     got = dict(line.rsplit(" ", 1) for line in
                subprocess.run([str(binary)], check=True, capture_output=True,
                               text=True).stdout.splitlines())
-    expected = {name: str(value) for name, value in pfq.CONSTANTS.items()}
+    expected = {name: str(value) for name, value in uapi.CONSTANTS.items()}
     for name, layout in LAYOUTS.items():
         expected[f"sizeof {name}"] = str(layout.size)
         for field, _ in layout.fields:
@@ -88,9 +81,9 @@ def test_sizes_offsets_and_ioctls_equal_the_compiled_header(tmp_path: Path) -> N
 
 def test_ioctl_numbers_follow_linux_ioc() -> None:
     # _IOWR(0xF9, 1, 24 bytes), _IO(0xF9, 3): spelled out once by hand.
-    assert pfq.PFQ_IOC_RING == 0xC018F901
-    assert pfq.PFQ_IOC_LEAVE == 0x0000F903
-    assert pfq.PFQ_IOC_STATS == 0x8020F909
+    assert uapi.PFQ_IOC_RING == 0xC018F901
+    assert uapi.PFQ_IOC_LEAVE == 0x0000F903
+    assert uapi.PFQ_IOC_STATS == 0x8020F909
 
 
 # --- the ring ---------------------------------------------------------------------------
@@ -108,7 +101,7 @@ def make_ring(slots: int, caplen: int, tail: int, head: int,
     unless `sizes` says, timestamp 1000+n, ifindex 2, queue n%4, tci 0)."""
     slot_size = (FRAME.size + caplen + 7) // 8 * 8
     buf = bytearray(PAGE + slots * slot_size)
-    struct.pack_into("<6I", buf, 0, pfq.PFQ_RING_MAGIC, 1, slots, slot_size, caplen, PAGE)
+    struct.pack_into("<6I", buf, 0, uapi.PFQ_RING_MAGIC, 1, slots, slot_size, caplen, PAGE)
     struct.pack_into("<Q", buf, RING_HEAD.offset("head"), head)
     struct.pack_into("<Q", buf, RING_HEAD.offset("tail"), tail)
     for n in range(tail, head):

@@ -2,7 +2,7 @@
 
 The parent does everything that can fail on bad input before a worker exists: it
 resolves the configuration (command line over PCAP_* environment over the --config file,
-see omatic.fanout.CaptureConfig), compiles the filter, opens one endpoint per worker and
+see omatic.pfq.config.CaptureConfig), compiles the filter, opens one endpoint per worker and
 joins each to the group (so the group knows all of them before the first frame), sets
 the group's steering, BPF and VLAN filters and binds it to the devices through the first
 endpoint, creates every pcap file, and only then puts the devices in tap (or capture)
@@ -32,12 +32,8 @@ from types import FrameType
 from typing import Any, Protocol, TextIO
 
 from omatic.errors import PathError, UserError
-from omatic.fanout import CaptureConfig, apply_env, parse_config
-from omatic.pfq import (
-    DEVICE,
-    PFQ_GROUP_ENDPOINTS,
-    PFQ_GROUPS,
-    PFQ_VLAN_IDS,
+from omatic.pfq.config import CaptureConfig, apply_env, parse_config
+from omatic.pfq.endpoint import (
     Endpoint,
     EndpointStats,
     Frame,
@@ -46,6 +42,7 @@ from omatic.pfq import (
     compile_filter,
     steer_mode,
 )
+from omatic.pfq.uapi import DEVICE, PFQ_GROUP_ENDPOINTS, PFQ_GROUPS, PFQ_VLAN_IDS
 
 #: Where pfq.ko takes "<dev> <mode>" and lists every device's mode.
 CONTROL = Path("/proc/net/pfq/control")
@@ -134,7 +131,7 @@ class CapturePlan:
     #: FILE of -w; worker i writes output_path(output, i).
     output: Path
     group: int
-    #: A PFQ steering mode (omatic.pfq.STEER_MODES).
+    #: A PFQ steering mode (omatic.pfq.endpoint.STEER_MODES).
     steer: str
     #: The compiled filter; None: every frame passes.
     program: tuple[tuple[int, int, int, int], ...] | None
@@ -343,7 +340,7 @@ class Shared:
 # --- the worker -------------------------------------------------------------------------
 
 class Source(Protocol):
-    """What a worker reads: an omatic.pfq.Endpoint (or a fake of one in tests)."""
+    """What a worker reads: an omatic.pfq.endpoint.Endpoint (or a fake of one in tests)."""
 
     def records(self, timeout: float | None = None) -> Iterator[Frame]: ...
 

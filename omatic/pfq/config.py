@@ -1,7 +1,7 @@
 """The declarative configuration of PFQ's pcap fan-out: `key[@group] = value` lines and
 PCAP_* environment overrides (Bonelli, Giordano, Procissi, "Enabling packet fan-out in the
 libpcap library for parallel traffic processing", TMA 2017, Table I), as
-`pfq-omatic capture --config` reads it. Standard library only, like omatic.pfq.
+`pfq-omatic capture --config` reads it. Standard library only, like omatic.pfq.endpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from omatic.errors import UserError
-from omatic.pfq import PFQ_GROUPS, check_ifname, steer_mode
+from omatic.pfq.endpoint import check_ifname, steer_mode
+from omatic.pfq.uapi import PFQ_GROUPS
 
 
 @dataclass(frozen=True)
