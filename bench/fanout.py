@@ -3,8 +3,8 @@
 
 Usage: bench/fanout.py [--kernel 6.1]
 
-Boots the hook lab's guest (pfq.ko and the accelerated hook test module, omatic.hooklab)
-with its bench on: omatic.groupcheck.bench feeds the same bursts of UDP frames of 64
+Boots the hook lab's guest (pfq.ko and the accelerated hook test module, omatic.lab.hooks)
+with its bench on: omatic.lab.groupcheck.bench feeds the same bursts of UDP frames of 64
 flows through napi_gro_receive's hook, as the module times them from NAPI poll, with the
 device in pass mode; in tap mode with no group; with one endpoint; with 4 hash-steered
 endpoints; and with 4 and a BPF program (`udp and dst port 9`, which every frame
@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omatic.hooklab import HookLabConfig, run_hook_lab
 from omatic.kernels.find import default_kernel, find_kernel
+from omatic.lab.hooks import HookLabConfig, run_hook_lab
 
 
 def main() -> int:

@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omatic import frames
 from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
-from omatic.console import DMESG_BAD, run_guest
 from omatic.drivers import resolve
 from omatic.kernels.find import default_kernel, find_kernel
-from omatic.lab import PHASES, Session, guest_modules
-from omatic.templates import render
-from omatic.vm import (
+from omatic.lab import frames
+from omatic.lab.console import DMESG_BAD, run_guest
+from omatic.lab.driver import PHASES, Session, guest_modules
+from omatic.lab.vm import (
     GuestModule,
     build_initramfs,
     check_nic_model,
@@ -44,6 +43,7 @@ from omatic.vm import (
     read_modules_dep,
     udp_ports,
 )
+from omatic.templates import render
 
 TARGET = 0.98
 

@@ -394,7 +394,7 @@ class NotEmulatedError(UserError):
 
 def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.drivers import resolve
-    from omatic.lab import GuestError, LabConfig, run_lab
+    from omatic.lab.driver import GuestError, LabConfig, run_lab
     from omatic.progress import Progress
 
     name, manifest = resolve(args.driver)
@@ -433,7 +433,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.hooklab import HookLabConfig, run_hook_lab
+    from omatic.lab.hooks import HookLabConfig, run_hook_lab
     from omatic.progress import Progress
 
     reports, code = [], 0

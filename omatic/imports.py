@@ -21,7 +21,7 @@ PACKAGE = PACKAGE_DIR.name
 
 
 def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
-    """The file of module `name` (omatic.lab.vm, or omatic.lab for a package's
+    """The file of module `name` (omatic.lab.driver.vm, or omatic.lab.driver for a package's
     __init__.py), or None when the package has no such module."""
     parts = name.split(".")[1:]
     base = package_dir.joinpath(*parts)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from omatic.kernels.kernel import Kernel
-from omatic.vm import QEMU
+from omatic.lab.vm import QEMU
 
 
 def need_vm(kernel: Kernel) -> None:

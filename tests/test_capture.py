@@ -19,7 +19,7 @@ import pytest
 
 from omatic.cli import main
 from omatic.errors import UserError
-from omatic.frames import read_pcap, udp_frame
+from omatic.lab.frames import read_pcap, udp_frame
 from omatic.pfq import capture
 from omatic.pfq.capture import (
     CaptureOptions,

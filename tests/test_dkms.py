@@ -27,7 +27,7 @@ from omatic.build.dkms import (
 )
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
-from omatic.lab import LabConfig, run_lab
+from omatic.lab.driver import LabConfig, run_lab
 from omatic.templates import render
 from omatic.verify.dkms_check import main as check_main
 from omatic.verify.dkms_check import pre_install

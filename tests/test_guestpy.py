@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from omatic.errors import InfraError
-from omatic.guestpy import PACKAGE_DIR, PACKAGE_ROOT, module_files, stage_python
+from omatic.lab.guestpy import PACKAGE_DIR, PACKAGE_ROOT, module_files, stage_python
 
 unit = pytest.mark.unit
 
@@ -25,8 +25,8 @@ def _run_staged(root: Path, code: str) -> subprocess.CompletedProcess[str]:
 @unit
 def test_the_staged_python_imports_the_group_checks_and_nothing_is_missing(
         tmp_path: Path) -> None:
-    stage_python(tmp_path, ["runpy", "omatic.groupcheck"], PACKAGE_ROOT)
-    run = _run_staged(tmp_path, "import sys, omatic.groupcheck, omatic.pfq.endpoint; "
+    stage_python(tmp_path, ["runpy", "omatic.lab.groupcheck"], PACKAGE_ROOT)
+    run = _run_staged(tmp_path, "import sys, omatic.lab.groupcheck, omatic.pfq.endpoint; "
                                 "print(omatic.pfq.endpoint.__file__); print(sys.prefix)")
     assert run.returncode == 0, run.stderr
     pfq_file, prefix = run.stdout.split()

@@ -45,7 +45,7 @@ def test_every_hook_in_every_mode(kernel: Kernel, tmp_path: Path) -> None:
     for test in hooks:
         assert [(c["name"], c["ok"]) for c in test["subtests"]] == [(c, True) for c in CASES]
     assert [(t["name"], t["ok"]) for t in guest] == [(c, True) for c in GUEST_CHECKS]
-    # PFQ's groups through /dev/pfq, by omatic.groupcheck in the guest's Python.
+    # PFQ's groups through /dev/pfq, by omatic.lab.groupcheck in the guest's Python.
     groups = report["results"]["groups"]
     assert [(t["name"], t["ok"]) for t in groups] == [(c, True) for c in GROUP_CHECKS]
     # pfq.ko's guards against users without privilege and careless readers.

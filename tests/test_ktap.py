@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from omatic.hooklab import HookSession
-from omatic.ktap import KtapError, parse
+from omatic.lab.hooks import HookSession
+from omatic.lab.ktap import KtapError, parse
 
 pytestmark = pytest.mark.unit
 

@@ -18,20 +18,19 @@ from typing import Any
 
 import pytest
 
-import omatic.console
 import omatic.kernels.find
 import omatic.kernels.kernel
 import omatic.kernels.system
-import omatic.lab
-import omatic.vm
+import omatic.lab.console
+import omatic.lab.driver
+import omatic.lab.vm
 from guests import need_vm
-from omatic import frames
 from omatic.cli import main
 from omatic.errors import InfraError
 from omatic.kernels.kernel import Kernel
-from omatic.lab import GuestHangError, GuestPanicError, LabConfig, run_lab
-from omatic.templates import render
-from omatic.vm import (
+from omatic.lab import frames
+from omatic.lab.driver import GuestHangError, GuestPanicError, LabConfig, run_lab
+from omatic.lab.vm import (
     QEMU,
     Emulator,
     in_tree_needs,
@@ -40,6 +39,7 @@ from omatic.vm import (
     qemu_command,
     qemu_version,
 )
+from omatic.templates import render
 
 unit = pytest.mark.unit
 vm = pytest.mark.vm
@@ -142,9 +142,10 @@ def test_qemu_command_stays_on_loopback(tmp_path: Path) -> None:
 @unit
 def test_init_template_uses_test_net_only() -> None:
     text = render("lab-init.sh.j2", driver="e1000e", release="6.1.0-56-amd64", frames=100,
-                  wait_ticks=150, ring_slots=1024, ours=[], deps=[], phases=omatic.lab.PHASES,
+                  wait_ticks=150, ring_slots=1024, ours=[], deps=[],
+                  phases=omatic.lab.driver.PHASES,
                   guest_ip="192.0.2.2", host_ip="192.0.2.1", host_mac="02:00:00:00:00:01",
-                  dmesg_pattern="|".join(omatic.console.DMESG_BAD), pps=False, pfq_users=[],
+                  dmesg_pattern="|".join(omatic.lab.console.DMESG_BAD), pps=False, pfq_users=[],
                   fanout=True, fanout_workers=4, fanout_frames=128,
                   python_path="/lib/pfq-omatic")
     addresses = {word for word in text.replace("/", " ").split() if word.count(".") == 3
@@ -251,15 +252,15 @@ def test_a_lost_frame_fails_the_counters_and_the_pcap(
     the lab must see it missing everywhere it looks, and keep the evidence."""
     kernel = omatic.kernels.find.find_kernel("6.12")
     need_vm(kernel)
-    send = omatic.lab.Session.send
+    send = omatic.lab.driver.Session.send
     counter = {"n": 0}
 
-    def lossy(self: omatic.lab.Session, frame: bytes) -> None:
+    def lossy(self: omatic.lab.driver.Session, frame: bytes) -> None:
         counter["n"] += 1
         if counter["n"] % 20 != 4:
             send(self, frame)
 
-    monkeypatch.setattr(omatic.lab.Session, "send", lossy)
+    monkeypatch.setattr(omatic.lab.driver.Session, "send", lossy)
     result = run_lab(LabConfig(driver="e1000e", kernel=kernel, nic_model="e1000e", frames=20,
                                out_root=lab_out, jobs=2, phase_wait=1.5))
     assert not result.ok
@@ -290,7 +291,7 @@ def test_a_guest_that_panics_is_reported(lab_out: Path, monkeypatch: pytest.Monk
     need_vm(kernel)
     crash = ("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
              "echo c > /proc/sysrq-trigger\n")
-    monkeypatch.setattr(omatic.lab, "render", lambda name, **ctx: crash)
+    monkeypatch.setattr(omatic.lab.driver, "render", lambda name, **ctx: crash)
     with pytest.raises(GuestPanicError) as info:
         run_lab(LabConfig(driver="e1000e", kernel=kernel, nic_model="e1000e",
                           out_root=lab_out, jobs=2, timeout=60))
@@ -322,13 +323,13 @@ def test_a_nic_model_newer_than_this_qemu_runs_in_a_kept_systems_qemu(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     versions = {None: "7.2.22", tmp_path: "10.0.13"}
     made: list[str] = []
-    monkeypatch.setattr(omatic.vm, "qemu_binary", lambda: Emulator("/usr/bin/qemu"))
-    monkeypatch.setattr(omatic.vm, "qemu_version", lambda emu: versions[emu.root])
+    monkeypatch.setattr(omatic.lab.vm, "qemu_binary", lambda: Emulator("/usr/bin/qemu"))
+    monkeypatch.setattr(omatic.lab.vm, "qemu_version", lambda emu: versions[emu.root])
     monkeypatch.setattr(omatic.kernels.system, "ensure_root",
                         lambda spec, note=None: made.append(spec.suite.name) or tmp_path)
-    assert omatic.vm.emulator_for("").root is None
-    assert omatic.vm.emulator_for("7.0").root is None and made == []
-    newer = omatic.vm.emulator_for("8.0")
+    assert omatic.lab.vm.emulator_for("").root is None
+    assert omatic.lab.vm.emulator_for("7.0").root is None and made == []
+    newer = omatic.lab.vm.emulator_for("8.0")
     assert (newer.root, newer.suite, made) == (tmp_path, "trixie", ["trixie"])
     # It runs in that system, with the kernel's and the initramfs's folders bound in.
     cmd = qemu_command(newer, "tcg", tmp_path / "boot/vmlinuz", tmp_path / "t/initrd", "igb",
@@ -339,7 +340,7 @@ def test_a_nic_model_newer_than_this_qemu_runs_in_a_kept_systems_qemu(
     assert "/usr/bin/qemu-system-x86_64" in cmd and "igb,netdev=n0,mac=52:54:00:12:34:56" in cmd
     versions[tmp_path] = "7.2.1"
     with pytest.raises(InfraError, match=r"QEMU 9\.0 or newer is needed"):
-        omatic.vm.emulator_for("9.0")
+        omatic.lab.vm.emulator_for("9.0")
 
 
 @pytest.mark.unit
@@ -363,7 +364,7 @@ def test_a_timeout_under_a_second_is_refused(command: str, seconds: str,
 @pytest.mark.unit
 @pytest.mark.parametrize("keep", [False, True])
 def test_an_interrupted_guest_keeps_its_log_only_when_asked(tmp_path: Path, keep: bool) -> None:
-    from omatic.console import log_kept_only_if
+    from omatic.lab.console import log_kept_only_if
 
     log = tmp_path / "lab-console.log"
     with pytest.raises(KeyboardInterrupt), log_kept_only_if(keep, log):

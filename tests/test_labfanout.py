@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from omatic import frames
-from omatic.labfanout import FLOWS, PER_FLOW, WORKERS, check_fanout, pcap_name
+from omatic.lab import frames
+from omatic.lab.fanout_phase import FLOWS, PER_FLOW, WORKERS, check_fanout, pcap_name
 
 pytestmark = pytest.mark.unit
 SENT = frames.flows_burst(FLOWS, PER_FLOW).frames

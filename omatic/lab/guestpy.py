@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from omatic import imports
 from omatic.errors import InfraError
 
 #: The interpreter the guests get.
@@ -25,7 +26,7 @@ PYTHON = Path("/usr/bin/python3")
 #: Where the package goes in the guest; its parent is put on sys.path.
 PACKAGE_DIR = "/lib/pfq-omatic"
 #: The folder this machine imports the omatic package from.
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = imports.PACKAGE_DIR.parent
 
 _LIST_FILES = """
 import importlib, sys

@@ -6,9 +6,9 @@ on a netdev of its own. It is rewritten, built and verified like any driver (`bu
 --source`), then loaded in a guest booting the kernel, after pfq.ko with a small ring. In
 the guest it checks, for each entry point and each case (pass, tap, capture, ring full),
 the counters, the value returned to the driver, what reached the stack and the pcap bytes,
-and prints KTAP. Then omatic.groupcheck, in the guest's Python (omatic.guestpy), proves
+and prints KTAP. Then omatic.lab.groupcheck, in the guest's Python (omatic.lab.guestpy), proves
 PFQ's groups through /dev/pfq with frames the module injects: steering, filters, modes,
-endpoints leaving, permissions and bad requests (a second document); omatic.safetycheck
+endpoints leaving, permissions and bad requests (a second document); omatic.lab.safetycheck
 proves pfq.ko's guards against users without privilege and careless readers (a third).
 The guest's /init (templates/hooklab-init.sh.j2) then checks, as a fourth KTAP document,
 bad control writes, `rmmod pfq` while in use, a device removed in tap mode and a clean
@@ -32,7 +32,10 @@ from typing import Any
 
 from omatic import __version__
 from omatic.cache import write_atomic
-from omatic.console import (
+from omatic.data import HOOKMOD_DIR
+from omatic.errors import BuildError
+from omatic.kernels.kernel import Kernel
+from omatic.lab.console import (
     DMESG_BAD,
     NoBootImageError,
     check_timeout,
@@ -40,17 +43,11 @@ from omatic.console import (
     log_kept_only_if,
     run_guest,
 )
-from omatic.data import HOOKMOD_DIR
-from omatic.errors import BuildError
-from omatic.groupcheck import TCPDUMP
-from omatic.guestpy import PACKAGE_DIR, stage_program, stage_python
-from omatic.kernels.kernel import Kernel
-from omatic.ktap import KtapError, KtapResult, parse
-from omatic.pfq.endpoint import compile_filter
-from omatic.progress import Step, quiet_step
-from omatic.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
-from omatic.templates import render
-from omatic.vm import (
+from omatic.lab.groupcheck import TCPDUMP
+from omatic.lab.guestpy import PACKAGE_DIR, stage_program, stage_python
+from omatic.lab.ktap import KtapError, KtapResult, parse
+from omatic.lab.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
+from omatic.lab.vm import (
     GuestModule,
     build_initramfs,
     choose_accel,
@@ -60,15 +57,18 @@ from omatic.vm import (
     qemu_version,
     read_modules_dep,
 )
+from omatic.pfq.endpoint import compile_filter
+from omatic.progress import Step, quiet_step
+from omatic.templates import render
 
 #: The test module's name (tests/hookmod/pfq_hooktest.c).
 MODULE = "pfq_hooktest"
-#: The KTAP documents the guest prints: the module's, omatic.groupcheck's,
-#: omatic.safetycheck's, /init's.
+#: The KTAP documents the guest prints: the module's, omatic.lab.groupcheck's,
+#: omatic.lab.safetycheck's, /init's.
 DOCUMENTS = ("hooks", "groups", "safety", "guest")
 #: What the guest's Python imports: runpy (for -m), the group and safety checks and the
 #: capture command they run.
-GUEST_IMPORTS = ("runpy", "omatic.groupcheck", "omatic.safetycheck", "omatic.cli",
+GUEST_IMPORTS = ("runpy", "omatic.lab.groupcheck", "omatic.lab.safetycheck", "omatic.cli",
                  "omatic.pfq.capture")
 #: In-tree modules the guest loads first: dummy, for the safety checks' `ip link add`.
 IN_TREE = ("dummy",)
@@ -95,7 +95,7 @@ class HookLabConfig:
     keep: bool = False
     #: The test module's sources.
     source: Path = HOOKMOD_DIR
-    #: Also time the hooks with groups (omatic.groupcheck.bench; bench/fanout.py).
+    #: Also time the hooks with groups (omatic.lab.groupcheck.bench; bench/fanout.py).
     bench: bool = False
 
 

@@ -1,6 +1,6 @@
-"""PFQ's groups proven in a guest: run there as `python3 -S -m omatic.groupcheck CONFIG`.
+"""PFQ's groups proven in a guest: run there as `python3 -S -m omatic.lab.groupcheck CONFIG`.
 
-The hook lab's guest (omatic.hooklab) has pfq.ko and the hook test module loaded; the
+The hook lab's guest (omatic.lab.hooks) has pfq.ko and the hook test module loaded; the
 module's devices (hk-gro: napi_gro_receive, hk-rcv-skb: netif_receive_skb) take frames
 written to /proc/pfq_hooktest_inject and feed them through the accelerated driver's hooks
 from NAPI poll. Each check here opens endpoints of /dev/pfq as a user would (omatic.pfq.endpoint),
@@ -27,12 +27,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from omatic.frames import checksum, read_pcap
+from omatic.lab.frames import checksum, read_pcap
 from omatic.pfq.endpoint import Endpoint, PfqError
 from omatic.pfq.uapi import PFQ_IOC_JOIN, PFQ_IOC_STEER
 
 INJECT = Path("/proc/pfq_hooktest_inject")
-#: This machine's tcpdump, staged into the guest (omatic.guestpy.stage_program).
+#: This machine's tcpdump, staged into the guest (omatic.lab.guestpy.stage_program).
 TCPDUMP = "/usr/bin/tcpdump"
 PROC = Path("/proc/net/pfq")
 #: The device most checks use (napi_gro_receive: the MAC header is pulled, so BPF needs

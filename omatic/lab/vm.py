@@ -29,9 +29,9 @@ from typing import Any
 
 import zstandard
 
-from omatic import frames
 from omatic.errors import InfraError, PathError, UserError
 from omatic.kernels.kernel import Kernel
+from omatic.lab import frames
 
 BUSYBOX = Path("/bin/busybox")
 QEMU = "qemu-system-x86_64"

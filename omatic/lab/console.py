@@ -1,7 +1,7 @@
 """The guest's console: QEMU run with its console fed line by line to a reader, the
 failure lines every guest is checked for, and what a failure shows of the console.
 
-Shared by the lab's phases (omatic.lab) and the hook lab (omatic.hooklab).
+Shared by the lab's phases (omatic.lab.driver) and the hook lab (omatic.lab.hooks).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from omatic.errors import InfraError, UserError
-from omatic.vm import kill
+from omatic.lab.vm import kill
 
 #: dmesg lines that fail the lab.
 DMESG_BAD = ("Oops", "BUG:", "WARNING:", "Call Trace", "disagrees about version",

@@ -6,7 +6,7 @@ modules and the in-tree modules they need (never the in-tree copy of the driver)
 `/boot/vmlinuz-RELEASE` with the driver's NIC model on a dgram netdev bound to 127.0.0.1
 (in this machine's QEMU, or a kept system's when the model is newer than it), and drive
 the guest's /init (templates/lab-init.sh.j2) over the serial console. For each phase the
-guest announces, the host injects frames (omatic.frames) and counts the guest's replies;
+guest announces, the host injects frames (omatic.lab.frames) and counts the guest's replies;
 the guest reports PFQ's counters, the NIC's rx_packets and the pcap stream. The host then
 checks:
 
@@ -42,9 +42,12 @@ from typing import Any
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
-from omatic import __version__, frames, labfanout
+from omatic import __version__
 from omatic.cache import write_atomic
-from omatic.console import (
+from omatic.errors import BuildError, PathError, UserError
+from omatic.kernels.kernel import Kernel
+from omatic.lab import fanout_phase, frames
+from omatic.lab.console import (
     DMESG_BAD,
     NoBootImageError,
     check_timeout,
@@ -52,12 +55,8 @@ from omatic.console import (
     log_kept_only_if,
     run_guest,
 )
-from omatic.errors import BuildError, PathError, UserError
-from omatic.guestpy import PACKAGE_DIR, stage_python
-from omatic.kernels.kernel import Kernel
-from omatic.progress import Step, quiet_step
-from omatic.templates import render
-from omatic.vm import (
+from omatic.lab.guestpy import PACKAGE_DIR, stage_python
+from omatic.lab.vm import (
     USB_HOST_MODULES,
     USB_MODELS,
     GuestModule,
@@ -73,6 +72,8 @@ from omatic.vm import (
     read_modules_dep,
     udp_ports,
 )
+from omatic.progress import Step, quiet_step
+from omatic.templates import render
 
 #: The phases of the guest's /init besides "reload": name and PFQ mode.
 PHASES = (("pass", "pass"), ("tap", "tap"), ("capture", "capture"))
@@ -138,7 +139,7 @@ class LabConfig:
     #: QEMU here gives way to a kept system's.
     qemu_min: str = ""
     #: Also run `pfq-omatic capture` with 4 hash-steered workers on the NIC
-    #: (omatic.labfanout). Off by default: under TCG it lost frames now and then, cause
+    #: (omatic.lab.fanout_phase). Off by default: under TCG it lost frames now and then, cause
     #: not found yet; the hook lab proves the same command on every kernel.
     fanout: bool = False
 
@@ -321,14 +322,15 @@ class Session:
         elif kind == "ready":
             n = int(event["frames"])
             flows = event.get("kind") == "flows"
-            phase = _Phase(frames.flows_burst(labfanout.FLOWS, n // labfanout.FLOWS, self._seq)
+            per_flow = n // fanout_phase.FLOWS
+            phase = _Phase(frames.flows_burst(fanout_phase.FLOWS, per_flow, self._seq)
                            if flows else frames.burst(n, self._seq))
             self._seq += len(phase.burst.frames)
             self.phases[event["phase"]] = phase
             self._drain(None)
             # The fan-out phase's guest is busy with its 4 workers: a NIC with a small
             # ring (ne2k-pci) lost frames at the usual pace.
-            gap = labfanout.FRAME_GAP if flows else FRAME_GAP
+            gap = fanout_phase.FRAME_GAP if flows else FRAME_GAP
             for frame in phase.burst.frames:
                 self.send(frame)
                 time.sleep(gap)
@@ -484,12 +486,12 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                       host_ip=frames.ip_text(frames.HOST_IP),
                       host_mac=frames.mac_text(frames.HOST_MAC),
                       dmesg_pattern="|".join(DMESG_BAD), pps=False,
-                      fanout=config.fanout, fanout_workers=labfanout.WORKERS,
-                      fanout_frames=labfanout.FLOWS * labfanout.PER_FLOW,
+                      fanout=config.fanout, fanout_workers=fanout_phase.WORKERS,
+                      fanout_frames=fanout_phase.FLOWS * fanout_phase.PER_FLOW,
                       python_path=PACKAGE_DIR)
         with step("initramfs"):
             if config.fanout:
-                stage_python(Path(tmp) / "root", labfanout.GUEST_IMPORTS)
+                stage_python(Path(tmp) / "root", fanout_phase.GUEST_IMPORTS)
             build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
                            host_port, config.memory)
@@ -538,8 +540,8 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
         checks[name], problems = _check_phase(name, session.phases.get(name), config.frames)
         failures += problems
     if config.fanout:
-        fanout = session.phases.get(labfanout.PHASE)
-        checks[labfanout.PHASE], problems = labfanout.check_fanout(
+        fanout = session.phases.get(fanout_phase.PHASE)
+        checks[fanout_phase.PHASE], problems = fanout_phase.check_fanout(
             fanout.burst.frames if fanout else None, session.pcaps, session.fanout,
             out_dir if config.keep else None)
         failures += problems

@@ -1,7 +1,7 @@
-"""pfq.ko's guards proven in a guest: run there as `python3 -S -m omatic.safetycheck`.
+"""pfq.ko's guards proven in a guest: run there as `python3 -S -m omatic.lab.safetycheck`.
 
-The hook lab's guest (omatic.hooklab) has pfq.ko (with ring_memory_max=RING_MEMORY_MAX)
-and the hook test module loaded, after omatic.groupcheck has run. Each check here is
+The hook lab's guest (omatic.lab.hooks) has pfq.ko (with ring_memory_max=RING_MEMORY_MAX)
+and the hook test module loaded, after omatic.lab.groupcheck has run. Each check here is
 one way a user without privilege, or a careless reader, could hurt the machine through
 pfq.ko, driven from user space as they would: rings from inside a user namespace, ring
 memory past RLIMIT_MEMLOCK or the module's cap, read() racing mmap() on one endpoint,
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from omatic.groupcheck import (
+from omatic.lab.groupcheck import (
     DEV,
     DEV2,
     PROC,
@@ -45,15 +45,15 @@ from omatic.groupcheck import (
     inject,
     run_checks,
 )
-from omatic.guestpy import PACKAGE_DIR
+from omatic.lab.guestpy import PACKAGE_DIR
 from omatic.pfq.endpoint import Endpoint, PfqError, parse_records
 from omatic.pfq.uapi import FRAME
 
-#: util-linux's setpriv, staged into the guest (omatic.guestpy.stage_program).
+#: util-linux's setpriv, staged into the guest (omatic.lab.guestpy.stage_program).
 SETPRIV = "/usr/bin/setpriv"
 #: setpriv's options that make a process the user nobody, with no group.
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
-#: pfq.ko's ring_memory_max in the guest, MiB (omatic.hooklab loads it so).
+#: pfq.ko's ring_memory_max in the guest, MiB (omatic.lab.hooks loads it so).
 RING_MEMORY_MAX = 48
 #: pfq.ko's ring_slots in the guest: the device's pcap ring holds this many frames.
 DEVICE_SLOTS = 64
@@ -446,7 +446,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
 
 def main(argv: Iterable[str]) -> int:
     if list(argv):
-        print("usage: python3 -m omatic.safetycheck", file=sys.stderr)
+        print("usage: python3 -m omatic.lab.safetycheck", file=sys.stderr)
         return 1
     print("\n".join(run_checks(CHECKS, {})), flush=True)
     return 0

@@ -1,7 +1,7 @@
 """The lab's fan-out phase: `pfq-omatic capture` with 4 workers on the accelerated NIC.
 
 After its pass, tap and capture phases, the lab's guest runs `pfq-omatic capture IF
---workers 4 --steer hash -w /tmp/w.pcap` in this machine's python3 (omatic.guestpy),
+--workers 4 --steer hash -w /tmp/w.pcap` in this machine's python3 (omatic.lab.guestpy),
 waits until its group has 4 endpoints bound to the NIC, and announces the phase; the host
 sends FLOWS UDP flows of PER_FLOW frames each (frames.flows_burst) through the NIC. Once
 the workers' rings are empty the guest interrupts the capture as Ctrl-C would, and sends
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omatic import frames
+from omatic.lab import frames
 
 #: Worker processes, and the traffic of the phase.
 WORKERS = 4

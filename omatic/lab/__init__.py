@@ -1,0 +1,6 @@
+"""The lab: accelerated drivers and PFQ's hooks proven in QEMU guests. On the host: the
+machine and its initramfs (vm), the guest's console (console), the Python the guest gets
+(guestpy), the frames injected (frames), KTAP read back (ktap), and the labs themselves:
+a NIC driver's (driver, with its fan-out phase, fanout_phase) and the hooks' (hooks).
+In the guest, with the standard library only: groupcheck and safetycheck, which drive
+/dev/pfq through omatic.pfq. Imports build/, verify/, kernels/, pfq/ and the base."""
