@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
-from omatic.drivers import resolve
 from omatic.kernels.find import default_kernel, find_kernel
 from omatic.lab import frames
 from omatic.lab.console import DMESG_BAD, run_guest
@@ -43,6 +42,7 @@ from omatic.lab.vm import (
     read_modules_dep,
     udp_ports,
 )
+from omatic.manifests import resolve
 from omatic.templates import render
 
 TARGET = 0.98

@@ -164,7 +164,7 @@ def _kernels_of(specs: list[str] | None) -> list[Any]:
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.build.pipeline import build_driver
-    from omatic.drivers import resolve
+    from omatic.manifests import resolve
     from omatic.progress import Progress
 
     name, manifest = resolve(args.driver)
@@ -268,8 +268,8 @@ def _print_load(report: Any, out_dir: Path, out: TextIO) -> None:
 
 def cmd_dkms(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.build.dkms import PACKAGE, build_deb, write_tree
-    from omatic.drivers import resolve
     from omatic.kernels.find import find_kernel, installed_kernels
+    from omatic.manifests import resolve
     from omatic.progress import Progress
 
     drivers = list(dict.fromkeys(resolve(d)[0] for d in args.drivers))
@@ -354,7 +354,7 @@ def _lab_hint(name: str) -> str:
     """"; did you mean e1000e?" for a name close to a driver the lab knows a model of."""
     import difflib
 
-    from omatic.drivers import load_manifests
+    from omatic.manifests import load_manifests
 
     known = [n for m in load_manifests().values() if m.nic_model for n in (m.name, *m.aliases)]
     near = difflib.get_close_matches(name, known, n=3, cutoff=0.7)
@@ -393,8 +393,8 @@ class NotEmulatedError(UserError):
 
 
 def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.drivers import resolve
     from omatic.lab.driver import GuestError, LabConfig, run_lab
+    from omatic.manifests import resolve
     from omatic.progress import Progress
 
     name, manifest = resolve(args.driver)
@@ -904,9 +904,9 @@ def _record_failure(err: OmaticError) -> None:
 
 
 def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
-    from omatic.drivers import load_manifests, resolve
-    from omatic.matrix import MatrixRun, load_known_failures, run_matrix
-    from omatic.matrix_report import emit_github_actions, exit_code
+    from omatic.manifests import load_manifests, resolve
+    from omatic.matrix.report import emit_github_actions, exit_code
+    from omatic.matrix.run import MatrixRun, load_known_failures, run_matrix
 
     manifests = load_manifests()
     if args.driver and args.drivers:

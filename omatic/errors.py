@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 #: Where main() writes what kind of error ended a command, for a matrix cell (read by
-#: omatic.matrix, then removed).
+#: omatic.matrix.run, then removed).
 FAILURE_ENV = "PFQ_OMATIC_FAILURE_FILE"
 
 

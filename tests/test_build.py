@@ -23,7 +23,7 @@ from omatic.errors import FAILURE_ENV, BuildError
 from omatic.kernels.archive import ArchiveKernel
 from omatic.kernels.find import NoHeadersError, find_kernel
 from omatic.kernels.kernel import Kernel
-from omatic.matrix import _classify
+from omatic.matrix.run import _classify
 from omatic.verify.modfile import KernelModule
 
 kbuild = pytest.mark.kbuild

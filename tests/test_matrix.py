@@ -15,8 +15,8 @@ import pytest
 from omatic.cli import main
 from omatic.kernels.archive import available_kernels, matrix_kernels
 from omatic.kernels.kernel import Kernel
-from omatic.matrix import HOOKS_ROW, KnownFailure, MatrixRun, load_known_failures
-from omatic.matrix_report import emit_github_actions, read_cells
+from omatic.matrix.report import emit_github_actions, read_cells
+from omatic.matrix.run import HOOKS_ROW, KnownFailure, MatrixRun, load_known_failures
 from omatic.versions import version_key
 
 kbuild = pytest.mark.kbuild

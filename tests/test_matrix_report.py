@@ -1,4 +1,4 @@
-"""The report of a matrix (`omatic.matrix_report`): matrix.json, junit.xml, matrix.md, the
+"""The report of a matrix (`omatic.matrix.report`): matrix.json, junit.xml, matrix.md, the
 exit code, and the GitHub Actions workflow that runs the same matrix.
 
 Cells are written here: two drivers on three kernels, every status once at least. The
@@ -19,7 +19,7 @@ import junitparser
 import pytest
 
 from omatic.errors import PathError, UserError
-from omatic.matrix_report import (
+from omatic.matrix.report import (
     Cell,
     emit_github_actions,
     exit_code,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omatic.build.source import ModuleDef, TarballCache, module_files
-from omatic.drivers import Manifest, load_manifests
 from omatic.kernels.kernel import Kernel
+from omatic.manifests import Manifest, load_manifests
 from omatic.rules import load_rules
 
 #: Folders whose modules are NIC drivers.

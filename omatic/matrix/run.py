@@ -12,7 +12,7 @@ or prove itself); `error` (the infrastructure failed: network, QEMU, a missing t
 `skip` (that kernel has no such driver). A failure listed in the known-failures file is
 expected: shown, not fatal. Each finished cell is written at once (`cells/KERNEL/DRIVER.json`)
 with a key of everything it depends on; a rerun with the same key reuses it, and the
-reports (omatic.matrix_report) are rewritten from all cells after each one finishes, so an
+reports (omatic.matrix.report) are rewritten from all cells after each one finishes, so an
 interrupted matrix leaves every finished cell's results and no half-written one.
 """
 
@@ -43,7 +43,7 @@ from omatic.cache import write_atomic
 from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR
 from omatic.errors import FAILURE_ENV, UserError
 from omatic.kernels.kernel import Kernel
-from omatic.matrix_report import Cell, write_outputs
+from omatic.matrix.report import Cell, write_outputs
 
 #: Errors that mean "this kernel does not have that driver".
 _SKIP_ERRORS = ("UnknownDriverError", "NotConfiguredError", "NotEmulatedError")
