@@ -185,7 +185,7 @@ struct pfq_group_counters {
 	u64 dropped;	/* taken by no endpoint: rings full, or no endpoint */
 };
 
-/* pfq_main.c */
+/* pfq_dev.c */
 extern unsigned int pfq_ring_slots;
 extern unsigned int pfq_snaplen;
 extern struct list_head pfq_dev_list;
