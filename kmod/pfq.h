@@ -186,8 +186,8 @@ struct pfq_group_counters {
 };
 
 /* pfq_dev.c */
-extern unsigned int pfq_ring_slots;
-extern unsigned int pfq_snaplen;
+int pfq_dev_init(void);
+void pfq_dev_exit(void);
 extern struct list_head pfq_dev_list;
 extern const char *const pfq_hook_names[PFQ_HOOK_MAX];
 extern const char *const pfq_mode_names[PFQ_MODE_MAX];

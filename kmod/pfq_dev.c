@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * PFQ receive core: module parameters, the per-device table and its lifetime.
+ * The per-device table and its lifetime, and each device's mode.
  *
  * A struct pfq_dev exists for every net device of init_net (other namespaces pass
  * through the hooks uncounted). The netdevice notifier creates it on NETDEV_REGISTER
@@ -13,22 +13,13 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/err.h>
-#include <linux/module.h>
-#include <linux/moduleparam.h>
 #include <linux/netdevice.h>
 #include <linux/rtnetlink.h>
 #include <linux/slab.h>
 #include <net/net_namespace.h>
 
 #include "pfq.h"
-
-unsigned int pfq_ring_slots = 1024;
-module_param_named(ring_slots, pfq_ring_slots, uint, 0444);
-MODULE_PARM_DESC(ring_slots, "Frames each tap/capture ring holds (1..1048576, default 1024)");
-
-unsigned int pfq_snaplen = 2048;
-module_param_named(snaplen, pfq_snaplen, uint, 0444);
-MODULE_PARM_DESC(snaplen, "Bytes kept of each captured frame (64..65535, default 2048)");
+#include "pfq_params.h"
 
 const char *const pfq_hook_names[PFQ_HOOK_MAX] = {
 	[PFQ_HOOK_NETIF_RECEIVE_SKB] = "netif_receive_skb",
@@ -195,63 +186,17 @@ static struct notifier_block pfq_netdev_notifier = {
 	.notifier_call = pfq_netdev_event,
 };
 
-static int __init pfq_init(void)
+/* Replays NETDEV_REGISTER for the devices that already exist. */
+int pfq_dev_init(void)
 {
-	int err;
-
-	if (pfq_ring_slots < 1 || pfq_ring_slots > (1U << 20)) {
-		pr_err("ring_slots=%u is out of range (1..1048576)\n", pfq_ring_slots);
-		return -EINVAL;
-	}
-	if (pfq_snaplen < 64 || pfq_snaplen > 65535) {
-		pr_err("snaplen=%u is out of range (64..65535)\n", pfq_snaplen);
-		return -EINVAL;
-	}
-	err = pfq_mem_init();
-	if (err)
-		return err;
-	err = pfq_groups_init();
-	if (err)
-		return err;
-	err = pfq_proc_init();
-	if (err)
-		goto groups;
-	/* Replays NETDEV_REGISTER for the devices that already exist. */
-	err = register_netdevice_notifier(&pfq_netdev_notifier);
-	if (err)
-		goto proc;
-	err = pfq_endpoint_init();
-	if (err)
-		goto notifier;
-	pr_info("loaded: ring_slots=%u snaplen=%u\n", pfq_ring_slots, pfq_snaplen);
-	return 0;
-notifier:
-	unregister_netdevice_notifier(&pfq_netdev_notifier);
-proc:
-	pfq_proc_exit();
-groups:
-	pfq_groups_exit();
-	rcu_barrier();
-	return err;
+	return register_netdevice_notifier(&pfq_netdev_notifier);
 }
 
-static void __exit pfq_exit(void)
+void pfq_dev_exit(void)
 {
-	/* No endpoint is open (each holds a reference on the module): no group is in use. */
-	pfq_endpoint_exit();
 	/* Replays NETDEV_UNREGISTER: frees every device's state, ring and pcap file. */
 	unregister_netdevice_notifier(&pfq_netdev_notifier);
-	pfq_proc_exit();
-	pfq_groups_exit();
 	/* The RCU callbacks that free devices and rings run this module's code. */
 	rcu_barrier();
 	WARN_ON(!list_empty(&pfq_dev_list));
-	pr_info("unloaded\n");
 }
-
-module_init(pfq_init);
-module_exit(pfq_exit);
-
-MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("PFQ receive core: hooks for accelerated NIC drivers, counters and capture rings");
-MODULE_AUTHOR("pfq-omatic");

@@ -34,6 +34,7 @@
 #include <net/net_namespace.h>
 
 #include "pfq.h"
+#include "pfq_params.h"
 
 /* The largest ring an endpoint may ask for: what one vmalloc area should hold. */
 #define PFQ_RING_MAX_BYTES	(1ULL << 30)

@@ -23,6 +23,7 @@
 #include <net/net_namespace.h>
 
 #include "pfq.h"
+#include "pfq_params.h"
 
 static struct proc_dir_entry *pfq_proc_dir;
 static struct proc_dir_entry *pfq_pcap_dir;
