@@ -189,11 +189,12 @@ struct pfq_group_counters {
 int pfq_dev_init(void);
 void pfq_dev_exit(void);
 extern struct list_head pfq_dev_list;
-extern const char *const pfq_hook_names[PFQ_HOOK_MAX];
 extern const char *const pfq_mode_names[PFQ_MODE_MAX];
 struct pfq_dev *pfq_dev_lookup(const struct net_device *dev);
 struct pfq_dev *pfq_dev_by_name(const char *name);
 int pfq_dev_set_mode(struct pfq_dev *pd, enum pfq_mode mode);
+void pfq_dev_stats_show(struct seq_file *m);
+void pfq_dev_control_show(struct seq_file *m);
 
 /* pfq_ring.c */
 struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen);
@@ -236,7 +237,11 @@ void pfq_endpoints_show(struct seq_file *m);
 /* pfq_proc.c */
 int pfq_proc_init(void);
 void pfq_proc_exit(void);
-int pfq_proc_add_dev(struct pfq_dev *pd);
-void pfq_proc_del_dev(struct pfq_dev *pd);
+
+/* pfq_pcap.c */
+int pfq_pcap_init(void);
+void pfq_pcap_exit(void);
+int pfq_pcap_add(struct pfq_dev *pd);
+void pfq_pcap_del(struct pfq_dev *pd);
 
 #endif /* _PFQ_H */

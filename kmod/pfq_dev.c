@@ -5,23 +5,24 @@
  * A struct pfq_dev exists for every net device of init_net (other namespaces pass
  * through the hooks uncounted). The netdevice notifier creates it on NETDEV_REGISTER
  * (replayed for existing devices when we register) and frees it, with its ring and
- * proc entry, on NETDEV_UNREGISTER (replayed when we unregister, so unloading frees
- * everything). All of that runs under RTNL, which also serialises the control file;
- * nothing here waits for a grace period under it: what the hooks may still hold is
- * freed by RCU callbacks, and unloading waits for those (rcu_barrier()).
+ * pcap file (pfq_pcap.c), on NETDEV_UNREGISTER (replayed when we unregister, so
+ * unloading frees everything). All of that runs under RTNL, which also serialises the
+ * control file; nothing here waits for a grace period under it: what the hooks may
+ * still hold is freed by RCU callbacks, and unloading waits for those (rcu_barrier()).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/err.h>
 #include <linux/netdevice.h>
 #include <linux/rtnetlink.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <net/net_namespace.h>
 
 #include "pfq.h"
 #include "pfq_params.h"
 
-const char *const pfq_hook_names[PFQ_HOOK_MAX] = {
+static const char *const pfq_hook_names[PFQ_HOOK_MAX] = {
 	[PFQ_HOOK_NETIF_RECEIVE_SKB] = "netif_receive_skb",
 	[PFQ_HOOK_NETIF_RECEIVE_SKB_LIST] = "netif_receive_skb_list",
 	[PFQ_HOOK_GRO_RECEIVE] = "napi_gro_receive",
@@ -112,7 +113,7 @@ static void pfq_dev_add(struct net_device *dev)
 		goto fail;
 	pd->dev = dev;
 	pd->mode = PFQ_PASS;
-	if (pfq_proc_add_dev(pd))
+	if (pfq_pcap_add(pd))
 		goto fail;
 	list_add_tail(&pd->node, &pfq_dev_list);
 	hash_add_rcu(pfq_dev_table, &pd->hnode, (unsigned long)dev);
@@ -144,7 +145,7 @@ static void pfq_dev_del(struct net_device *dev)
 	hash_del_rcu(&pd->hnode);
 	list_del(&pd->node);
 	/* Waits for pcap readers of this device to leave; new ones get -EIO. */
-	pfq_proc_del_dev(pd);
+	pfq_pcap_del(pd);
 	/* Hooks running on other CPUs may still hold pd: freed after they leave, without
 	 * making every unregistration wait a grace period under RTNL.
 	 */
@@ -157,8 +158,8 @@ static void pfq_dev_rename(struct net_device *dev)
 
 	if (!pd)
 		return;
-	pfq_proc_del_dev(pd);
-	if (pfq_proc_add_dev(pd))
+	pfq_pcap_del(pd);
+	if (pfq_pcap_add(pd))
 		pr_warn("%s: cannot create its pcap file after a rename\n", dev->name);
 }
 
@@ -185,6 +186,58 @@ static int pfq_netdev_event(struct notifier_block *nb, unsigned long event, void
 static struct notifier_block pfq_netdev_notifier = {
 	.notifier_call = pfq_netdev_event,
 };
+
+static void pfq_sum(struct pfq_dev *pd, enum pfq_hook hook, struct pfq_counters *sum)
+{
+	int cpu;
+
+	memset(sum, 0, sizeof(*sum));
+	for_each_possible_cpu(cpu) {
+		const struct pfq_counters *c = &per_cpu_ptr(pd->stats, cpu)->hook[hook];
+
+		sum->packets += READ_ONCE(c->packets);
+		sum->bytes += READ_ONCE(c->bytes);
+		sum->to_stack += READ_ONCE(c->to_stack);
+		sum->captured += READ_ONCE(c->captured);
+		sum->dropped += READ_ONCE(c->dropped);
+	}
+}
+
+/* /proc/net/pfq/stats: one line per device and hook. */
+void pfq_dev_stats_show(struct seq_file *m)
+{
+	struct pfq_counters sum;
+	struct pfq_dev *pd;
+	int hook;
+
+	rtnl_lock();
+	list_for_each_entry(pd, &pfq_dev_list, node) {
+		for (hook = 0; hook < PFQ_HOOK_MAX; hook++) {
+			pfq_sum(pd, hook, &sum);
+			seq_printf(m, "dev=%s hook=%s mode=%s packets=%llu bytes=%llu to_stack=%llu captured=%llu dropped=%llu\n",
+				   pd->dev->name, pfq_hook_names[hook],
+				   pfq_mode_names[READ_ONCE(pd->mode)], sum.packets,
+				   sum.bytes, sum.to_stack, sum.captured, sum.dropped);
+		}
+	}
+	rtnl_unlock();
+}
+
+/* /proc/net/pfq/control, read: one line per device. */
+void pfq_dev_control_show(struct seq_file *m)
+{
+	struct pfq_ring *ring;
+	struct pfq_dev *pd;
+
+	rtnl_lock();
+	list_for_each_entry(pd, &pfq_dev_list, node) {
+		ring = rtnl_dereference(pd->ring);
+		seq_printf(m, "dev=%s mode=%s queued=%u ring_slots=%u snaplen=%u\n",
+			   pd->dev->name, pfq_mode_names[pd->mode],
+			   ring ? pfq_ring_count(ring) : 0, pfq_ring_slots, pfq_snaplen);
+	}
+	rtnl_unlock();
+}
 
 /* Replays NETDEV_REGISTER for the devices that already exist. */
 int pfq_dev_init(void)

@@ -31,9 +31,12 @@ static int __init pfq_init(void)
 	err = pfq_proc_init();
 	if (err)
 		goto groups;
-	err = pfq_dev_init();
+	err = pfq_pcap_init();
 	if (err)
 		goto proc;
+	err = pfq_dev_init();
+	if (err)
+		goto pcap;
 	err = pfq_endpoint_init();
 	if (err)
 		goto dev;
@@ -41,6 +44,8 @@ static int __init pfq_init(void)
 	return 0;
 dev:
 	pfq_dev_exit();
+pcap:
+	pfq_pcap_exit();
 proc:
 	pfq_proc_exit();
 groups:
@@ -53,6 +58,7 @@ static void __exit pfq_exit(void)
 	/* No endpoint is open (each holds a reference on the module): no group is in use. */
 	pfq_endpoint_exit();
 	pfq_dev_exit();
+	pfq_pcap_exit();
 	pfq_proc_exit();
 	pfq_groups_exit();
 	pr_info("unloaded\n");
