@@ -18,6 +18,7 @@
 #include <linux/mutex.h>
 #include <linux/netdevice.h>
 #include <linux/percpu.h>
+#include <linux/poll.h>
 #include <linux/proc_fs.h>
 #include <linux/rcupdate.h>
 #include <linux/seq_file.h>
@@ -229,10 +230,21 @@ int pfq_group_vlan(struct pfq_endpoint *ep, const struct pfq_vlan *vlan);
 void pfq_groups_show(struct seq_file *m);
 
 /* pfq_endpoint.c */
-int pfq_endpoint_init(void);
-void pfq_endpoint_exit(void);
+struct pfq_endpoint *pfq_endpoint_alloc(void);
+void pfq_endpoint_free(struct pfq_endpoint *ep);
+int pfq_endpoint_ensure_ring(struct pfq_endpoint *ep);
+int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info);
 bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap);
+int pfq_endpoint_mmap(struct pfq_endpoint *ep, struct vm_area_struct *vma);
+ssize_t pfq_endpoint_read(struct pfq_endpoint *ep, char __user *buf, size_t count,
+			  bool nonblock);
+__poll_t pfq_endpoint_poll(struct pfq_endpoint *ep, struct file *file, poll_table *wait);
+void pfq_endpoint_stats(struct pfq_endpoint *ep, struct pfq_endpoint_stats *stats);
 void pfq_endpoints_show(struct seq_file *m);
+
+/* pfq_file.c */
+int pfq_file_init(void);
+void pfq_file_exit(void);
 
 /* pfq_proc.c */
 int pfq_proc_init(void);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * /dev/pfq: every open file is an endpoint (include/pfq/uapi.h has the interface).
+ * An endpoint: what one open file of /dev/pfq (pfq_file.c) holds, a ring the hooks fill
+ * through the groups (pfq_group.c) and its reader empties.
  *
  * The ring of an endpoint is one struct pfq_area (pfq_mem.c: charged to the caller's
  * memory cgroup, RLIMIT_MEMLOCK and the module's cap): a page of struct pfq_ring_head,
@@ -11,20 +12,14 @@
  * and counted. The kernel's own count of published frames (khead) is what it trusts,
  * for read() and poll() too; the shared head is only a copy for the reader.
  *
- * Opening needs CAP_NET_RAW in the initial user namespace (capable(), not the
- * opener's namespace: a user namespace can mint that, and pfq.ko serves only the
- * initial network namespace's devices); closing leaves the group first and waits,
- * with no lock held, for the hooks that could still see the endpoint, so no frame is
- * ever delivered to a closed one.
+ * An endpoint is freed only once out of its group, after a wait, with no lock held,
+ * for the hooks that could still see it, so no frame is ever delivered to a freed one.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <linux/capability.h>
 #include <linux/fs.h>
 #include <linux/if_vlan.h>
-#include <linux/miscdevice.h>
 #include <linux/mm.h>
-#include <linux/module.h>
 #include <linux/nsproxy.h>
 #include <linux/poll.h>
 #include <linux/sched.h>
@@ -90,7 +85,7 @@ static int pfq_endpoint_make_ring(struct pfq_endpoint *ep, struct pfq_ring_info 
 }
 
 /* The ring of @ep, made with the module's sizes when it has none yet. */
-static int pfq_endpoint_ensure_ring(struct pfq_endpoint *ep)
+int pfq_endpoint_ensure_ring(struct pfq_endpoint *ep)
 {
 	struct pfq_ring_info info = {};
 	int err = 0;
@@ -111,7 +106,8 @@ static void pfq_endpoint_ring_info(const struct pfq_endpoint *ep, struct pfq_rin
 	info->mmap_size = ep->ring_size;
 }
 
-static int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info)
+/* PFQ_IOC_RING: make the ring with @info's sizes, or check them against the one made. */
+int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info)
 {
 	int err = 0;
 
@@ -193,16 +189,17 @@ static bool pfq_endpoint_readable(struct pfq_endpoint *ep)
 	return ring && READ_ONCE(ep->khead) != READ_ONCE(ring->tail);
 }
 
-static int pfq_open(struct inode *inode, struct file *file)
+/*
+ * A new endpoint of the caller's network namespace, in no group and with no ring yet,
+ * charged to the caller's memory cgroup. Waits on nothing but a short list lock.
+ */
+struct pfq_endpoint *pfq_endpoint_alloc(void)
 {
 	struct pfq_endpoint *ep;
 
-	/* misc_open() holds misc_mtx: nothing here waits on anything but a short list lock. */
-	if (!capable(CAP_NET_RAW))
-		return -EPERM;
 	ep = kzalloc(sizeof(*ep), GFP_KERNEL_ACCOUNT);
 	if (!ep)
-		return -ENOMEM;
+		return NULL;
 	spin_lock_init(&ep->lock);
 	mutex_init(&ep->ring_mutex);
 	mutex_init(&ep->read_mutex);
@@ -214,15 +211,12 @@ static int pfq_open(struct inode *inode, struct file *file)
 	mutex_lock(&pfq_endpoints_mutex);
 	list_add_tail(&ep->node, &pfq_endpoints);
 	mutex_unlock(&pfq_endpoints_mutex);
-	file->private_data = ep;
-	return nonseekable_open(inode, file);
+	return ep;
 }
 
-static int pfq_release(struct inode *inode, struct file *file)
+/* Free @ep, which has left its group (pfq_group_leave()). Process context, no lock held. */
+void pfq_endpoint_free(struct pfq_endpoint *ep)
 {
-	struct pfq_endpoint *ep = file->private_data;
-
-	pfq_group_leave(ep);
 	mutex_lock(&pfq_endpoints_mutex);
 	list_del(&ep->node);
 	mutex_unlock(&pfq_endpoints_mutex);
@@ -234,15 +228,13 @@ static int pfq_release(struct inode *inode, struct file *file)
 	pfq_area_free(&ep->area);
 	put_net(ep->net);
 	kfree(ep);
-	return 0;
 }
 
 /* Runs with mmap_lock held for writing: takes ring_mutex only, which no one holds
  * across a user copy.
  */
-static int pfq_mmap(struct file *file, struct vm_area_struct *vma)
+int pfq_endpoint_mmap(struct pfq_endpoint *ep, struct vm_area_struct *vma)
 {
-	struct pfq_endpoint *ep = file->private_data;
 	int err;
 
 	/* A private mapping would keep the reader's tail from the kernel. */
@@ -273,9 +265,9 @@ static void pfq_endpoint_bounds(struct pfq_endpoint *ep, u64 *tail, u64 *head)
  * another reader took waits again. The tail is the one mmap() readers move: a reader
  * uses one way or the other; a tail that is nonsense (user memory) is -EIO.
  */
-static ssize_t pfq_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
+ssize_t pfq_endpoint_read(struct pfq_endpoint *ep, char __user *buf, size_t count,
+			  bool nonblock)
 {
-	struct pfq_endpoint *ep = file->private_data;
 	struct pfq_frame *frame;
 	size_t done = 0, size;
 	u64 tail, head;
@@ -299,7 +291,7 @@ static ssize_t pfq_read(struct file *file, char __user *buf, size_t count, loff_
 		if (head != tail)
 			break;
 		mutex_unlock(&ep->read_mutex);
-		if (file->f_flags & O_NONBLOCK)
+		if (nonblock)
 			return -EAGAIN;
 		if (wait_event_interruptible(ep->wait, pfq_endpoint_readable(ep)))
 			return -ERESTARTSYS;
@@ -329,93 +321,22 @@ out:
 	return done ?: err;
 }
 
-static __poll_t pfq_poll(struct file *file, poll_table *wait)
+__poll_t pfq_endpoint_poll(struct pfq_endpoint *ep, struct file *file, poll_table *wait)
 {
-	struct pfq_endpoint *ep = file->private_data;
-
 	poll_wait(file, &ep->wait, wait);
 	return pfq_endpoint_readable(ep) ? EPOLLIN | EPOLLRDNORM : 0;
 }
 
-/* The argument of an ioctl that passes one in, copied in whole. */
-static int pfq_ioctl_in(void *to, const void __user *from, unsigned int cmd)
+/* The endpoint's counters, for PFQ_IOC_STATS. */
+void pfq_endpoint_stats(struct pfq_endpoint *ep, struct pfq_endpoint_stats *stats)
 {
-	return copy_from_user(to, from, _IOC_SIZE(cmd)) ? -EFAULT : 0;
+	spin_lock_irq(&ep->lock);
+	stats->received = ep->received;
+	stats->delivered = ep->delivered;
+	stats->dropped = ep->dropped;
+	spin_unlock_irq(&ep->lock);
+	stats->group = READ_ONCE(ep->group);
 }
-
-static long pfq_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
-{
-	struct pfq_endpoint *ep = file->private_data;
-	void __user *uarg = (void __user *)arg;
-	struct pfq_endpoint_stats stats = {};
-	struct pfq_filter filter;
-	struct pfq_ring_info ring;
-	struct pfq_bind bind;
-	struct pfq_vlan *vlan;
-	u32 value;
-	int err;
-
-	switch (cmd) {
-	case PFQ_IOC_RING:
-		err = pfq_ioctl_in(&ring, uarg, cmd) ?: pfq_endpoint_ring(ep, &ring);
-		if (!err && copy_to_user(uarg, &ring, sizeof(ring)))
-			err = -EFAULT;
-		return err;
-	case PFQ_IOC_JOIN:
-		err = pfq_ioctl_in(&value, uarg, cmd);
-		/* A member needs its ring; a refused group id makes none. */
-		if (!err && value < PFQ_GROUPS)
-			err = pfq_endpoint_ensure_ring(ep);
-		return err ?: pfq_group_join(ep, value);
-	case PFQ_IOC_LEAVE:
-		pfq_group_leave(ep);
-		return 0;
-	case PFQ_IOC_BIND:
-	case PFQ_IOC_UNBIND:
-		return pfq_ioctl_in(&bind, uarg, cmd) ?:
-			pfq_group_bind(ep, &bind, cmd == PFQ_IOC_BIND);
-	case PFQ_IOC_STEER:
-		return pfq_ioctl_in(&value, uarg, cmd) ?: pfq_group_steer(ep, value);
-	case PFQ_IOC_FILTER:
-		return pfq_ioctl_in(&filter, uarg, cmd) ?: pfq_group_filter(ep, &filter);
-	case PFQ_IOC_VLAN:
-		vlan = memdup_user(uarg, sizeof(*vlan));
-		if (IS_ERR(vlan))
-			return PTR_ERR(vlan);
-		err = pfq_group_vlan(ep, vlan);
-		kfree(vlan);
-		return err;
-	case PFQ_IOC_STATS:
-		spin_lock_irq(&ep->lock);
-		stats.received = ep->received;
-		stats.delivered = ep->delivered;
-		stats.dropped = ep->dropped;
-		spin_unlock_irq(&ep->lock);
-		stats.group = READ_ONCE(ep->group);
-		return copy_to_user(uarg, &stats, sizeof(stats)) ? -EFAULT : 0;
-	}
-	/* As every driver answers an ioctl it does not know: silently. */
-	return -ENOTTY;
-}
-
-static const struct file_operations pfq_fops = {
-	.owner = THIS_MODULE,
-	.open = pfq_open,
-	.release = pfq_release,
-	.mmap = pfq_mmap,
-	.read = pfq_read,
-	.poll = pfq_poll,
-	.unlocked_ioctl = pfq_ioctl,
-	.compat_ioctl = compat_ptr_ioctl,
-};
-
-/* World-usable node: who may capture is decided by CAP_NET_RAW at open, not by mode. */
-static struct miscdevice pfq_misc = {
-	.minor = MISC_DYNAMIC_MINOR,
-	.name = "pfq",
-	.fops = &pfq_fops,
-	.mode = 0666,
-};
 
 /* One line per open endpoint, after the groups' lines of /proc/net/pfq/groups. */
 void pfq_endpoints_show(struct seq_file *m)
@@ -436,14 +357,4 @@ void pfq_endpoints_show(struct seq_file *m)
 		spin_unlock_irq(&ep->lock);
 	}
 	mutex_unlock(&pfq_endpoints_mutex);
-}
-
-int pfq_endpoint_init(void)
-{
-	return misc_register(&pfq_misc);
-}
-
-void pfq_endpoint_exit(void)
-{
-	misc_deregister(&pfq_misc);
 }

@@ -37,7 +37,7 @@ static int __init pfq_init(void)
 	err = pfq_dev_init();
 	if (err)
 		goto pcap;
-	err = pfq_endpoint_init();
+	err = pfq_file_init();
 	if (err)
 		goto dev;
 	pr_info("loaded: ring_slots=%u snaplen=%u\n", pfq_ring_slots, pfq_snaplen);
@@ -56,7 +56,7 @@ groups:
 static void __exit pfq_exit(void)
 {
 	/* No endpoint is open (each holds a reference on the module): no group is in use. */
-	pfq_endpoint_exit();
+	pfq_file_exit();
 	pfq_dev_exit();
 	pfq_pcap_exit();
 	pfq_proc_exit();
