@@ -13,6 +13,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/err.h>
+#include <linux/hashtable.h>
 #include <linux/netdevice.h>
 #include <linux/rtnetlink.h>
 #include <linux/seq_file.h>
@@ -20,7 +21,10 @@
 #include <net/net_namespace.h>
 
 #include "pfq.h"
+#include "pfq_dev.h"
 #include "pfq_params.h"
+#include "pfq_pcap.h"
+#include "pfq_ring.h"
 
 static const char *const pfq_hook_names[PFQ_HOOK_MAX] = {
 	[PFQ_HOOK_NETIF_RECEIVE_SKB] = "netif_receive_skb",

@@ -23,13 +23,17 @@
 #include <linux/nsproxy.h>
 #include <linux/poll.h>
 #include <linux/sched.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 #include <net/net_namespace.h>
 
 #include "pfq.h"
+#include "pfq_endpoint.h"
+#include "pfq_mem.h"
 #include "pfq_params.h"
+#include "pfq_ring.h"
 
 /* The largest ring an endpoint may ask for: what one vmalloc area should hold. */
 #define PFQ_RING_MAX_BYTES	(1ULL << 30)

@@ -18,7 +18,9 @@
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 
-#include "pfq.h"
+#include "pfq_endpoint.h"
+#include "pfq_file.h"
+#include "pfq_group.h"
 
 static int pfq_open(struct inode *inode, struct file *file)
 {

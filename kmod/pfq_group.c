@@ -19,19 +19,47 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/bitmap.h>
 #include <linux/filter.h>
 #include <linux/if_vlan.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/jhash.h>
+#include <linux/mutex.h>
 #include <linux/random.h>
 #include <linux/rtnetlink.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <net/ip.h>
 #include <net/net_namespace.h>
 
 #include "pfq.h"
+#include "pfq_dev.h"
+#include "pfq_endpoint.h"
+#include "pfq_group.h"
+
+/* A group's configuration: replaced whole (RCU) on every change, never modified. */
+struct pfq_group_conf {
+	struct rcu_head rcu;
+	u32 steer;			/* enum pfq_steer */
+	struct bpf_prog *prog;		/* classic BPF, NULL: every frame passes */
+	bool owns_prog;			/* @prog goes when this configuration is freed */
+	u32 prog_len;			/* its instructions, for /proc */
+	bool vlan_enabled;
+	bool vlan_untagged;
+	DECLARE_BITMAP(vids, PFQ_VLAN_IDS);
+	u32 n;				/* endpoints in @ep */
+	struct pfq_endpoint *ep[PFQ_GROUP_ENDPOINTS];
+};
+
+/* One CPU's counters of one group: received = filtered + delivered + dropped. */
+struct pfq_group_counters {
+	u64 received;	/* frames of its devices (and queues) it looked at */
+	u64 filtered;	/* refused by its VLAN or BPF filter */
+	u64 delivered;	/* put in the ring of at least one endpoint */
+	u64 dropped;	/* taken by no endpoint: rings full, or no endpoint */
+};
 
 static DEFINE_MUTEX(pfq_groups_mutex);
 

@@ -29,6 +29,9 @@
 #include <pfq/hooks.h>
 
 #include "pfq.h"
+#include "pfq_dev.h"
+#include "pfq_group.h"
+#include "pfq_ring.h"
 
 enum pfq_verdict {
 	PFQ_TO_STACK,	/* hand the skb to the kernel */

@@ -12,8 +12,13 @@
 
 #include <linux/module.h>
 
-#include "pfq.h"
 #include "pfq_params.h"
+#include "pfq_mem.h"
+#include "pfq_group.h"
+#include "pfq_proc.h"
+#include "pfq_pcap.h"
+#include "pfq_dev.h"
+#include "pfq_file.h"
 
 static int __init pfq_init(void)
 {

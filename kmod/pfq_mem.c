@@ -27,10 +27,11 @@
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/user.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
-#include "pfq.h"
+#include "pfq_mem.h"
 
 static unsigned int pfq_ring_memory_max;
 module_param_named(ring_memory_max, pfq_ring_memory_max, uint, 0444);

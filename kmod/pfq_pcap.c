@@ -7,6 +7,7 @@
  * renamed, under RTNL; the file finds the ring under RCU, as the hooks do.
  */
 #include <linux/mutex.h>
+#include <linux/netdevice.h>
 #include <linux/proc_fs.h>
 #include <linux/rcupdate.h>
 #include <linux/slab.h>
@@ -15,6 +16,8 @@
 
 #include "pfq.h"
 #include "pfq_params.h"
+#include "pfq_pcap.h"
+#include "pfq_ring.h"
 
 static struct proc_dir_entry *pfq_pcap_dir;
 

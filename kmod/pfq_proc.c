@@ -20,7 +20,11 @@
 #include <linux/uaccess.h>
 #include <net/net_namespace.h>
 
-#include "pfq.h"
+#include "pfq_dev.h"
+#include "pfq_endpoint.h"
+#include "pfq_group.h"
+#include "pfq_mem.h"
+#include "pfq_proc.h"
 
 static struct proc_dir_entry *pfq_proc_dir;
 

@@ -14,7 +14,8 @@
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 
-#include "pfq.h"
+#include "pfq_mem.h"
+#include "pfq_ring.h"
 
 static size_t pfq_ring_bytes(const struct pfq_ring *ring)
 {

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* pfq_group.c: groups of endpoints, their steering and filters. */
+#ifndef _PFQ_GROUP_H
+#define _PFQ_GROUP_H
+
+#include <linux/types.h>
+
+struct pfq_bind;
+struct pfq_dev;
+struct pfq_endpoint;
+struct pfq_filter;
+struct pfq_vlan;
+struct seq_file;
+struct sk_buff;
+
+int pfq_groups_init(void);
+void pfq_groups_exit(void);
+bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset);
+int pfq_group_join(struct pfq_endpoint *ep, u32 group);
+void pfq_group_leave(struct pfq_endpoint *ep);
+int pfq_group_bind(struct pfq_endpoint *ep, const struct pfq_bind *bind, bool on);
+int pfq_group_steer(struct pfq_endpoint *ep, u32 steer);
+int pfq_group_filter(struct pfq_endpoint *ep, const struct pfq_filter *filter);
+int pfq_group_vlan(struct pfq_endpoint *ep, const struct pfq_vlan *vlan);
+void pfq_groups_show(struct seq_file *m);
+
+#endif /* _PFQ_GROUP_H */
