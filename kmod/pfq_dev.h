@@ -12,7 +12,7 @@ struct seq_file;
 
 int pfq_dev_init(void);
 void pfq_dev_exit(void);
-extern struct list_head pfq_dev_list;
+extern struct list_head pfq_dev_list;	/* every struct pfq_dev, by node; RTNL */
 extern const char *const pfq_mode_names[PFQ_MODE_MAX];
 struct pfq_dev *pfq_dev_lookup(const struct net_device *dev);
 struct pfq_dev *pfq_dev_by_name(const char *name);

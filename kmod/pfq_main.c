@@ -4,9 +4,8 @@
  * undoes its own work, and one that fails to start undoes what it did itself. Nothing
  * here is called by another unit.
  *
- * The hooks (pfq_hooks.c) have no state of their own: they find devices through
- * pfq_dev.c, which is up before any device can be found and down only after every
- * device is gone.
+ * The hooks (pfq_hooks.c) have nothing to start: a driver that uses them can load only
+ * once every unit has started, and pfq.ko cannot unload while one is loaded.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
