@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from omatic import __version__
 from omatic.errors import BuildError, OmaticError, UserError
+from omatic.pfq.capture import CaptureOptions, plan_capture, run_capture
 from omatic.verify.signature import DKMS_CERT
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -467,9 +468,6 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
-    # Standard library only on this path: it runs in a guest's plain python3.
-    from omatic.pfq.capture import CaptureOptions, plan_capture, run_capture
-
     options = CaptureOptions(
         devices=args.devices, output=Path(args.write), group=args.group, steer=args.steer,
         filter=args.filter, vlan=args.vlan, caplen=args.caplen, slots=args.slots,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -129,3 +130,18 @@ def files(modules: Iterable[str], package_dir: Path = PACKAGE_DIR) -> list[Path]
         assert path is not None, name
         out.append(path.relative_to(package_dir.parent))
     return out
+
+
+def modules_run(name: str, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The modules `name` runs in a new interpreter: each string that follows "-m" in a
+    list or tuple written in its code (`[sys.executable, "-m", "omatic", "capture"]`)."""
+    path = module_file(name, package_dir)
+    if path is None:
+        raise LookupError(f"no module {name} in {package_dir}")
+    found: set[str] = set()
+    for node in ast.walk(_read(path)):
+        if isinstance(node, ast.List | ast.Tuple):
+            words = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            found.update(after for before, after in itertools.pairwise(words)
+                         if before == "-m" and isinstance(after, str))
+    return found

@@ -55,7 +55,7 @@ from omatic.lab.console import (
     log_kept_only_if,
     run_guest,
 )
-from omatic.lab.guestpy import PACKAGE_DIR, stage_python
+from omatic.lab.guestpy import PACKAGE_DIR, guest_imports, stage_python
 from omatic.lab.vm import (
     USB_HOST_MODULES,
     USB_MODELS,
@@ -491,7 +491,7 @@ def run_lab(config: LabConfig, step: Step = quiet_step) -> LabResult:
                       python_path=PACKAGE_DIR)
         with step("initramfs"):
             if config.fanout:
-                stage_python(Path(tmp) / "root", fanout_phase.GUEST_IMPORTS)
+                stage_python(Path(tmp) / "root", guest_imports(init))
             build_initramfs(Path(tmp) / "root", initrd, init, [*deps, *ours])
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, config.nic_model, guest_port,
                            host_port, config.memory)

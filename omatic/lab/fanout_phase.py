@@ -26,8 +26,6 @@ PER_FLOW = 4
 #: Seconds between two of its frames: the guest runs 4 workers meanwhile, and under TCG a
 #: NIC with a small ring (ne2k-pci) dropped frames sent 1 ms apart.
 FRAME_GAP = 0.01
-#: What the guest's Python imports for the phase: runpy for -m, and the capture command.
-GUEST_IMPORTS = ("runpy", "omatic.cli", "omatic.pfq.capture")
 PHASE = "fanout"
 
 

@@ -40,6 +40,33 @@ for module in list(sys.modules.values()):
 """
 
 
+#: `python3 ... -m MODULE` in a guest's /init.
+_RUN = re.compile(r"\bpython3\b[^\n]*?\s-m\s+([\w.]+)")
+
+
+def guest_imports(init: str) -> list[str]:
+    """What the guest's Python imports to run `init` (a rendered /init): runpy for -m,
+    each module the script runs with `python3 -m`, and the modules those run in turn
+    (omatic.imports.modules_run: the group checks run the capture command). A package run
+    with -m runs its __main__, which cannot be imported without running: its imports
+    stand for it. The files staged are then what these imports load (stage_python)."""
+    todo = sorted(set(_RUN.findall(init)))
+    seen: set[str] = set()
+    entries = ["runpy"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        runs = [name]
+        if imports.module_file(f"{name}.__main__") is not None:
+            runs = sorted(imports.imports_of(f"{name}.__main__", top_only=True))
+        entries.extend(runs)
+        for module in imports.reach(runs, top_only=True):
+            todo.extend(sorted(imports.modules_run(module) - seen))
+    return entries
+
+
 def _elf_needs(binary: Path) -> list[Path]:
     """The shared objects `binary` loads, with the dynamic loader, as ldd says."""
     try:

@@ -44,7 +44,7 @@ from omatic.lab.console import (
     run_guest,
 )
 from omatic.lab.groupcheck import TCPDUMP
-from omatic.lab.guestpy import PACKAGE_DIR, stage_program, stage_python
+from omatic.lab.guestpy import PACKAGE_DIR, guest_imports, stage_program, stage_python
 from omatic.lab.ktap import KtapError, KtapResult, parse
 from omatic.lab.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.lab.vm import (
@@ -66,10 +66,6 @@ MODULE = "pfq_hooktest"
 #: The KTAP documents the guest prints: the module's, omatic.lab.groupcheck's,
 #: omatic.lab.safetycheck's, /init's.
 DOCUMENTS = ("hooks", "groups", "safety", "guest")
-#: What the guest's Python imports: runpy (for -m), the group and safety checks and the
-#: capture command they run.
-GUEST_IMPORTS = ("runpy", "omatic.lab.groupcheck", "omatic.lab.safetycheck", "omatic.cli",
-                 "omatic.pfq.capture")
 #: In-tree modules the guest loads first: dummy, for the safety checks' `ip link add`.
 IN_TREE = ("dummy",)
 #: The users and groups of the guest: root, tcpdump's and nobody (the unprivileged
@@ -186,7 +182,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                       python_path=PACKAGE_DIR, groupcheck_config=GROUPCHECK_CONFIG,
                       bench=config.bench)
         with step("initramfs"):
-            stage_python(root, GUEST_IMPORTS)
+            stage_python(root, guest_imports(init))
             stage_program(root, Path(TCPDUMP))
             stage_program(root, Path(SETPRIV))
             (root / "etc").mkdir(exist_ok=True)
