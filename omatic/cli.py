@@ -203,21 +203,18 @@ def _dry_run_build(args: argparse.Namespace, name: str, out: TextIO) -> int:
     suite: its mmdebstrap command is shown, and the build's commands come from inside it
     (a dry run there once it is made)."""
     from omatic.build.pipeline import dry_run_commands
-    from omatic.kernels.archive import available_kernels, find_available
-    from omatic.kernels.find import NoHeadersError, default_kernel, find_kernel
+    from omatic.kernels.archive import ArchiveKernel
+    from omatic.kernels.find import default_kernel, find_or_offered
     from omatic.kernels.system import SystemSpec
 
     plans: list[dict[str, Any]] = []
-    for spec in args.kernel or [None]:
-        try:
-            kernel = find_kernel(spec, archive=False) if spec else default_kernel()
-        except NoHeadersError:
-            wanted = find_available(spec, available_kernels())
-            system = SystemSpec.of(wanted.suite, wanted.packages())
-            plans.append({"kernel": wanted.release, "system": system.to_json(), "commands": [
-                shlex.join(system.mmdebstrap_argv(Path(f"{wanted.suite}.tar"))),
+    for kernel in find_or_offered(args.kernel) if args.kernel else [default_kernel()]:
+        if isinstance(kernel, ArchiveKernel):
+            system = SystemSpec.of(kernel.suite, kernel.packages())
+            plans.append({"kernel": kernel.release, "system": system.to_json(), "commands": [
+                shlex.join(system.mmdebstrap_argv(Path(f"{kernel.suite}.tar"))),
                 (f"# then, in that system: pfq-omatic build {name} --kernel "
-                 f"{wanted.release} --dry-run")]})
+                 f"{kernel.release} --dry-run")]})
             continue
         req = _build_request(args, name, kernel)
         plans.append({"kernel": kernel.release, "system": None,
@@ -956,52 +953,35 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
 def _emit_kernels(specs: list[str] | None) -> list[tuple[str, str]]:
     """(release, suite) of the kernels a workflow's jobs run on, as a matrix would choose
     them, read from this machine and the archive's indexes: nothing is made."""
-    from omatic.kernels.archive import available_kernels, find_available, matrix_kernels, served
-    from omatic.kernels.find import NoHeadersError, find_kernel
+    from omatic.kernels.archive import available_kernels, matrix_kernels, served
+    from omatic.kernels.find import find_or_offered
 
-    offered = None
     if not specs:
-        offered = available_kernels()
-        return [(k.release, k.suite) for k in matrix_kernels(offered, served, note=_note)]
-    found = []
-    for spec in specs:
-        try:
-            kernel = find_kernel(spec, archive=False)
-            found.append((kernel.release, kernel.suite or "bookworm"))
-        except NoHeadersError:
-            offered = offered or available_kernels()
-            wanted = find_available(spec, offered)
-            found.append((wanted.release, wanted.suite))
-    return found
+        return [(k.release, k.suite)
+                for k in matrix_kernels(available_kernels(), served, note=_note)]
+    return [(k.release, k.suite or "bookworm") for k in find_or_offered(specs)]
 
 
 def _matrix_kernels(specs: list[str] | None) -> list[Any]:
     """The kernels named (default: suites/*.toml's), in the order given: those here or in
     a kept system as they are, the others in one new system per suite."""
     from omatic.kernels.archive import (
+        ArchiveKernel,
         available_kernels,
-        find_available,
         matrix_kernels,
         served,
         system_kernels,
     )
-    from omatic.kernels.find import NoHeadersError, find_kernel
+    from omatic.kernels.find import find_or_offered
 
     offered = None
     if not specs:
         offered = available_kernels()
         specs = [k.release for k in matrix_kernels(offered, served, note=_note)]
-    found: dict[str, Any] = {}
-    missing = {}
-    for spec in specs:
-        try:
-            found[spec] = find_kernel(spec, archive=False)
-        except NoHeadersError:
-            offered = offered or available_kernels()
-            missing[spec] = find_available(spec, offered)
-    made = system_kernels(list(missing.values()), note=_note)
-    found.update(zip(missing, made, strict=True))
-    return [found[spec] for spec in specs]
+    found = find_or_offered(specs, offered)
+    missing = [k for k in found if isinstance(k, ArchiveKernel)]
+    made = iter(system_kernels(missing, note=_note))
+    return [next(made) if isinstance(k, ArchiveKernel) else k for k in found]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from conftest import KERNEL_SERIES
 import omatic.build.pipeline
 import omatic.kernels.archive
 from omatic.build.pipeline import BuildRequest, NotConfiguredError, OutputError, build_driver
-from omatic.build.source import UnknownDriverError
+from omatic.build.source import TarballCache, UnknownDriverError
 from omatic.cache import file_lock, made_dirs
 from omatic.cli import main
 from omatic.errors import FAILURE_ENV, BuildError
@@ -159,6 +159,10 @@ def test_unknown_driver_suggests_near_names(kernel: Kernel, tmp_path: Path,
 
 @kbuild
 def test_dry_run_prints_commands_and_runs_nothing(kernel: Kernel, tmp_path: Path) -> None:
+    # The driver's folder and config symbol come from the tarball's index, which an
+    # earlier build of the session leaves; made here so the test stands alone.
+    assert kernel.source_tarball is not None
+    TarballCache(kernel.source_tarball).index()
     out = io.StringIO()
     assert main(["build", "e1000e", "--kernel", kernel.release, "--out", str(tmp_path / "o"),
                  "--dry-run"], out=out) == 0

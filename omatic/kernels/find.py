@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omatic.errors import PathError, UserError
-from omatic.kernels.archive import ArchiveKernel, available_kernels, find_available, system_kernel
+from omatic.kernels import archive as debian_archive
+from omatic.kernels.archive import ArchiveKernel
 from omatic.kernels.kernel import MODULES_ROOT, SRC_ROOT, Kernel
 from omatic.kernels.system import roots_dir, systems_dir
 from omatic.versions import version_key
@@ -75,7 +77,8 @@ def find_kernel(spec: str | Path, archive: bool = True, note: Any = None) -> Ker
             return kernel
     if not archive:
         raise NoHeadersError(release=str(spec))
-    return system_kernel(find_available(str(spec), available_kernels()), note=note)
+    return debian_archive.system_kernel(
+        debian_archive.find_available(str(spec), debian_archive.available_kernels()), note=note)
 
 
 def kept_kernels() -> list[Kernel]:
@@ -112,3 +115,19 @@ def default_kernel() -> Kernel:
         raise UserError("no kernel headers installed; install linux-headers-amd64 "
                         "(Debian) or the headers of the kernel to build for")
     return kernels[0]
+
+
+def find_or_offered(specs: Sequence[str], offered: Sequence[ArchiveKernel] | None = None
+                    ) -> list[Kernel | ArchiveKernel]:
+    """Each name, in order, as a kernel here (installed or kept) when there is one, else
+    as the archive offers it (`offered`, read from the archive's indexes when needed and
+    not given): nothing is made."""
+    found: list[Kernel | ArchiveKernel] = []
+    for spec in specs:
+        try:
+            found.append(find_kernel(spec, archive=False))
+        except NoHeadersError:
+            offered = offered if offered is not None else debian_archive.available_kernels()
+            found.append(debian_archive.find_available(spec, offered))
+    return found
+
