@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import functools
 import itertools
+import os
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -145,3 +147,101 @@ def modules_run(name: str, package_dir: Path = PACKAGE_DIR) -> set[str]:
             found.update(after for before, after in itertools.pairwise(words)
                          if before == "-m" and isinstance(after, str))
     return found
+
+
+def graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """Every module of the package with the package's modules it imports."""
+    modules = set(all_modules(package_dir))
+    return {m: imports_of(m, package_dir=package_dir) & modules for m in sorted(modules)}
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other round (strongly connected components
+    of more than one module, or of one importing itself), each sorted (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for to in sorted(edges[node]):
+            if to not in index:
+                visit(to)
+                low[node] = min(low[node], low[to])
+            elif to in stack:
+                low[node] = min(low[node], index[to])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                top = stack.pop()
+                part.append(top)
+                if top == node:
+                    break
+            if len(part) > 1 or node in edges[node]:
+                found.append(sorted(part))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def longest_chain(edges: dict[str, set[str]]) -> list[str]:
+    """The longest chain of imports (a module, one it imports, one that imports...), with
+    each circle standing as one step."""
+    group = {m: m for m in edges}
+    for members in circles(edges):
+        for m in members:
+            group[m] = members[0]
+    best: dict[str, list[str]] = {}
+
+    def chain(node: str) -> list[str]:
+        if node not in best:
+            best[node] = []
+            below = [chain(to) for to in sorted(edges[node]) if group[to] != group[node]]
+            best[node] = [node, *max(below, key=len, default=[])]
+        return best[node]
+
+    return max((chain(m) for m in sorted(edges)), key=len, default=[])
+
+
+def summary(package_dir: Path = PACKAGE_DIR) -> str:
+    """The house in a few lines: modules per folder, the longest chain, the circles."""
+    edges = graph(package_dir)
+    folders = Counter(m.split(".")[1] if m.count(".") > 1 or module_file(m, package_dir)
+                      == package_dir.joinpath(*m.split(".")[1:], "__init__.py") else "(top)"
+                      for m in edges if m != package_dir.name)
+    lines = [f"{sum(folders.values())} modules: " + ", ".join(f"{folder} {n}"
+                                                    for folder, n in sorted(folders.items()))]
+    chain = longest_chain(edges)
+    lines.append(f"longest import chain, {len(chain)} modules: {' -> '.join(chain)}")
+    found = circles(edges)
+    lines.append("circles: " + ("; ".join(" <-> ".join(c) for c in found) or "none"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m omatic.imports [PACKAGE_DIR]`: the summary of this package, or of the
+    package folder named (another checkout's omatic/)."""
+    package_dir = Path(argv[0]).resolve() if argv else PACKAGE_DIR
+    if len(argv) > 1 or not (package_dir / "__init__.py").is_file():
+        print(f"usage: python -m omatic.imports [PACKAGE_DIR]: {' '.join(argv)} is not one "
+              "folder holding a package's __init__.py", file=sys.stderr)
+        return 1
+    try:
+        text = summary(package_dir)
+    except (SyntaxError, UnicodeDecodeError, LookupError) as err:
+        print(f"python -m omatic.imports: cannot read {package_dir}: {err}", file=sys.stderr)
+        return 1
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -40,45 +40,6 @@ def room(module: str) -> str:
     return "base"
 
 
-def _graph(package_dir: Path = imports.PACKAGE_DIR) -> dict[str, set[str]]:
-    modules = imports.all_modules(package_dir)
-    return {m: {i for i in imports.imports_of(m, package_dir=package_dir) if i in modules}
-            for m in modules}
-
-
-def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan), or of one that
-    imports itself."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for to in sorted(graph[node]):
-            if to not in index:
-                visit(to)
-                low[node] = min(low[node], low[to])
-            elif to in stack:
-                low[node] = min(low[node], index[to])
-        if low[node] == index[node]:
-            part = []
-            while True:
-                top = stack.pop()
-                part.append(top)
-                if top == node:
-                    break
-            if len(part) > 1 or node in graph[node]:
-                found.append(sorted(part))
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
-
-
 def _write(folder: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         path = folder / name
@@ -90,14 +51,14 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
 @unit
 def test_folders_import_one_way() -> None:
     rank = {name: level for level, name in enumerate(ROOMS)}
-    upward = sorted(f"{m} -> {i}" for m, targets in _graph().items() for i in targets
+    upward = sorted(f"{m} -> {i}" for m, targets in imports.graph().items() for i in targets
                     if rank[room(i)] < rank[room(m)])
     assert upward == []
 
 
 @unit
 def test_no_module_imports_itself_back() -> None:
-    assert _circles(_graph()) == []
+    assert imports.circles(imports.graph()) == []
 
 
 @unit
@@ -106,8 +67,8 @@ def test_a_circle_and_an_import_up_are_seen(tmp_path: Path) -> None:
     package = _write(tmp_path / "omatic", {
         "__init__.py": "", "errors.py": "from omatic.kernels import find\n",
         "kernels/__init__.py": "", "kernels/find.py": "def f():\n    import omatic.errors\n"})
-    graph = _graph(package)
-    assert _circles(graph) == [["omatic.errors", "omatic.kernels.find"]]
+    graph = imports.graph(package)
+    assert imports.circles(graph) == [["omatic.errors", "omatic.kernels.find"]]
     assert "omatic.kernels.find" in graph["omatic.errors"]
     assert room("omatic.errors") == "base" and room("omatic.kernels.find") == "kernels"
 
@@ -233,3 +194,27 @@ def test_a_wheel_of_the_package_runs_its_help_and_holds_its_data(tmp_path: Path)
     assert run.returncode == 0, run.stderr
     where, script, rendered = run.stdout.split()
     assert Path(where).is_relative_to(venv) and script == "True" and rendered == "True"
+
+
+@unit
+def test_the_summary_counts_folders_the_longest_chain_and_circles(tmp_path: Path) -> None:
+    package = _write(tmp_path / "omatic", {
+        "__init__.py": "", "cli.py": "from omatic.lab import vm\n", "errors.py": "",
+        "lab/__init__.py": "", "lab/vm.py": "import omatic.errors\n"})
+    assert imports.summary(package).splitlines() == [
+        "4 modules: (top) 2, lab 2",
+        "longest import chain, 3 modules: omatic.cli -> omatic.lab.vm -> omatic.errors",
+        "circles: none"]
+    (package / "errors.py").write_text("from omatic import cli\n")
+    imports._read.cache_clear()
+    assert imports.summary(package).splitlines()[2] == \
+        "circles: omatic.cli <-> omatic.errors <-> omatic.lab.vm"
+
+
+@unit
+def test_the_summary_command_refuses_a_folder_without_a_package(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert imports.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    assert imports.main([]) == 0
+    assert "circles: none" in capsys.readouterr().out
