@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
 /*
  * PFQ endpoints: the interface of /dev/pfq, shared by pfq.ko and user space
- * (omatic/pfq.py mirrors it; tests/test_pfq_user.py checks that they agree).
+ * (omatic/pfq/uapi.py mirrors it; tests/test_pfq_user.py checks that they agree).
  *
  * Each open file of /dev/pfq is an endpoint: a bounded ring of preallocated slots that
  * the receive hooks fill. An endpoint joins one group (0..PFQ_GROUPS-1); a group binds
