@@ -2,7 +2,7 @@
 imports (at the top, or inside a function, where a command loads what it needs late),
 what a set of modules reaches, and what of the world outside the package that needs.
 
-What is shipped beside pfq.ko for DKMS's check (omatic.build.pipeline.dkms) is what the check
+What is shipped beside pfq.ko for DKMS's check (omatic.build.dkms) is what the check
 reaches here, and the rules "the guest's modules import the standard library only" and
 "folders import one way" are tested on this graph (tests/test_layout.py).
 """
@@ -24,7 +24,7 @@ PACKAGE = PACKAGE_DIR.name
 
 
 def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
-    """The file of module `name` (omatic.lab.driver.vm, or omatic.lab.driver for a package's
+    """The file of module `name` (omatic.lab.vm, or omatic.lab for a package's
     __init__.py), or None when the package has no such module."""
     parts = name.split(".")[1:]
     base = package_dir.joinpath(*parts)

@@ -8,7 +8,7 @@ injects frames, reads the rings and compares with what was sent; the results are
 document on stdout. CONFIG is a JSON file the host wrote: the BPF program of
 `udp and dst port 9`, compiled there by tcpdump (the guest has no libpcap).
 
-Standard library and omatic.pfq.endpoint only: the guest's python3 has nothing else.
+Standard library and omatic.pfq only: the guest's python3 has nothing else.
 """
 
 from __future__ import annotations

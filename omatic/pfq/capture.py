@@ -131,7 +131,7 @@ class CapturePlan:
     #: FILE of -w; worker i writes output_path(output, i).
     output: Path
     group: int
-    #: A PFQ steering mode (omatic.pfq.endpoint.STEER_MODES).
+    #: A PFQ steering mode (omatic.pfq.uapi.STEER_MODES).
     steer: str
     #: The compiled filter; None: every frame passes.
     program: tuple[tuple[int, int, int, int], ...] | None

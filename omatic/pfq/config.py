@@ -1,7 +1,7 @@
 """The declarative configuration of PFQ's pcap fan-out: `key[@group] = value` lines and
 PCAP_* environment overrides (Bonelli, Giordano, Procissi, "Enabling packet fan-out in the
 libpcap library for parallel traffic processing", TMA 2017, Table I), as
-`pfq-omatic capture --config` reads it. Standard library only, like omatic.pfq.endpoint.
+`pfq-omatic capture --config` reads it. Standard library only, like the rest of omatic.pfq.
 """
 
 from __future__ import annotations
