@@ -57,6 +57,8 @@
 #define FRAME_MIN 60
 #define KTAP_SIZE 16384
 #define READ_SIZE (1 << 20)
+/* How long a feed may take before it is stopped and reported: a loaded TCG guest is slow. */
+#define FEED_TIMEOUT_S 30
 
 static unsigned int slots = 64;
 module_param(slots, uint, 0444);
@@ -485,7 +487,20 @@ static bool hk_feed(struct hk_dev *hd)
 	local_bh_disable();
 	napi_schedule(&hd->napi);
 	local_bh_enable();
-	return wait_for_completion_timeout(&hd->done, 5 * HZ) != 0;
+	if (wait_for_completion_timeout(&hd->done, FEED_TIMEOUT_S * HZ))
+		return true;
+	/* The caller is about to reuse the job or free the frames the poll reads: end the
+	 * poll first. napi_disable() waits for a running poll and completes a scheduled one;
+	 * RTNL keeps ndo_stop (which disables it too) away; a device that is down polls not.
+	 */
+	rtnl_lock();
+	if (netif_running(hd->dev)) {
+		napi_disable(&hd->napi);
+		napi_enable(&hd->napi);
+	}
+	hd->count = hd->next;
+	rtnl_unlock();
+	return false;
 }
 
 /* What each call returns to the driver in case `c`, for the frames PFQ keeps. */
@@ -530,7 +545,7 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 	hd->count = first + n;
 	*seq += n;
 	if (!hk_feed(hd)) {
-		scnprintf(why, why_size, "feed: the NAPI poll did not finish in 5 s");
+		scnprintf(why, why_size, "feed: the NAPI poll did not finish in %d s", FEED_TIMEOUT_S);
 		return false;
 	}
 	/* netif_rx queues to the backlog: wait for the stack to drain it. */
