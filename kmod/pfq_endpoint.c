@@ -6,11 +6,25 @@
  * The ring of an endpoint is one struct pfq_area (pfq_mem.c: charged to the caller's
  * memory cgroup, RLIMIT_MEMLOCK and the module's cap): a page of struct pfq_ring_head,
  * then the slots. It is made on the first PFQ_IOC_RING, join, mmap() or read(), and
- * keeps its size from then on, so the hooks and a mapping never see it move. The
- * hooks publish under the endpoint's spinlock and never wait: when the reader's tail
- * is a whole ring behind (or is nonsense: it is user memory), the frame is dropped
- * and counted. The kernel's own count of published frames (khead) is what it trusts,
- * for read() and poll() too; the shared head is only a copy for the reader.
+ * keeps its size from then on, so the hooks and a mapping never see it move.
+ *
+ * The ring has many producers (the hooks, on every CPU, in softirq or hard irq) and one
+ * consumer, and no lock. A producer reserves frame number n by advancing @reserved from
+ * n to n + 1 with one compare-and-exchange, after checking that slot n % slots is free
+ * (n - tail < slots: the reader has moved past frame n - slots); it copies the frame
+ * into the slot and publishes it by storing seq = n + 1 last, with release semantics.
+ * The reader takes frame `tail` once its seq says so (load-acquire), then advances tail
+ * with a store-release. Frames are published out of order when producers race (a
+ * hard irq may fill slot n + 1 while the softirq it interrupted still copies into n);
+ * the reader waits at n, which is never long: producers do not sleep. When the reader's
+ * tail is a whole ring behind (or is nonsense: it is user memory), the frame is dropped
+ * and counted; nothing waits, nothing allocates.
+ *
+ * Wake-ups: a reader sleeps (read(), poll()) only after finding tail == @reserved. The
+ * producer that reserves frame tail is the one to wake it, after publishing. So frames
+ * that arrive while the reader is awake cost no wake-up, and a sleeping reader is woken
+ * once per sleep; see pfq_endpoint_put() for the barriers that keep it from sleeping
+ * through a frame.
  *
  * An endpoint is freed only once out of its group, after a wait, with no lock held,
  * for the hooks that could still see it, so no frame is ever delivered to a freed one.
@@ -73,7 +87,7 @@ static int pfq_endpoint_make_ring(struct pfq_endpoint *ep, struct pfq_ring_info 
 		return err;
 	ring = ep->area.addr;
 	ring->magic = PFQ_RING_MAGIC;
-	ring->version = 1;
+	ring->version = PFQ_RING_VERSION;
 	ring->slots = slots;
 	ring->slot_size = pfq_slot_size(caplen);
 	ring->caplen = caplen;
@@ -129,68 +143,88 @@ int pfq_endpoint_ring(struct pfq_endpoint *ep, struct pfq_ring_info *info)
 	return err;
 }
 
+static struct pfq_frame *pfq_endpoint_slot(const struct pfq_endpoint *ep, u64 n)
+{
+	return (struct pfq_frame *)(ep->slot0 + (size_t)(n % ep->slots) * ep->slot_size);
+}
+
 /*
  * Copy the frame (from @offset bytes off skb->data, see pfq_ring_put()) into the next
- * slot, at most @snap bytes (what the group's BPF program kept). False when the ring
- * is full. Any context; the caller holds rcu_read_lock(), which keeps @ep alive.
+ * slot, at most @snap bytes (what the group's BPF program kept), stamped @tstamp_ns.
+ * False when the ring is full. Any context; the caller holds rcu_read_lock(), which
+ * keeps @ep alive.
  */
-bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap)
+bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, u32 snap,
+		      u64 tstamp_ns)
 {
 	/* Pairs with make_ring's smp_store_release(): the geometry before the ring. */
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 	u32 len = pfq_frame_len(skb, offset);
 	struct pfq_frame *frame;
-	unsigned long flags;
-	bool stored = false;
+	bool first, stored;
+	u64 n, tail;
 	u32 caplen;
 
 	if (unlikely(!ring))
 		return false;
-	caplen = min3(len, ep->caplen, snap);
-	spin_lock_irqsave(&ep->lock, flags);
-	ep->received++;
-	if (ep->khead - READ_ONCE(ring->tail) < ep->slots) {
-		frame = (struct pfq_frame *)(ep->slot0 +
-					     (size_t)(ep->khead % ep->slots) * ep->slot_size);
-		if (!pfq_copy_frame(skb, offset, (u8 *)(frame + 1), caplen)) {
-			frame->tstamp_ns = ktime_get_real_ns();
-			frame->len = len;
-			frame->caplen = caplen;
-			frame->ifindex = skb->dev ? skb->dev->ifindex : 0;
-			frame->queue = skb_rx_queue_recorded(skb) ? skb_get_rx_queue(skb) : 0;
-			frame->vlan_tci = skb_vlan_tag_present(skb) ? skb_vlan_tag_get(skb) : 0;
-			frame->flags = skb_vlan_tag_present(skb) ? PFQ_FRAME_VLAN : 0;
-			frame->pad = 0;
-			/* Read locklessly by pfq_endpoint_readable(): one 64-bit store. */
-			WRITE_ONCE(ep->khead, ep->khead + 1);
-			/* The slot before the head that makes it visible (smp_load_acquire() of
-			 * head in the reader's user space).
-			 */
-			smp_store_release(&ring->head, ep->khead);
-			stored = true;
+	n = atomic64_read(&ep->reserved);
+	do {
+		/* The reader is done with slot n % slots once its tail passed n - slots: its
+		 * store-release of tail after reading the slot pairs with this acquire.
+		 */
+		tail = smp_load_acquire(&ring->tail);
+		if (n - tail >= ep->slots) {
+			atomic64_inc(&ep->full);
+			return false;
 		}
+	} while (!atomic64_try_cmpxchg(&ep->reserved, &n, n + 1));
+	/*
+	 * The reader may be asleep waiting for frame n. It went to sleep after storing
+	 * tail, adding itself to @wait and then (a full barrier between) finding
+	 * reserved == tail. Here the successful cmpxchg, fully ordered, comes before this
+	 * load of tail: either the reader saw reserved > n and did not sleep, or this load
+	 * sees tail == n and the wake-up below is done (store-buffering, both sides).
+	 */
+	first = READ_ONCE(ring->tail) == n;
+	frame = pfq_endpoint_slot(ep, n);
+	caplen = min3(len, ep->caplen, snap);
+	stored = !pfq_copy_frame(skb, offset, (u8 *)(frame + 1), caplen);
+	if (likely(stored)) {
+		frame->flags = skb_vlan_tag_present(skb) ? PFQ_FRAME_VLAN : 0;
+	} else {
+		/* The skb is shorter than it says: publish the slot empty, the reader skips it. */
+		caplen = 0;
+		frame->flags = PFQ_FRAME_EMPTY;
+		atomic64_inc(&ep->lost);
 	}
-	if (stored)
-		ep->delivered++;
-	else
-		ep->dropped++;
-	spin_unlock_irqrestore(&ep->lock, flags);
-	if (stored && wq_has_sleeper(&ep->wait))
+	frame->tstamp_ns = tstamp_ns;
+	frame->len = len;
+	frame->caplen = caplen;
+	frame->ifindex = skb->dev ? skb->dev->ifindex : 0;
+	frame->queue = skb_rx_queue_recorded(skb) ? skb_get_rx_queue(skb) : 0;
+	frame->vlan_tci = skb_vlan_tag_present(skb) ? skb_vlan_tag_get(skb) : 0;
+	/* The slot before its number, which the reader load-acquires. */
+	smp_store_release(&frame->seq, (u32)(n + 1));
+	/* wq_has_sleeper()'s barrier orders the reserve above before the look at @wait,
+	 * against the reader's add to @wait before its look at @reserved.
+	 */
+	if (first && wq_has_sleeper(&ep->wait))
 		wake_up_interruptible(&ep->wait);
 	return stored;
 }
 
 /*
- * A wake-up hint for poll() and a sleeping read(), from the kernel's own count of
- * published frames: the shared head is user memory. read() checks again under its
- * mutex. The ring pointer is published with smp_store_release() (make_ring).
+ * Whether a reader should stay awake: a frame is reserved past its tail (published, or
+ * being copied by a producer that will wake it). Callers add themselves to @wait first
+ * (wait_event's prepare_to_wait(), poll_wait()) and put a full barrier between (see
+ * pfq_endpoint_put()). The ring pointer is published with smp_store_release().
  */
 static bool pfq_endpoint_readable(struct pfq_endpoint *ep)
 {
 	/* Pairs with make_ring's smp_store_release(). */
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 
-	return ring && READ_ONCE(ep->khead) != READ_ONCE(ring->tail);
+	return ring && atomic64_read(&ep->reserved) != READ_ONCE(ring->tail);
 }
 
 /*
@@ -204,7 +238,6 @@ struct pfq_endpoint *pfq_endpoint_alloc(void)
 	ep = kzalloc(sizeof(*ep), GFP_KERNEL_ACCOUNT);
 	if (!ep)
 		return NULL;
-	spin_lock_init(&ep->lock);
 	mutex_init(&ep->ring_mutex);
 	mutex_init(&ep->read_mutex);
 	init_waitqueue_head(&ep->wait);
@@ -252,15 +285,36 @@ int pfq_endpoint_mmap(struct pfq_endpoint *ep, struct vm_area_struct *vma)
 	return remap_vmalloc_range(vma, ep->ring, 0);
 }
 
-/* Frames published and the reader's tail, as the kernel sees them. Caller holds
- * read_mutex; the spinlock orders the slots' contents before the count.
+/*
+ * Copy the published records from frame @tail on into @buf, as many as fit in @count
+ * after the @done bytes it holds, consuming them (empty slots too). Caller holds
+ * read_mutex, across the user copy: ->mmap() never takes it.
  */
-static void pfq_endpoint_bounds(struct pfq_endpoint *ep, u64 *tail, u64 *head)
+static int pfq_endpoint_copy_out(struct pfq_endpoint *ep, char __user *buf, size_t count,
+				 u64 tail, size_t *done)
 {
-	*tail = READ_ONCE(ep->ring->tail);
-	spin_lock_irq(&ep->lock);
-	*head = ep->khead;
-	spin_unlock_irq(&ep->lock);
+	struct pfq_frame *frame;
+	size_t size;
+
+	for (;; tail++) {
+		frame = pfq_endpoint_slot(ep, tail);
+		/* Pairs with the producer's store-release of seq: the slot after it. */
+		if (smp_load_acquire(&frame->seq) != (u32)(tail + 1))
+			return 0;
+		if (!(READ_ONCE(frame->flags) & PFQ_FRAME_EMPTY)) {
+			/* caplen is in the shared page: read it once, bound it by the slot. */
+			size = sizeof(*frame) + min(READ_ONCE(frame->caplen), ep->caplen);
+			if (*done + size > count)
+				return 0;
+			if (copy_to_user(buf + *done, frame, size))
+				return -EFAULT;
+			*done += size;
+		}
+		/* The slot is read before a producer may take it back (its
+		 * smp_load_acquire() of tail in pfq_endpoint_put()).
+		 */
+		smp_store_release(&ep->ring->tail, tail + 1);
+	}
 }
 
 /*
@@ -272,55 +326,42 @@ static void pfq_endpoint_bounds(struct pfq_endpoint *ep, u64 *tail, u64 *head)
 ssize_t pfq_endpoint_read(struct pfq_endpoint *ep, char __user *buf, size_t count,
 			  bool nonblock)
 {
-	struct pfq_frame *frame;
-	size_t done = 0, size;
-	u64 tail, head;
+	u64 tail, reserved;
+	size_t done = 0;
 	int err;
 
 	err = pfq_endpoint_ensure_ring(ep);
 	if (err)
 		return err;
-	if (count < sizeof(*frame) + ep->caplen)
+	if (count < sizeof(struct pfq_frame) + ep->caplen)
 		return -EINVAL;
 	if (mutex_lock_interruptible(&ep->read_mutex))
 		return -ERESTARTSYS;
-	for (;;) {
-		pfq_endpoint_bounds(ep, &tail, &head);
-		if (head - tail > ep->slots) {
-			pr_warn_ratelimited("endpoint %u: read: the ring's tail %llu is not within %u slots of head %llu\n",
-					    ep->id, tail, ep->slots, head);
+	while (!done && !err) {
+		tail = READ_ONCE(ep->ring->tail);
+		reserved = atomic64_read(&ep->reserved);
+		if (reserved - tail > ep->slots) {
+			pr_warn_ratelimited("endpoint %u: read: the ring's tail %llu is not within %u slots of %llu reserved\n",
+					    ep->id, tail, ep->slots, reserved);
 			err = -EIO;
-			goto out;
-		}
-		if (head != tail)
-			break;
-		mutex_unlock(&ep->read_mutex);
-		if (nonblock)
-			return -EAGAIN;
-		if (wait_event_interruptible(ep->wait, pfq_endpoint_readable(ep)))
-			return -ERESTARTSYS;
-		if (mutex_lock_interruptible(&ep->read_mutex))
-			return -ERESTARTSYS;
-	}
-	while (tail != head) {
-		frame = (struct pfq_frame *)(ep->slot0 + (size_t)(tail % ep->slots) * ep->slot_size);
-		/* caplen is in the shared page: read it once, bound it by the slot. */
-		size = sizeof(*frame) + min(READ_ONCE(frame->caplen), ep->caplen);
-		if (done + size > count)
-			break;
-		/* Holds read_mutex across the copy: ->mmap() never takes it. */
-		if (copy_to_user(buf + done, frame, size)) {
-			err = -EFAULT;
 			break;
 		}
-		done += size;
-		tail++;
-		/* The slot is read before the producer may take it back (its
-		 * READ_ONCE(ring->tail) in pfq_endpoint_put(), under ep->lock).
-		 */
-		smp_store_release(&ep->ring->tail, tail);
+		/* Pairs with the producer's store-release of seq: the slot after it. */
+		if (smp_load_acquire(&pfq_endpoint_slot(ep, tail)->seq) != (u32)(tail + 1)) {
+			mutex_unlock(&ep->read_mutex);
+			if (reserved != tail)
+				/* A producer is copying frame tail: a few microseconds at most. */
+				cond_resched();
+			else if (nonblock)
+				return -EAGAIN;
+			else if (wait_event_interruptible(ep->wait, pfq_endpoint_readable(ep)))
+				return -ERESTARTSYS;
+			if (mutex_lock_interruptible(&ep->read_mutex))
+				return -ERESTARTSYS;
+			continue;
+		}
+		err = pfq_endpoint_copy_out(ep, buf, count, tail, &done);
 	}
-out:
 	mutex_unlock(&ep->read_mutex);
 	return done ?: err;
 }
@@ -328,37 +369,48 @@ out:
 __poll_t pfq_endpoint_poll(struct pfq_endpoint *ep, struct file *file, poll_table *wait)
 {
 	poll_wait(file, &ep->wait, wait);
+	/* On @wait before the look at @reserved: see pfq_endpoint_put(). */
+	smp_mb();
 	return pfq_endpoint_readable(ep) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
+/* received = delivered + dropped; each counter is read once, so they add up. */
+static void pfq_endpoint_counts(struct pfq_endpoint *ep, u64 *received, u64 *delivered,
+				u64 *dropped)
+{
+	u64 reserved = atomic64_read(&ep->reserved);
+	u64 lost = atomic64_read(&ep->lost);
+	u64 full = atomic64_read(&ep->full);
+
+	*delivered = reserved - min(lost, reserved);
+	*dropped = full + min(lost, reserved);
+	*received = *delivered + *dropped;
 }
 
 /* The endpoint's counters, for PFQ_IOC_STATS. */
 void pfq_endpoint_stats(struct pfq_endpoint *ep, struct pfq_endpoint_stats *stats)
 {
-	spin_lock_irq(&ep->lock);
-	stats->received = ep->received;
-	stats->delivered = ep->delivered;
-	stats->dropped = ep->dropped;
-	spin_unlock_irq(&ep->lock);
+	pfq_endpoint_counts(ep, &stats->received, &stats->delivered, &stats->dropped);
 	stats->group = READ_ONCE(ep->group);
 }
 
 /* One line per open endpoint, after the groups' lines of /proc/net/pfq/groups. */
 void pfq_endpoints_show(struct seq_file *m)
 {
+	u64 queued, received, delivered, dropped;
 	struct pfq_ring_head *ring;
 	struct pfq_endpoint *ep;
-	u64 queued;
 
 	mutex_lock(&pfq_endpoints_mutex);
 	list_for_each_entry(ep, &pfq_endpoints, node) {
 		/* Published by make_ring with smp_store_release(), geometry first. */
 		ring = smp_load_acquire(&ep->ring);
-		spin_lock_irq(&ep->lock);
-		queued = ring ? min_t(u64, ep->khead - READ_ONCE(ring->tail), ep->slots) : 0;
+		queued = ring ? min_t(u64, atomic64_read(&ep->reserved) - READ_ONCE(ring->tail),
+				      ep->slots) : 0;
+		pfq_endpoint_counts(ep, &received, &delivered, &dropped);
 		seq_printf(m, "endpoint=%u pid=%d group=%d slots=%u caplen=%u queued=%llu received=%llu delivered=%llu dropped=%llu\n",
 			   ep->id, ep->pid, READ_ONCE(ep->group), ep->slots, ep->caplen, queued,
-			   ep->received, ep->delivered, ep->dropped);
-		spin_unlock_irq(&ep->lock);
+			   received, delivered, dropped);
 	}
 	mutex_unlock(&pfq_endpoints_mutex);
 }

@@ -206,7 +206,8 @@ static u32 pfq_steer_index(struct pfq_group *group, const struct pfq_group_conf 
 	}
 }
 
-static bool pfq_group_rx(struct pfq_group *group, s32 queue, struct sk_buff *skb, int offset)
+static bool pfq_group_rx(struct pfq_group *group, s32 queue, struct sk_buff *skb, int offset,
+			 u64 tstamp_ns)
 {
 	const struct pfq_group_conf *conf = rcu_dereference(group->conf);
 	u32 snap = U32_MAX, i;
@@ -226,10 +227,10 @@ static bool pfq_group_rx(struct pfq_group *group, s32 queue, struct sk_buff *skb
 	}
 	if (conf->steer == PFQ_STEER_COPY) {
 		for (i = 0; i < conf->n; i++)
-			stored |= pfq_endpoint_put(conf->ep[i], skb, offset, snap);
+			stored |= pfq_endpoint_put(conf->ep[i], skb, offset, snap, tstamp_ns);
 	} else if (conf->n) {
 		i = pfq_steer_index(group, conf, skb, offset);
-		stored = pfq_endpoint_put(conf->ep[i], skb, offset, snap);
+		stored = pfq_endpoint_put(conf->ep[i], skb, offset, snap, tstamp_ns);
 	}
 	if (stored)
 		this_cpu_inc(group->stats->delivered);
@@ -241,8 +242,13 @@ filtered:
 	return false;
 }
 
-/* Feed the frame to the @groups bound to @pd; true when an endpoint took it. */
-bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset)
+/*
+ * Feed the frame to the @groups bound to @pd, stamped @tstamp_ns (one clock read for
+ * every copy of it); true when an endpoint took it. Each group filters and steers it
+ * once.
+ */
+bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset,
+		   u64 tstamp_ns)
 {
 	bool taken = false;
 	unsigned int g;
@@ -251,7 +257,7 @@ bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offs
 		g = __ffs64(groups);
 		groups &= groups - 1;
 		taken |= pfq_group_rx(&pfq_groups[g], READ_ONCE(pd->group_queue[g]), skb,
-				      offset);
+				      offset, tstamp_ns);
 	}
 	return taken;
 }

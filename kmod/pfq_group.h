@@ -15,7 +15,8 @@ struct sk_buff;
 
 int pfq_groups_init(void);
 void pfq_groups_exit(void);
-bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset);
+bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset,
+		   u64 tstamp_ns);
 int pfq_group_join(struct pfq_endpoint *ep, u32 group);
 void pfq_group_leave(struct pfq_endpoint *ep);
 int pfq_group_bind(struct pfq_endpoint *ep, const struct pfq_bind *bind, bool on);

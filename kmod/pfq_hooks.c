@@ -49,11 +49,22 @@ static int pfq_mac_offset(const struct sk_buff *skb)
 }
 
 /*
+ * The instant of a frame, read once for every ring that keeps a copy of it, and once
+ * for a whole list: *@now is 0 until read.
+ */
+static u64 pfq_tstamp(u64 *now)
+{
+	if (!*now)
+		*now = ktime_get_real_ns();
+	return *now;
+}
+
+/*
  * Count the frame and copy it as the mode says: in tap and capture to the device's
  * ring and to the groups bound to the device. Caller holds rcu_read_lock().
  */
 static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
-			       struct sk_buff *skb, int offset)
+			       struct sk_buff *skb, int offset, u64 *now)
 {
 	struct pfq_counters __percpu *c = &pd->stats->hook[hook];
 	int mode = READ_ONCE(pd->mode);
@@ -70,7 +81,7 @@ static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
 	}
 	ring = rcu_dereference(pd->ring);
 	if (ring)
-		stored = pfq_ring_put(ring, skb, offset);
+		stored = pfq_ring_put(ring, skb, offset, pfq_tstamp(now));
 	if (stored)
 		this_cpu_inc(c->captured);
 	else
@@ -78,7 +89,7 @@ static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
 	/* Each group's queue is written before its bit (pfq_group_bind()). */
 	groups = smp_load_acquire(&pd->groups);
 	if (groups)
-		taken = pfq_groups_rx(pd, groups, skb, offset);
+		taken = pfq_groups_rx(pd, groups, skb, offset, pfq_tstamp(now));
 	if (mode == PFQ_CAPTURE)
 		return stored || taken ? PFQ_KEPT : PFQ_DROP;
 	this_cpu_inc(c->to_stack);
@@ -90,11 +101,12 @@ static enum pfq_verdict pfq_rx_dev(const struct net_device *dev, enum pfq_hook h
 {
 	enum pfq_verdict verdict = PFQ_TO_STACK;
 	struct pfq_dev *pd;
+	u64 now = 0;
 
 	rcu_read_lock();
 	pd = pfq_dev_lookup(dev);
 	if (pd)
-		verdict = pfq_rx(pd, hook, skb, offset);
+		verdict = pfq_rx(pd, hook, skb, offset, &now);
 	rcu_read_unlock();
 	return verdict;
 }
@@ -131,6 +143,7 @@ void pfq_netif_receive_skb_list(struct list_head *head)
 	struct pfq_dev *pd = NULL;
 	struct sk_buff *skb, *next;
 	enum pfq_verdict v;
+	u64 now = 0;	/* one instant for the batch the driver hands over */
 
 	rcu_read_lock();
 	list_for_each_entry_safe(skb, next, head, list) {
@@ -141,7 +154,8 @@ void pfq_netif_receive_skb_list(struct list_head *head)
 		}
 		if (!pd)
 			continue;
-		v = pfq_rx(pd, PFQ_HOOK_NETIF_RECEIVE_SKB_LIST, skb, pfq_mac_offset(skb));
+		v = pfq_rx(pd, PFQ_HOOK_NETIF_RECEIVE_SKB_LIST, skb, pfq_mac_offset(skb),
+			   &now);
 		if (v != PFQ_TO_STACK) {
 			skb_list_del_init(skb);
 			pfq_free(skb, v);

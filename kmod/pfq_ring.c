@@ -122,13 +122,12 @@ u32 pfq_frame_len(const struct sk_buff *skb, int offset)
 
 /*
  * Store a copy of the frame starting @offset bytes from skb->data (negative when the
- * MAC header has been pulled). Returns false when the ring is full or the skb is
- * shorter than it claims. Any context.
+ * MAC header has been pulled), stamped @tstamp_ns (CLOCK_REALTIME). Returns false when
+ * the ring is full or the skb is shorter than it claims. Any context.
  */
-bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset)
+bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset, u64 tstamp_ns)
 {
 	u32 len = pfq_frame_len(skb, offset);
-	ktime_t now = ktime_get_real();
 	u32 caplen = min(len, ring->snaplen);
 	struct pfq_slot *slot;
 	unsigned long flags;
@@ -138,7 +137,7 @@ bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset)
 	if (ring->tail - ring->head < ring->slots) {
 		slot = pfq_ring_slot(ring, ring->tail);
 		if (!pfq_copy_frame(skb, offset, slot->data, caplen)) {
-			slot->tstamp = now;
+			slot->tstamp = ns_to_ktime(tstamp_ns);
 			slot->len = len;
 			slot->caplen = caplen;
 			ring->tail++;

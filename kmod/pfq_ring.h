@@ -37,7 +37,7 @@ struct pfq_ring {
 struct pfq_ring *pfq_ring_alloc(u32 slots, u32 snaplen);
 void pfq_ring_free(struct pfq_ring *ring);
 void pfq_ring_free_deferred(struct pfq_ring *ring);
-bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset);
+bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset, u64 tstamp_ns);
 bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out);
 u32 pfq_ring_count(struct pfq_ring *ring);
 

@@ -35,6 +35,7 @@ from omatic.pfq.uapi import (
     FILTER,
     FRAME,
     IFNAMSIZ,
+    PFQ_FRAME_EMPTY,
     PFQ_FRAME_VLAN,
     PFQ_GROUPS,
     PFQ_IOC_BIND,
@@ -155,10 +156,11 @@ class EndpointStats:
 class Ring:
     """The reader's side of a mapped ring (or of any buffer laid out the same way).
 
-    The kernel publishes frames by advancing `head`; a frame is read from its slot, then
-    `tail` is advanced so the kernel may reuse the slot. Both count frames since the ring
-    was made. On x86_64 an aligned 8-byte load or store is atomic and ordered (TSO), which
-    is all the acquire/release the protocol asks for."""
+    Frame n lives in slot n % slots and is published when the slot's `seq` is n + 1
+    (truncated to 32 bits), written last by its producer; `tail` is the number of the
+    next frame to read, advanced after the slot is read so the kernel may reuse it. On
+    x86_64 aligned loads and stores are atomic and ordered (TSO), which is all the
+    acquire/release the protocol asks for."""
 
     def __init__(self, buf: mmap.mmap | bytearray) -> None:
         magic, version, slots, slot_size, caplen, data_offset = struct.unpack_from(
@@ -173,39 +175,38 @@ class Ring:
         self.data_offset = data_offset
         self._buf = buf
         self._words = memoryview(buf)[:RING_HEAD.size].cast("Q")
-        self._head = RING_HEAD.offset("head") // 8
         self._tail = RING_HEAD.offset("tail") // 8
-
-    @property
-    def head(self) -> int:
-        return int(self._words[self._head])
+        self._seq = FRAME.offset("seq")
 
     @property
     def tail(self) -> int:
         return int(self._words[self._tail])
 
-    def pending(self) -> int:
-        """Frames published and not yet consumed."""
-        count = self.head - self.tail
-        if not 0 <= count <= self.slots:
-            raise PfqError(f"head {self.head} and tail {self.tail} are {count} frames "
-                           f"apart in a ring of {self.slots}", op="ring")
-        return count
+    def _slot(self, n: int) -> int:
+        return self.data_offset + (n % self.slots) * self.slot_size
+
+    def ready(self) -> bool:
+        """Whether frame `tail` is published."""
+        tail = self.tail
+        seq, = struct.unpack_from("<I", self._buf, self._slot(tail) + self._seq)
+        return seq == (tail + 1) & 0xFFFFFFFF
 
     def take(self) -> Frame | None:
-        """The oldest frame not consumed yet, consuming it; None when there is none."""
-        if not self.pending():
-            return None
-        tail = self.tail
-        at = self.data_offset + (tail % self.slots) * self.slot_size
-        tstamp, length, caplen, ifindex, queue, tci, flags, _ = FRAME.struct.unpack_from(
-            self._buf, at)
-        if caplen > self.caplen:
-            raise PfqError(f"frame {tail} claims {caplen} bytes, the ring keeps "
-                           f"{self.caplen}", op="ring")
-        data = bytes(self._buf[at + FRAME.size:at + FRAME.size + caplen])
-        self._words[self._tail] = tail + 1
-        return Frame(tstamp, length, ifindex, queue, _tci(tci, flags), data)
+        """The oldest frame not consumed yet, consuming it; None when there is none.
+        Slots the kernel published empty (PFQ_FRAME_EMPTY) are consumed and skipped."""
+        while self.ready():
+            tail = self.tail
+            at = self._slot(tail)
+            tstamp, length, caplen, ifindex, queue, tci, flags, _ = (
+                FRAME.struct.unpack_from(self._buf, at))
+            if caplen > self.caplen:
+                raise PfqError(f"frame {tail} claims {caplen} bytes, the ring keeps "
+                               f"{self.caplen}", op="ring")
+            data = bytes(self._buf[at + FRAME.size:at + FRAME.size + caplen])
+            self._words[self._tail] = tail + 1
+            if not flags & PFQ_FRAME_EMPTY:
+                return Frame(tstamp, length, ifindex, queue, _tci(tci, flags), data)
+        return None
 
     def close(self) -> None:
         """Let go of the buffer (an mmap cannot close while a view of it exists)."""
@@ -375,7 +376,7 @@ class Endpoint:
                 yield frame
                 continue
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not ring.pending():
+            while not ring.ready():
                 if not self._wait(poller, deadline):
                     return
 

@@ -20,7 +20,9 @@ PFQ_GROUPS = 64
 PFQ_GROUP_ENDPOINTS = 64
 PFQ_RING_MAGIC = 0x52514650
 PFQ_VLAN_IDS = 4096
+#: struct pfq_frame.flags: vlan_tci is a tag the NIC stripped; the slot holds no frame.
 PFQ_FRAME_VLAN = 1
+PFQ_FRAME_EMPTY = 2
 #: enum pfq_steer, by the names `steer()` takes.
 STEER_MODES = {"copy": 0, "rr": 1, "hash": 2, "cpu": 3, "queue": 4, "rnd": 5}
 PFQ_STEER_MAX = 6
@@ -31,8 +33,9 @@ STEER_ALIASES = {"lb": "rr", "qm": "queue", "random": "rnd"}
 #: BPF_MAXINSNS: the longest program PFQ_IOC_FILTER takes.
 BPF_MAXINSNS = 4096
 IFNAMSIZ = 16
-#: The one version of the ring layout this reader knows.
-RING_VERSION = 1
+#: The one version of the ring layout this reader knows (PFQ_RING_VERSION): frames
+#: published per slot by their `seq`, no shared head.
+RING_VERSION = 2
 
 # Linux's _IOC encoding (asm-generic/ioctl.h, which x86_64 uses): nr 8 bits, type 8,
 # size 14, direction 2.
@@ -67,10 +70,10 @@ class Layout:
 
 RING_HEAD = Layout("pfq_ring_head", (
     ("magic", "I"), ("version", "I"), ("slots", "I"), ("slot_size", "I"), ("caplen", "I"),
-    ("data_offset", "I"), ("pad0", "5Q"), ("head", "Q"), ("pad1", "7Q"), ("tail", "Q")))
+    ("data_offset", "I"), ("pad0", "5Q"), ("pad_head", "Q"), ("pad1", "7Q"), ("tail", "Q")))
 FRAME = Layout("pfq_frame", (
     ("tstamp_ns", "Q"), ("len", "I"), ("caplen", "I"), ("ifindex", "I"), ("queue", "H"),
-    ("vlan_tci", "H"), ("flags", "I"), ("pad", "I")))
+    ("vlan_tci", "H"), ("flags", "I"), ("seq", "I")))
 RING_INFO = Layout("pfq_ring_info", (
     ("slots", "I"), ("caplen", "I"), ("slot_size", "I"), ("data_offset", "I"),
     ("mmap_size", "Q")))
@@ -101,7 +104,8 @@ PFQ_IOC_STATS = _ioc(_IOC_READ, PFQ_IOC_MAGIC, 9, ENDPOINT_STATS.size)
 CONSTANTS = {
     "PFQ_GROUPS": PFQ_GROUPS, "PFQ_GROUP_ENDPOINTS": PFQ_GROUP_ENDPOINTS,
     "PFQ_RING_MAGIC": PFQ_RING_MAGIC, "PFQ_VLAN_IDS": PFQ_VLAN_IDS,
-    "PFQ_FRAME_VLAN": PFQ_FRAME_VLAN,
+    "PFQ_RING_VERSION": RING_VERSION, "PFQ_FRAME_VLAN": PFQ_FRAME_VLAN,
+    "PFQ_FRAME_EMPTY": PFQ_FRAME_EMPTY,
     **{f"PFQ_STEER_{name.upper()}": value for name, value in STEER_MODES.items()},
     "PFQ_STEER_MAX": PFQ_STEER_MAX, "PFQ_IOC_MAGIC": PFQ_IOC_MAGIC,
     "PFQ_IOC_RING": PFQ_IOC_RING, "PFQ_IOC_JOIN": PFQ_IOC_JOIN,

@@ -13,13 +13,21 @@
  * The ring is read through mmap() (offset 0, pfq_ring_info.mmap_size bytes) or with
  * read(); use one or the other. The first page is a struct pfq_ring_head; slot i
  * starts at data_offset + (i % slots) * slot_size with a struct pfq_frame, then caplen
- * bytes of the frame from its Ethernet header on. The kernel publishes frames by
- * advancing `head` (store-release); the reader consumes them by advancing `tail`
- * (store-release after reading the slot). Both count frames since the ring was made.
+ * bytes of the frame from its Ethernet header on. Frames are numbered from 0 since the
+ * ring was made; frame n lives in slot n % slots. Producers on several CPUs fill slots
+ * at once, so there is no shared head: frame n is published when its slot's `seq`
+ * equals (__u32)(n + 1), stored last (store-release; load-acquire it before the rest of
+ * the slot). The reader consumes frames in order by advancing `tail`, the number of
+ * the next frame it wants (store-release after reading the slot); the kernel reuses a
+ * slot only once `tail` has passed it. A slot with PFQ_FRAME_EMPTY holds no frame (its
+ * copy failed, counted as a drop): consume it and go on.
  * read() returns whole records back to back, each a struct pfq_frame followed by its
  * caplen bytes (no padding), as many as fit; its buffer must hold one record of the
  * ring's caplen (EINVAL otherwise). It blocks until there is one unless the file is
- * O_NONBLOCK; poll() says POLLIN when a frame is waiting.
+ * O_NONBLOCK; poll() says POLLIN when a frame is waiting or being written (a reader may
+ * find the slot at `tail` unpublished for the time of one copy). A sleeping reader is
+ * woken by the producer of the frame it waits for, once: frames that arrive while it is
+ * awake cost no wake-up.
  *
  * A group's settings (bindings, steering, filters) last while it has endpoints: when
  * the last one leaves, the group is unbound from every device and reset. Any member may
@@ -53,18 +61,22 @@ enum pfq_steer {
 /* The first page of the mmap'd ring. */
 struct pfq_ring_head {
 	__u32 magic;		/* PFQ_RING_MAGIC */
-	__u32 version;		/* 1 */
+	__u32 version;		/* 2 (1 had a shared head; seq was padding) */
 	__u32 slots;
 	__u32 slot_size;	/* stride of the slots, a multiple of 8 */
 	__u32 caplen;		/* bytes kept per frame at most */
 	__u32 data_offset;	/* where slot 0 starts: one page */
 	__u64 pad0[5];
-	__u64 head;		/* 64: frames published (kernel writes) */
+	__u64 pad_head;		/* 64: version 1's head, no longer written */
 	__u64 pad1[7];
 	__u64 tail;		/* 128: frames consumed (reader writes) */
 };
 
-#define PFQ_FRAME_VLAN		1	/* pfq_frame.flags: vlan_tci is a tag the NIC stripped */
+#define PFQ_RING_VERSION	2
+
+/* pfq_frame.flags */
+#define PFQ_FRAME_VLAN		1	/* vlan_tci is a tag the NIC stripped */
+#define PFQ_FRAME_EMPTY		2	/* no frame: the copy failed; skip the slot */
 
 /* Each slot, and each record read(): then caplen bytes of the frame. */
 struct pfq_frame {
@@ -76,7 +88,7 @@ struct pfq_frame {
 	__u16 vlan_tci;		/* with PFQ_FRAME_VLAN: the tag the NIC stripped; its 4
 				 * bytes are put back into the frame after the MACs */
 	__u32 flags;		/* PFQ_FRAME_* */
-	__u32 pad;
+	__u32 seq;		/* the frame's number + 1, truncated: written last */
 };
 
 /* PFQ_IOC_RING: size the ring, before the first join, mmap() or read(), which make it
@@ -114,9 +126,9 @@ struct pfq_vlan {
 
 /* PFQ_IOC_STATS: this endpoint's counters. */
 struct pfq_endpoint_stats {
-	__u64 received;		/* frames steered to it */
+	__u64 received;		/* frames steered to it: delivered + dropped */
 	__u64 delivered;	/* put in its ring */
-	__u64 dropped;		/* its ring was full */
+	__u64 dropped;		/* its ring was full (or, rarely, the copy failed) */
 	__u32 group;		/* -1 when in no group */
 	__u32 pad;
 };
