@@ -21,6 +21,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -133,8 +134,9 @@ def inject(dev: str, frames: Sequence[bytes],
         os.write(fd, b"".join(out))
     finally:
         os.close(fd)
-    text = INJECT.read_text()
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
+    line = next(line for line in INJECT.read_text().splitlines()
+                if line.startswith(f"dev={dev} "))
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
 
 
 def set_mode(dev: str, mode: str) -> None:
@@ -446,6 +448,87 @@ def check_ring_full(config: Config) -> None:
            f"ring full: endpoint counters {stats}")
 
 
+def _feed_from(cpu: int, dev: str, bursts: Sequence[Sequence[bytes]],
+               start: threading.Barrier, errors: list[BaseException]) -> None:
+    """Inject `bursts` into `dev` from a thread pinned to `cpu`: its NAPI poll runs there."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+        start.wait()
+        for burst in bursts:
+            inject(dev, burst)
+    except BaseException as err:  # reported by the check, in the main thread
+        errors.append(err)
+
+
+def two_cpus_into_one_ring(slots: int, rounds: int, burst: int
+                           ) -> tuple[dict[str, list[bytes]], list[bytes], Any]:
+    """Both CPUs feed one endpoint at once: DEV's frames from CPU 0 and DEV2's from CPU 1,
+    both devices bound to its group, while the ring is read. What was sent by device,
+    what was read (in order), and the endpoint's counters."""
+    cpus = sorted(os.sched_getaffinity(0))
+    expect(len(cpus) >= 2, f"the guest has {len(cpus)} CPU(s); this check needs 2")
+    sent = {dev: ex1(rounds * burst, start=base)
+            for dev, base in ((DEV, 200_000), (DEV2, 300_000))}
+    start, errors = threading.Barrier(3), []
+    threads = [threading.Thread(target=_feed_from, args=(
+        cpu, dev, [frames[i:i + burst] for i in range(0, len(frames), burst)], start,
+        errors)) for cpu, (dev, frames) in zip(cpus, sent.items())]
+    got: list[bytes] = []
+    with ExitStack() as stack:
+        (ep,) = group(stack, 1, 41, "copy", slots=slots)
+        ep.bind(DEV2)
+        for thread in threads:
+            thread.start()
+        start.wait()
+        while any(thread.is_alive() for thread in threads):
+            got.extend(data for _, data in ep.frames(timeout=0.02))
+        for thread in threads:
+            thread.join()
+        got.extend(data for _, data in ep.frames(timeout=0.3))
+        stats = ep.stats()
+        counters_add_up(41)
+    if errors:
+        raise CheckFailed(f"a feeding thread failed: {errors[0]!r}")
+    return sent, got, stats
+
+
+def in_order_once(sent: dict[str, list[bytes]], got: Sequence[bytes]) -> str:
+    """Why `got` is not each device's frames once and in the order fed ('' when it is)."""
+    if len(set(got)) != len(got):
+        return f"{len(got) - len(set(got))} frames read twice"
+    index = {frame: (dev, i) for dev, frames in sent.items() for i, frame in enumerate(frames)}
+    last = dict.fromkeys(sent, -1)
+    for frame in got:
+        if frame not in index:
+            return "a frame that was never sent"
+        dev, i = index[frame]
+        if i < last[dev]:
+            return f"{dev}'s frame {i} read after its frame {last[dev]}"
+        last[dev] = i
+    return ""
+
+
+def check_two_cpus_one_ring(config: Config) -> None:
+    """The lock-free ring under both CPUs at once. With room for all: every frame once,
+    each device's in the order fed. With 256 slots, read while both fill it: nothing
+    twice, nothing out of order, and received = sent = delivered (what was read) +
+    dropped (the full ring)."""
+    rounds, burst = 8, 256
+    total = 2 * rounds * burst
+    sent, got, stats = two_cpus_into_one_ring(total, rounds, burst)
+    why = in_order_once(sent, got)
+    expect(not why and len(got) == total,
+           f"room for all: {len(got)} of {total} frames read; {why or 'none twice'}")
+    expect((stats.received, stats.delivered, stats.dropped) == (total, total, 0),
+           f"room for all: endpoint counters {stats}")
+    sent, got, stats = two_cpus_into_one_ring(256, rounds, burst)
+    why = in_order_once(sent, got)
+    expect(not why, f"256 slots: {why}")
+    expect((stats.received, stats.delivered, stats.dropped) ==
+           (total, len(got), total - len(got)),
+           f"256 slots: {len(got)} frames read of {total}, endpoint counters {stats}")
+
+
 def check_unprivileged(config: Config) -> None:
     pid = os.fork()
     if pid == 0:
@@ -578,6 +661,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("endpoint_closed_mid_burst", check_close_mid_burst),
     ("killed_process_leaves", check_killed_process),
     ("endpoint_ring_full", check_ring_full),
+    ("two_cpus_one_ring", check_two_cpus_one_ring),
     ("unprivileged_eperm", check_unprivileged),
     ("bad_requests_einval", check_bad_requests),
     ("capture_cli_4_workers_hash", check_capture_cli),

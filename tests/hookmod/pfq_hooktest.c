@@ -25,9 +25,9 @@
  * device name (16 bytes, NUL padded), then frames, each a little-endian u16 length, a
  * u16 receive queue (0xffff: none recorded) and the frame from its Ethernet header on.
  * They are fed through that device's entry point from its NAPI poll, the write returns
- * when all were, and a read says what the last injection did:
- * `dev=hk-gro frames=256 ns=1834000 stack=256` (ns: time to feed them all; stack:
- * frames that reached the stack).
+ * when all were, and a read says what the last injection of each device did, one line
+ * each: `dev=hk-gro frames=256 ns=1834000 stack=256` (ns: time to feed them all; stack:
+ * frames that reached the stack). Two devices may be fed at once, from two CPUs.
  */
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -110,6 +110,11 @@ struct hk_dev {
 	 * once there have been some, what reaches the stack is counted, not checked. */
 	struct hk_frame *inject;
 	bool injected;
+	/* One injection at a time per device (two devices may be fed at once, from two
+	 * CPUs), and what the last one did, for reads of /proc/pfq_hooktest_inject. */
+	struct mutex inject_mutex;
+	unsigned int inject_frames;
+	u64 inject_ns;
 };
 
 /* One injected frame: its bytes are at data + offset. */
@@ -120,11 +125,6 @@ struct hk_frame {
 
 static struct hk_dev *hk_devs[HK_N];
 static struct proc_dir_entry *inject_proc;
-static DEFINE_MUTEX(inject_mutex);
-/* The last injection, for reads of /proc/pfq_hooktest_inject. */
-static struct hk_dev *inject_dev;
-static unsigned int inject_frames;
-static u64 inject_ns;
 static char *ktap;
 static size_t ktap_len;
 static struct proc_dir_entry *ktap_proc;
@@ -671,7 +671,7 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 		return -ENOMEM;
 	}
 	hk_inject_parse(data, count, frames);
-	mutex_lock(&inject_mutex);
+	mutex_lock(&hd->inject_mutex);
 	WRITE_ONCE(hd->injected, true);
 	atomic_set(&hd->stack, 0);
 	hd->inject = frames;
@@ -680,11 +680,10 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 	reinit_completion(&hd->done);
 	start = ktime_get();
 	fed = hk_feed(hd);
-	inject_ns = ktime_to_ns(ktime_sub(ktime_get(), start));
-	inject_dev = hd;
-	inject_frames = n;
+	hd->inject_ns = ktime_to_ns(ktime_sub(ktime_get(), start));
+	hd->inject_frames = n;
 	hd->inject = NULL;
-	mutex_unlock(&inject_mutex);
+	mutex_unlock(&hd->inject_mutex);
 	kvfree(frames);
 	kvfree(data);
 	return fed ? count : -ETIMEDOUT;
@@ -692,11 +691,19 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 
 static int hk_inject_show(struct seq_file *m, void *v)
 {
-	mutex_lock(&inject_mutex);
-	if (inject_dev)
-		seq_printf(m, "dev=%s frames=%u ns=%llu stack=%d\n", inject_dev->dev->name,
-			   inject_frames, inject_ns, atomic_read(&inject_dev->stack));
-	mutex_unlock(&inject_mutex);
+	struct hk_dev *hd;
+	int e;
+
+	for (e = 0; e < HK_N; e++) {
+		hd = hk_devs[e];
+		if (!hd)
+			continue;
+		mutex_lock(&hd->inject_mutex);
+		if (hd->inject_frames)
+			seq_printf(m, "dev=%s frames=%u ns=%llu stack=%d\n", hd->dev->name,
+				   hd->inject_frames, hd->inject_ns, atomic_read(&hd->stack));
+		mutex_unlock(&hd->inject_mutex);
+	}
 	return 0;
 }
 
@@ -755,6 +762,7 @@ static int hk_add(enum hk_entry e)
 	hk_devs[e] = hd;
 	hd->entry = e;
 	init_completion(&hd->done);
+	mutex_init(&hd->inject_mutex);
 	dev = alloc_etherdev(sizeof(struct hk_dev *));
 	if (!dev)
 		return -ENOMEM;
