@@ -28,6 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from omatic.lab import afpacket
 from omatic.lab.frames import checksum, read_pcap
 from omatic.pfq.endpoint import Endpoint, PfqError
 from omatic.pfq.uapi import PFQ_IOC_JOIN, PFQ_IOC_STEER
@@ -669,14 +670,32 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
 
 
 #: The set-ups bench() times, each on the same frames: what feeds the hooks and what
-#: they do with each frame (device mode, endpoints, steering, BPF).
-BENCH_SETUPS: list[tuple[str, str, int, str, bool]] = [
-    ("pass", "pass", 0, "copy", False),
-    ("tap_no_group", "tap", 0, "copy", False),
-    ("tap_1_endpoint", "tap", 1, "copy", False),
-    ("tap_4_hash", "tap", 4, "hash", False),
-    ("tap_4_hash_bpf", "tap", 4, "hash", True),
+#: they do with each frame (device mode; PFQ endpoints or AF_PACKET sockets, how many;
+#: steering or fan-out; BPF). AF_PACKET sees frames where the stack does, so its
+#: set-ups run in pass mode, as a stock driver's device would.
+BENCH_SETUPS: list[tuple[str, str, str, int, str, bool]] = [
+    ("pass", "pass", "pfq", 0, "copy", False),
+    ("af_packet_1", "pass", "af_packet", 1, "", False),
+    ("af_packet_4_hash", "pass", "af_packet", 4, "hash", False),
+    ("tap_no_group", "tap", "pfq", 0, "copy", False),
+    ("tap_1_endpoint", "tap", "pfq", 1, "copy", False),
+    ("tap_4_hash", "tap", "pfq", 4, "hash", False),
+    ("tap_4_hash_bpf", "tap", "pfq", 4, "hash", True),
+    ("capture_4_hash", "capture", "pfq", 4, "hash", False),
 ]
+
+
+def _readers(stack: ExitStack, kind: str, n: int, steer: str, frames: int
+             ) -> tuple[list[Endpoint], Callable[[], int]]:
+    """`n` readers of DEV of `kind` (the endpoints, when PFQ's), and what drains them:
+    the frames they got."""
+    if kind == "af_packet":
+        size = afpacket.RingSize(blocks=max(16, frames * 256 // afpacket.RingSize.block_size))
+        socks = [stack.enter_context(afpacket.PacketSocket(
+            DEV, size, (7, steer) if n > 1 else None)) for _ in range(n)]
+        return [], lambda: afpacket.drain(socks, frames, timeout=0.5)
+    eps = group(stack, n, 12, steer, slots=frames) if n else []
+    return eps, lambda: sum(len(share) for share in drain(eps, timeout=0.05))
 
 
 def bench(config: Config, frames: int = 4096, runs: int = 7) -> dict[str, Any]:
@@ -684,21 +703,21 @@ def bench(config: Config, frames: int = 4096, runs: int = 7) -> dict[str, Any]:
     bursts of `frames` UDP frames of 64 flows to port 9, which the BPF program passes),
     as the hook test module times a burst fed from NAPI poll. The set-ups take turns
     within each run, so that a slower moment of the machine weighs on all of them; the
-    rings are drained between bursts, untimed."""
+    readers are drained between bursts, untimed."""
     program = [tuple(insn) for insn in config["udp_dst_9"]]
     sent = [ipv4(1 + f % 200, 2, 17, 1024 + f, 9, i) for i, f in
             ((i, i % 64) for i in range(frames))]
     best: dict[str, int] = {}
     for _ in range(runs):
-        for name, mode, endpoints, steer, bpf in BENCH_SETUPS:
+        for name, mode, kind, n, steer, bpf in BENCH_SETUPS:
             with ExitStack() as stack:
-                eps = group(stack, endpoints, 12, steer, slots=frames) if endpoints else []
+                eps, take = _readers(stack, kind, n, steer, frames)
                 if bpf:
                     eps[0].set_filter(program)
                 set_mode(DEV, mode)
                 ns = inject(DEV, sent)["ns"]
-                delivered = sum(len(share) for share in drain(eps, timeout=0.05))
-            expect(delivered == (frames if endpoints else 0),
+                delivered = take()
+            expect(delivered == (frames if n else 0),
                    f"bench {name}: {delivered} of {frames} frames delivered")
             best[name] = min(best.get(name, ns), ns)
     set_mode(DEV, "tap")
