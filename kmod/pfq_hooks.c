@@ -25,6 +25,8 @@
  */
 #include <linux/export.h>
 #include <linux/netdevice.h>
+#include <linux/percpu.h>
+#include <linux/sched/clock.h>
 #include <linux/skbuff.h>
 #include <pfq/hooks.h>
 
@@ -49,13 +51,50 @@ static int pfq_mac_offset(const struct sk_buff *skb)
 }
 
 /*
- * The instant of a frame, read once for every ring that keeps a copy of it, and once
- * for a whole list: *@now is 0 until read.
+ * Frame timestamps are CLOCK_REALTIME, but the clock is read for real only once per
+ * PFQ_CLOCK_REBASE_NS on each CPU. In between, a stamp is the CPU's local_clock() (the
+ * scheduler's clock, from the cycle counter: a few nanoseconds to read, where the
+ * realtime clocksource may be an emulated HPET taking microseconds) plus the offset
+ * between the two clocks measured at the last real read. They drift apart by parts per
+ * million, so a stamp is off by tens of nanoseconds at most, and a change of the
+ * realtime clock (settimeofday, NTP steps) shows within PFQ_CLOCK_REBASE_NS. A hard
+ * irq that rebases in the middle of a softirq's reading leaves a pair that is only
+ * rebased once more: the offset is one word, always valid.
+ */
+#define PFQ_CLOCK_REBASE_NS	NSEC_PER_MSEC
+
+struct pfq_clock {
+	u64 offset;	/* CLOCK_REALTIME - local_clock() at the last real read */
+	u64 rebased;	/* local_clock() then */
+};
+
+static DEFINE_PER_CPU(struct pfq_clock, pfq_clock);
+
+static u64 pfq_clock_now(void)
+{
+	struct pfq_clock *c = get_cpu_ptr(&pfq_clock);
+	u64 local = local_clock();
+	u64 offset;
+
+	if (unlikely(local - READ_ONCE(c->rebased) > PFQ_CLOCK_REBASE_NS)) {
+		offset = ktime_get_real_ns() - local;
+		WRITE_ONCE(c->offset, offset);
+		WRITE_ONCE(c->rebased, local);
+	} else {
+		offset = READ_ONCE(c->offset);
+	}
+	put_cpu_ptr(&pfq_clock);
+	return local + offset;
+}
+
+/*
+ * The instant of a frame, taken once for every ring that keeps a copy of it, and once
+ * for a whole list: *@now is 0 until taken.
  */
 static u64 pfq_tstamp(u64 *now)
 {
 	if (!*now)
-		*now = ktime_get_real_ns();
+		*now = pfq_clock_now();
 	return *now;
 }
 
