@@ -54,10 +54,10 @@ class RingSize:
 
 
 class PacketSocket:
-    """One AF_PACKET socket with a TPACKET_V3 ring, bound to `dev`; with `fanout`, a
-    member of PACKET_FANOUT group `fanout` = (id, mode name)."""
+    """One AF_PACKET socket with a TPACKET_V3 ring, bound to `dev` (None: every device);
+    with `fanout`, a member of PACKET_FANOUT group `fanout` = (id, mode name)."""
 
-    def __init__(self, dev: str, size: RingSize = RingSize(),
+    def __init__(self, dev: str | None, size: RingSize = RingSize(),
                  fanout: tuple[int, str] | None = None) -> None:
         self.size = size
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -66,7 +66,8 @@ class PacketSocket:
             self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, size.request())
             self.map = mmap.mmap(self.sock.fileno(), size.block_size * size.blocks,
                                  mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self.sock.bind((dev, ETH_P_ALL))
+            if dev is not None:
+                self.sock.bind((dev, ETH_P_ALL))
             if fanout is not None:
                 group, mode = fanout
                 self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT,

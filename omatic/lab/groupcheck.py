@@ -28,7 +28,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from omatic.lab import afpacket
 from omatic.lab.frames import checksum, read_pcap
 from omatic.pfq.endpoint import Endpoint, PfqError
 from omatic.pfq.uapi import PFQ_IOC_JOIN, PFQ_IOC_STEER
@@ -183,12 +182,13 @@ def raw_ioctl(ep: Endpoint, what: str, request: int, arg: bytes) -> None:
 
 
 def group(stack: ExitStack, n: int, gid: int, steer: str = "copy", dev: str = DEV,
-          slots: int = 1024, queue: int = -1) -> list[Endpoint]:
-    """`n` endpoints in group `gid`, steering `steer`, bound to `dev` (rx `queue`)."""
+          slots: int = 1024, queue: int = -1, caplen: int = 0) -> list[Endpoint]:
+    """`n` endpoints in group `gid`, steering `steer`, bound to `dev` (rx `queue`), rings
+    of `slots` slots of `caplen` bytes (0: the module's)."""
     eps = []
     for _ in range(n):
         ep = stack.enter_context(Endpoint())
-        ep.ring(slots=slots)
+        ep.ring(slots=slots, caplen=caplen)
         ep.join(gid)
         eps.append(ep)
     eps[0].steer(steer)
@@ -470,10 +470,10 @@ def two_cpus_into_one_ring(slots: int, rounds: int, burst: int
     expect(len(cpus) >= 2, f"the guest has {len(cpus)} CPU(s); this check needs 2")
     sent = {dev: ex1(rounds * burst, start=base)
             for dev, base in ((DEV, 200_000), (DEV2, 300_000))}
-    start, errors = threading.Barrier(3), []
+    start, errors = threading.Barrier(3), list[BaseException]()
     threads = [threading.Thread(target=_feed_from, args=(
         cpu, dev, [frames[i:i + burst] for i in range(0, len(frames), burst)], start,
-        errors)) for cpu, (dev, frames) in zip(cpus, sent.items())]
+        errors)) for cpu, (dev, frames) in zip(cpus[:2], sent.items(), strict=True)]
     got: list[bytes] = []
     with ExitStack() as stack:
         (ep,) = group(stack, 1, 41, "copy", slots=slots)
@@ -669,69 +669,9 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
 ]
 
 
-#: The set-ups bench() times, each on the same frames: what feeds the hooks and what
-#: they do with each frame (device mode; PFQ endpoints or AF_PACKET sockets, how many;
-#: steering or fan-out; BPF). AF_PACKET sees frames where the stack does, so its
-#: set-ups run in pass mode, as a stock driver's device would.
-BENCH_SETUPS: list[tuple[str, str, str, int, str, bool]] = [
-    ("pass", "pass", "pfq", 0, "copy", False),
-    ("af_packet_1", "pass", "af_packet", 1, "", False),
-    ("af_packet_4_hash", "pass", "af_packet", 4, "hash", False),
-    ("tap_no_group", "tap", "pfq", 0, "copy", False),
-    ("tap_1_endpoint", "tap", "pfq", 1, "copy", False),
-    ("tap_4_hash", "tap", "pfq", 4, "hash", False),
-    ("tap_4_hash_bpf", "tap", "pfq", 4, "hash", True),
-    ("capture_4_hash", "capture", "pfq", 4, "hash", False),
-]
-
-
-def _readers(stack: ExitStack, kind: str, n: int, steer: str, frames: int
-             ) -> tuple[list[Endpoint], Callable[[], int]]:
-    """`n` readers of DEV of `kind` (the endpoints, when PFQ's), and what drains them:
-    the frames they got."""
-    if kind == "af_packet":
-        size = afpacket.RingSize(blocks=max(16, frames * 256 // afpacket.RingSize.block_size))
-        socks = [stack.enter_context(afpacket.PacketSocket(
-            DEV, size, (7, steer) if n > 1 else None)) for _ in range(n)]
-        return [], lambda: afpacket.drain(socks, frames, timeout=0.5)
-    eps = group(stack, n, 12, steer, slots=frames) if n else []
-    return eps, lambda: sum(len(share) for share in drain(eps, timeout=0.05))
-
-
-def bench(config: Config, frames: int = 4096, runs: int = 7) -> dict[str, Any]:
-    """Nanoseconds per frame the hooks take in each of BENCH_SETUPS (best of `runs`
-    bursts of `frames` UDP frames of 64 flows to port 9, which the BPF program passes),
-    as the hook test module times a burst fed from NAPI poll. The set-ups take turns
-    within each run, so that a slower moment of the machine weighs on all of them; the
-    readers are drained between bursts, untimed."""
-    program = [tuple(insn) for insn in config["udp_dst_9"]]
-    sent = [ipv4(1 + f % 200, 2, 17, 1024 + f, 9, i) for i, f in
-            ((i, i % 64) for i in range(frames))]
-    best: dict[str, int] = {}
-    for _ in range(runs):
-        for name, mode, kind, n, steer, bpf in BENCH_SETUPS:
-            with ExitStack() as stack:
-                eps, take = _readers(stack, kind, n, steer, frames)
-                if bpf:
-                    eps[0].set_filter(program)
-                set_mode(DEV, mode)
-                ns = inject(DEV, sent)["ns"]
-                delivered = take()
-            expect(delivered == (frames if n else 0),
-                   f"bench {name}: {delivered} of {frames} frames delivered")
-            best[name] = min(best.get(name, ns), ns)
-    set_mode(DEV, "tap")
-    return {"frames": frames, "runs": runs,
-            "ns_per_frame": {name: round(ns / frames, 1) for name, ns in best.items()}}
-
 
 def main(argv: Iterable[str]) -> int:
-    args = list(argv)
-    if args[:1] == ["--bench"]:
-        print("OMATIC-BENCH " + json.dumps(bench(json.loads(Path(args[1]).read_text()))),
-              flush=True)
-        return 0
-    (config_path,) = args
+    (config_path,) = list(argv)
     config = json.loads(Path(config_path).read_text())
     print("\n".join(run_checks(CHECKS, config)), flush=True)
     return 0

@@ -91,8 +91,10 @@ class HookLabConfig:
     keep: bool = False
     #: The test module's sources.
     source: Path = HOOKMOD_DIR
-    #: Also time the hooks with groups (omatic.lab.groupcheck.bench; bench/fanout.py).
+    #: Also time the receive path (omatic.lab.rxbench; bench/fanout.py).
     bench: bool = False
+    #: The bench's C readers (bench/reader.c, built static), staged into the guest.
+    reader: Path | None = None
 
 
 @dataclass
@@ -185,13 +187,16 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             stage_python(root, guest_imports(init))
             stage_program(root, Path(TCPDUMP))
             stage_program(root, Path(SETPRIV))
+            if config.reader is not None:
+                stage_program(root, config.reader)
             (root / "etc").mkdir(exist_ok=True)
             # Debian's tcpdump drops root for a user of its own: the guest has one.
             (root / "etc" / "passwd").write_text(GUEST_PASSWD)
             (root / "etc" / "group").write_text(GUEST_GROUP)
             program = compile_filter("udp and dst port 9")
             (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps(
-                {"udp_dst_9": program}))
+                {"udp_dst_9": program,
+                 "reader": str(config.reader) if config.reader else None}))
             build_initramfs(root, initrd, init, deps + modules)
         # Two vCPUs: cpu steering is proven with frames fed from each.
         cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory, cpus=2)

@@ -171,8 +171,10 @@ class Ring:
         if (not slots or slot_size < FRAME.size + caplen or slot_size % 8
                 or data_offset < RING_HEAD.size or data_offset + slots * slot_size > len(buf)):
             raise PfqError(f"the ring's header does not fit its {len(buf)} bytes", op="ring")
-        self.slots, self.slot_size, self.caplen = slots, slot_size, caplen
-        self.data_offset = data_offset
+        self.slots: int = slots
+        self.slot_size: int = slot_size
+        self.caplen: int = caplen
+        self.data_offset: int = data_offset
         self._buf = buf
         self._words = memoryview(buf)[:RING_HEAD.size].cast("Q")
         self._tail = RING_HEAD.offset("tail") // 8
@@ -188,7 +190,7 @@ class Ring:
     def ready(self) -> bool:
         """Whether frame `tail` is published."""
         tail = self.tail
-        seq, = struct.unpack_from("<I", self._buf, self._slot(tail) + self._seq)
+        seq: int = struct.unpack_from("<I", self._buf, self._slot(tail) + self._seq)[0]
         return seq == (tail + 1) & 0xFFFFFFFF
 
     def take(self) -> Frame | None:

@@ -89,6 +89,12 @@ static const char *const hk_ifnames[HK_N] = {
 #endif
 };
 
+/* One device more, fed through napi_gro_receive like hk-gro: with it, two CPUs feed the
+ * same entry point at once (two rx queues of one NIC, each with its own NAPI). It is a
+ * frame source for user space only; the KTAP cases run on the HK_N devices. */
+#define HK_DEVS (HK_N + 1)
+static const char *const hk_gro2_ifname = "hk-gro2";
+
 enum hk_case { HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES };
 static const char *const case_names[HK_CASES] = { "pass", "tap", "capture", "ring_full" };
 static const char *const case_modes[HK_CASES] = { "pass", "tap", "capture", "capture" };
@@ -123,7 +129,7 @@ struct hk_frame {
 	const u8 *data;
 };
 
-static struct hk_dev *hk_devs[HK_N];
+static struct hk_dev *hk_devs[HK_DEVS];
 static struct proc_dir_entry *inject_proc;
 static char *ktap;
 static size_t ktap_len;
@@ -657,7 +663,7 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 		return PTR_ERR(data);
 	memcpy(name, data, IFNAMSIZ);
 	name[IFNAMSIZ - 1] = '\0';
-	for (e = 0; e < HK_N; e++)
+	for (e = 0; e < HK_DEVS; e++)
 		if (!strcmp(hk_devs[e]->dev->name, name))
 			hd = hk_devs[e];
 	n = hk_inject_parse(data, count, NULL);
@@ -694,7 +700,7 @@ static int hk_inject_show(struct seq_file *m, void *v)
 	struct hk_dev *hd;
 	int e;
 
-	for (e = 0; e < HK_N; e++) {
+	for (e = 0; e < HK_DEVS; e++) {
 		hd = hk_devs[e];
 		if (!hd)
 			continue;
@@ -732,7 +738,7 @@ static void hk_free(void)
 {
 	int e;
 
-	for (e = 0; e < HK_N; e++) {
+	for (e = 0; e < HK_DEVS; e++) {
 		struct hk_dev *hd = hk_devs[e];
 
 		if (!hd)
@@ -750,7 +756,7 @@ static void hk_free(void)
 	}
 }
 
-static int hk_add(enum hk_entry e)
+static int hk_add(int index, enum hk_entry e, const char *name)
 {
 	struct hk_dev *hd = kzalloc(sizeof(*hd), GFP_KERNEL);
 	struct net_device *dev;
@@ -759,7 +765,7 @@ static int hk_add(enum hk_entry e)
 
 	if (!hd)
 		return -ENOMEM;
-	hk_devs[e] = hd;
+	hk_devs[index] = hd;
 	hd->entry = e;
 	init_completion(&hd->done);
 	mutex_init(&hd->inject_mutex);
@@ -768,9 +774,9 @@ static int hk_add(enum hk_entry e)
 		return -ENOMEM;
 	hd->dev = dev;
 	*(struct hk_dev **)netdev_priv(dev) = hd;
-	strscpy(dev->name, hk_ifnames[e], IFNAMSIZ);
+	strscpy(dev->name, name, IFNAMSIZ);
 	dev->netdev_ops = &hk_ops;
-	addr[5] = e + 1;
+	addr[5] = index + 1;
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 15, 0)
 	eth_hw_addr_set(dev, addr);
 #else
@@ -809,10 +815,11 @@ static int __init hk_init(void)
 		kfree(ktap);
 		return -ENOMEM;
 	}
-	for (e = 0; e < HK_N; e++) {
-		err = hk_add(e);
+	for (e = 0; e < HK_DEVS; e++) {
+		err = e < HK_N ? hk_add(e, e, hk_ifnames[e]) :
+			hk_add(e, HK_GRO_RECEIVE, hk_gro2_ifname);
 		if (err) {
-			pr_err("pfq_hooktest: setting up %s failed (%d)\n", hk_ifnames[e], err);
+			pr_err("pfq_hooktest: setting up device %d failed (%d)\n", e, err);
 			hk_free();
 			vm_munmap((unsigned long)ubuf, PAGE_SIZE);
 			kfree(ktap);

@@ -1,0 +1,236 @@
+"""The receive path timed in the hook lab's guest: run there as
+`python3 -S -m omatic.lab.rxbench CONFIG` (bench/fanout.py asks omatic.lab.hooks for it).
+
+Two measures, on the same UDP frames of 64 flows to port 9, fed by the hook test module
+from NAPI poll (omatic.lab.groupcheck.inject), set-ups taking turns within each run so
+that a slower moment of the machine weighs on all of them:
+
+- cost: nanoseconds per frame the hooks take, as the module times a burst (best of the
+  runs). One CPU feeds hk-gro; in the `_2cpu` set-ups CPU 0 feeds hk-gro and CPU 1
+  hk-gro2 at once (two rx queues of one entry point, each with its own NAPI), and the
+  figure is the wall time of both over all their frames. The readers (Python) are
+  drained between bursts, untimed.
+- delivery: frames per second that reach readers in user space, written in C
+  (bench/reader.c, staged into the guest), for a burst larger than their rings, with
+  the drops each side counts. Readers run while the burst is fed.
+
+AF_PACKET sees frames where the stack does, so its set-ups run in pass mode, as a stock
+driver's device would. Standard library and omatic only: the guest's python3 has
+nothing else. Prints one line, `OMATIC-BENCH {json}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from omatic.lab import afpacket
+from omatic.lab.groupcheck import (
+    DEV,
+    CheckFailed,
+    Config,
+    drain,
+    expect,
+    group,
+    inject,
+    ipv4,
+    set_mode,
+)
+from omatic.pfq.endpoint import Endpoint
+from omatic.pfq.uapi import STEER_MODES
+
+#: The second device fed through napi_gro_receive, for two CPUs at once.
+DEV_Q1 = "hk-gro2"
+#: The guest's realtime clocksource: what a clock read costs depends on it.
+CLOCKSOURCE = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+
+#: The cost measure's set-ups: name, device mode, readers' kind, how many, steering or
+#: fan-out mode, BPF program, CPUs feeding.
+COST_SETUPS: list[tuple[str, str, str, int, str, bool, int]] = [
+    ("pass", "pass", "pfq", 0, "copy", False, 1),
+    ("af_packet_1", "pass", "af_packet", 1, "", False, 1),
+    ("af_packet_4_hash", "pass", "af_packet", 4, "hash", False, 1),
+    ("tap_no_group", "tap", "pfq", 0, "copy", False, 1),
+    ("tap_1_endpoint", "tap", "pfq", 1, "copy", False, 1),
+    ("tap_4_hash", "tap", "pfq", 4, "hash", False, 1),
+    ("tap_4_hash_bpf", "tap", "pfq", 4, "hash", True, 1),
+    ("capture_4_hash", "capture", "pfq", 4, "hash", False, 1),
+    ("pass_2cpu", "pass", "pfq", 0, "copy", False, 2),
+    ("af_packet_4_hash_2cpu", "pass", "af_packet", 4, "hash", False, 2),
+    ("tap_4_hash_2cpu", "tap", "pfq", 4, "hash", False, 2),
+    ("capture_4_hash_2cpu", "capture", "pfq", 4, "hash", False, 2),
+]
+
+#: The delivery measure's set-ups: name, device mode, readers' kind, how many, mode.
+DELIVERY_SETUPS: list[tuple[str, str, str, int, str]] = [
+    ("af_packet_1", "pass", "af_packet", 1, "hash"),
+    ("tap_1_endpoint", "tap", "pfq", 1, "copy"),
+    ("af_packet_4_hash", "pass", "af_packet", 4, "hash"),
+    ("tap_4_hash", "tap", "pfq", 4, "hash"),
+    ("capture_4_hash", "capture", "pfq", 4, "hash"),
+]
+#: Ring sizes of the delivery measure, alike in memory: a PFQ endpoint of 1024 slots of
+#: 256 bytes (288 KiB); an AF_PACKET socket of 4 blocks of 64 KiB (about 1600 frames of
+#: this size).
+PFQ_SLOTS, PFQ_CAPLEN = 1024, 256
+AF_BLOCKS, AF_BLOCK_SIZE = 4, 1 << 16
+
+
+def frames_of(n: int, start: int = 0) -> list[bytes]:
+    """`n` UDP frames of 64 flows to port 9 (which the BPF program passes)."""
+    return [ipv4(1 + f % 200, 2, 17, 1024 + f, 9, start + i)
+            for i, f in ((i, i % 64) for i in range(n))]
+
+
+def _readers(stack: ExitStack, kind: str, n: int, steer: str, frames: int, devs: Sequence[str]
+             ) -> tuple[list[Endpoint], Callable[[], int]]:
+    """`n` readers of `devs` of `kind` (the endpoints, when PFQ's), and what drains them:
+    the frames they got. AF_PACKET sockets on two devices listen on every device, as a
+    fan-out group cannot span two bound devices."""
+    if kind == "af_packet":
+        size = afpacket.RingSize(blocks=max(16, frames * 256 // afpacket.RingSize.block_size))
+        dev = devs[0] if len(devs) == 1 else None
+        socks = [stack.enter_context(afpacket.PacketSocket(
+            dev, size, (7, steer) if n > 1 else None)) for _ in range(n)]
+        return [], lambda: afpacket.drain(socks, frames, timeout=0.5)
+    eps = group(stack, n, 12, steer, dev=devs[0], slots=frames, caplen=128) if n else []
+    for dev in devs[1:]:
+        if eps:
+            eps[0].bind(dev)
+    return eps, lambda: sum(len(share) for share in drain(eps, timeout=0.05))
+
+
+def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
+    """Feed each (device, CPU, frames) from a thread pinned to that CPU, all at once;
+    the nanoseconds the slowest took, as the module timed it."""
+    start, results, errors = threading.Barrier(len(feeds)), {}, []
+
+    def one(dev: str, cpu: int, frames: Sequence[bytes]) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            start.wait()
+            results[dev] = inject(dev, frames)["ns"]
+        except BaseException as err:  # reported below, in the calling thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=f) for f in feeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise CheckFailed(f"feeding failed: {errors[0]!r}")
+    return max(results.values())
+
+
+def cost(config: Config, frames: int, runs: int) -> dict[str, float]:
+    """Nanoseconds per frame of each of COST_SETUPS, best of `runs`."""
+    program = [tuple(insn) for insn in config["udp_dst_9"]]
+    sent = {DEV: frames_of(frames), DEV_Q1: frames_of(frames, start=frames)}
+    best: dict[str, int] = {}
+    for _ in range(runs):
+        for name, mode, kind, n, steer, bpf, cpus in COST_SETUPS:
+            devs = [DEV, DEV_Q1][:cpus]
+            with ExitStack() as stack:
+                eps, take = _readers(stack, kind, n, steer, frames * cpus, devs)
+                if bpf:
+                    eps[0].set_filter(program)
+                for dev in devs:
+                    set_mode(dev, mode)
+                ns = feed([(dev, cpu, sent[dev]) for cpu, dev in enumerate(devs)])
+                delivered = take()
+                for dev in devs:
+                    set_mode(dev, "pass")
+            expect(delivered == (frames * cpus if n else 0),
+                   f"bench {name}: {delivered} of {frames * cpus} frames delivered")
+            best[name] = min(best.get(name, ns), ns)
+    return {name: round(best[name] / (frames * cpus), 1)
+            for name, *_, cpus in COST_SETUPS}
+
+
+def _reader_argv(program: str, kind: str, n: int, mode: str) -> list[str]:
+    if kind == "af_packet":
+        fanout = {"hash": 0, "lb": 1, "cpu": 2}[mode]
+        return [program, "afpacket", DEV, str(n), str(fanout), str(AF_BLOCKS),
+                str(AF_BLOCK_SIZE), "8" if n > 1 else "-1"]
+    return [program, "pfq", DEV, str(n), str(STEER_MODES[mode]), str(PFQ_SLOTS),
+            str(PFQ_CAPLEN), "13"]
+
+
+def deliver(program: str, kind: str, n: int, mode: str, sent: Sequence[bytes]
+            ) -> dict[str, float]:
+    """Start the C readers (on CPU 1), feed `sent` from CPU 0, let them drain, stop them:
+    frames delivered, dropped, and delivered per second from the first frame fed to
+    the last one read."""
+    proc = subprocess.Popen(_reader_argv(program, kind, n, mode), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {1}))
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().strip()
+        expect(ready == "ready", f"the readers did not start: {ready!r} "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        os.sched_setaffinity(0, {0})
+        start = time.monotonic_ns()
+        inject(DEV, sent)
+        time.sleep(0.3)
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.sched_setaffinity(0, {0, 1})
+    fields = dict(item.split("=") for item in out.split())
+    expect(proc.returncode == 0 and set(fields) == {"delivered", "dropped", "last_ns"},
+           f"the readers said {out!r} {err!r}")
+    delivered, dropped, last = (int(fields[k]) for k in ("delivered", "dropped", "last_ns"))
+    seconds = max(last - start, 1) / 1e9
+    return {"delivered": delivered, "dropped": dropped,
+            "per_second": round(delivered / seconds)}
+
+
+def delivery(config: Config, frames: int, runs: int) -> dict[str, dict[str, float]]:
+    """Each of DELIVERY_SETUPS, the run with the most frames per second."""
+    sent = frames_of(frames)
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(runs):
+        for name, mode, kind, n, steer in DELIVERY_SETUPS:
+            set_mode(DEV, mode)
+            got = deliver(config["reader"], kind, n, steer, sent)
+            set_mode(DEV, "pass")
+            expect(got["delivered"] + got["dropped"] == frames,
+                   f"delivery {name}: {got['delivered']} delivered + {got['dropped']} "
+                   f"dropped of {frames} sent")
+            if got["per_second"] > best.get(name, {}).get("per_second", 0):
+                best[name] = got
+    return best
+
+
+def bench(config: Config, frames: int = 4096, runs: int = 9,
+          burst: int = 16384, delivery_runs: int = 3) -> dict[str, Any]:
+    return {"frames": frames, "runs": runs,
+            "clocksource": CLOCKSOURCE.read_text().strip(),
+            "ns_per_frame": cost(config, frames, runs),
+            "burst": burst,
+            "delivery": delivery(config, burst, delivery_runs) if config.get("reader")
+            else None}
+
+
+def main(argv: Iterable[str]) -> int:
+    (config_path,) = list(argv)
+    result = bench(json.loads(Path(config_path).read_text()))
+    print("OMATIC-BENCH " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
