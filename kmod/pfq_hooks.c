@@ -78,7 +78,7 @@ static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
 	/* Each group's queue is written before its bit (pfq_group_bind()). */
 	groups = smp_load_acquire(&pd->groups);
 	if (groups)
-		taken = pfq_groups_rx(pd, groups, skb, offset);
+		taken = pfq_groups_rx(pd, groups, skb, offset) == PFQ_GROUPS_TAKEN;
 	if (mode == PFQ_CAPTURE)
 		return stored || taken ? PFQ_KEPT : PFQ_DROP;
 	this_cpu_inc(c->to_stack);
