@@ -287,15 +287,15 @@ def check_pcap_concurrent_reads(config: Config) -> None:
     reads, which the file position lock does not serialise), 16 records each: every read
     whole records (the stream stays aligned after the header) and each frame once, over
     many rounds. Without a lock per open file, they take frames into the one record
-    buffer at once and hand out its bytes twice, or from past its end."""
+    buffer at once and hand out its bytes twice, or from past its end. The file is opened
+    before the frames come: pfq.ko keeps them only while it is open."""
     path = PROC / "pcap" / DEV
-    path.read_bytes()  # empty the device's ring
     record = 16 + 60
     for round_ in range(16):
         sent = ex1(DEVICE_SLOTS, start=70000 + 100 * round_)
-        inject(DEV, sent)
         fd = os.open(path, os.O_RDONLY)
         try:
+            inject(DEV, sent)
             expect(len(os.read(fd, 24)) == 24, "no pcap header")
             reads = uring_reads(fd, 16 * record, 8)
         finally:
