@@ -16,7 +16,7 @@ from omatic.verify.modfile import KernelModule
 
 ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
                 "netif_receive_skb_list"]
-CASES = ["pass", "tap", "capture", "ring_full"]
+CASES = ["tap_unread", "capture_unread", "pass", "tap", "capture", "ring_full"]
 GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst_port_9",
                 "vlan_10", "queue_bind_and_steer", "cpu_and_rnd", "read_and_caplen",
                 "other_namespace", "two_groups_one_device", "tap_feeds_stack_capture_does_not",

@@ -18,6 +18,9 @@
  *   - what reached the stack, byte for byte (a packet_type bound to the device);
  *   - PFQ's counters in /proc/net/pfq/stats (packets, to_stack, captured, dropped);
  *   - the pcap stream read from the file opened before, byte for byte.
+ * Two cases come first, tap and capture with the pcap file closed: nothing is copied
+ * (the control file's queued=0, captured=0), a tap-mode frame counts as neither captured
+ * nor dropped, a capture-mode one as dropped, and the file opened after both reads empty.
  * Results are KTAP (Documentation/dev-tools/ktap.rst), one subtest per entry point, kept
  * in /proc/pfq_hooktest and written to the kernel log. Parameter `slots` must be pfq.ko's
  * ring_slots.
@@ -90,9 +93,21 @@ static const char *const hk_ifnames[HK_N] = {
 #endif
 };
 
-enum hk_case { HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES };
-static const char *const case_names[HK_CASES] = { "pass", "tap", "capture", "ring_full" };
-static const char *const case_modes[HK_CASES] = { "pass", "tap", "capture", "capture" };
+/*
+ * The cases with no reader come first: a file closed here is released only when insmod
+ * returns to user space (fput()'s task work), so once a case has opened a device's pcap
+ * file, the device has a reader until the end of the run.
+ */
+enum hk_case {
+	HK_TAP_UNREAD, HK_CAPTURE_UNREAD,
+	HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES
+};
+static const char *const case_names[HK_CASES] = {
+	"tap_unread", "capture_unread", "pass", "tap", "capture", "ring_full"
+};
+static const char *const case_modes[HK_CASES] = {
+	"tap", "capture", "pass", "tap", "capture", "capture"
+};
 
 struct hk_dev {
 	struct net_device *dev;
@@ -451,6 +466,27 @@ static int hk_counters(const char *ifname, char *buf, struct hk_counters *c)
 	return 0;
 }
 
+/* How many frames the control file says the device's ring holds; -1 if it says not. */
+static long hk_queued(const char *ifname, char *buf)
+{
+	char key[IFNAMSIZ + 6], *line, *cursor, *at;
+	ssize_t n = hk_read_file("/proc/net/pfq/control", buf, READ_SIZE - 1);
+	unsigned int queued;
+
+	if (n < 0)
+		return -1;
+	buf[n] = 0;
+	scnprintf(key, sizeof(key), "dev=%s ", ifname);
+	cursor = buf;
+	while ((line = strsep(&cursor, "\n"))) {
+		at = strstr(line, " queued=");
+		if (!strncmp(line, key, strlen(key)) && at &&
+		    sscanf(at, " queued=%u", &queued) == 1)
+			return queued;
+	}
+	return -1;
+}
+
 /* Check the pcap stream of `hd` read from `pcap`: `want` frames, seq `first` on, each
  * byte-equal to the frame sent. Returns 0 or writes what differs to `why`. */
 static int hk_check_pcap(struct hk_dev *hd, struct file *pcap, char *buf, unsigned int first,
@@ -530,23 +566,25 @@ static int hk_expected_return(enum hk_entry e, bool capture)
 }
 
 /*
- * One entry point in one case, the pcap file open while the frames are fed. The counters
- * as kmod/pfq_hooks.c defines them: captured, a ring took a copy; dropped, a ring that
- * wanted one was full or capture freed a frame no ring took. Returns true when every
- * check holds.
+ * One entry point in one case, the pcap file open while the frames are fed (or not, in
+ * the unread cases). The counters as kmod/pfq_hooks.c defines them: captured, a ring
+ * took a copy; dropped, a ring that wanted one was full or capture freed a frame no ring
+ * took; a tap-mode frame nobody reads is neither. Returns true when every check holds.
  */
 static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *buf,
 		    char *why, size_t why_size)
 {
 	struct hk_counters before, after;
 	bool capture = !strcmp(case_modes[c], "capture");
+	bool read = c != HK_TAP_UNREAD && c != HK_CAPTURE_UNREAD;
 	unsigned int n = c == HK_FULL ? slots + FULL_EXTRA : FRAMES;
-	unsigned int captured = c == HK_PASS ? 0 : (c == HK_FULL ? slots : n);
+	unsigned int captured = c == HK_PASS || !read ? 0 : (c == HK_FULL ? slots : n);
 	unsigned int dropped = capture ? n - captured : 0;
 	unsigned int to_stack = capture ? 0 : n;
 	unsigned int ret_ok_want = n, first = *seq;
-	struct file *pcap;
+	struct file *pcap = NULL;
 	bool ok = false;
+	long queued;
 	int i, err;
 
 	*why = 0;
@@ -555,10 +593,12 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 		scnprintf(why, why_size, "control: writing mode %s failed (%d)", case_modes[c], err);
 		return false;
 	}
-	pcap = hk_open_pcap(hd);
-	if (IS_ERR(pcap)) {
-		scnprintf(why, why_size, "pcap: open failed (%ld)", PTR_ERR(pcap));
-		return false;
+	if (read) {
+		pcap = hk_open_pcap(hd);
+		if (IS_ERR(pcap)) {
+			scnprintf(why, why_size, "pcap: open failed (%ld)", PTR_ERR(pcap));
+			return false;
+		}
 	}
 	if (hk_counters(hd->dev->name, buf, &before)) {
 		scnprintf(why, why_size, "stats: unreadable");
@@ -586,7 +626,7 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 		goto out;
 	}
 	/* Capture: netif_receive_skb and netif_rx say NET_RX_DROP for a frame no ring took
-	 * (here: the ring was full); the GRO hooks say GRO_CONSUMED for every frame (there
+	 * (full, or nobody reading); the GRO hooks say GRO_CONSUMED for every frame (there
 	 * is no GRO_DROP). */
 	if (capture && hd->want == NET_RX_SUCCESS && hd->entry != HK_RECEIVE_LIST)
 		ret_ok_want = captured;
@@ -612,9 +652,34 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 			  after.dropped - before.dropped, n, to_stack, captured, dropped);
 		goto out;
 	}
+	if (!read) {
+		/* Nothing went to the ring (opening the file below empties it: look first). */
+		queued = hk_queued(hd->dev->name, buf);
+		if (queued < 0) {
+			scnprintf(why, why_size, "control: no queued= for %s", hd->dev->name);
+			goto out;
+		}
+		if (queued) {
+			scnprintf(why, why_size, "ring: %ld frames queued with no reader", queued);
+			goto out;
+		}
+		/* Opening makes a reader to the end of the run (see enum hk_case): only the
+		 * last case without one reads the file, which must hold neither case's frames.
+		 */
+		if (c != HK_CAPTURE_UNREAD) {
+			ok = true;
+			goto out;
+		}
+		pcap = hk_open_pcap(hd);
+		if (IS_ERR(pcap)) {
+			scnprintf(why, why_size, "pcap: open failed (%ld)", PTR_ERR(pcap));
+			return false;
+		}
+	}
 	ok = hk_check_pcap(hd, pcap, buf, first, captured, why, why_size) == 0;
 out:
-	filp_close(pcap, NULL);
+	if (pcap)
+		filp_close(pcap, NULL);
 	return ok;
 }
 
