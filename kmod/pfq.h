@@ -14,6 +14,7 @@
 #ifndef _PFQ_H
 #define _PFQ_H
 
+#include <linux/atomic.h>
 #include <linux/list.h>
 #include <linux/percpu.h>
 #include <linux/rcupdate.h>
@@ -42,8 +43,8 @@ struct proc_dir_entry;
 
 enum pfq_mode {
 	PFQ_PASS,	/* count, then hand to the kernel unchanged */
-	PFQ_TAP,	/* copy to the ring, then hand to the kernel */
-	PFQ_CAPTURE,	/* copy to the ring and free; the stack never sees it */
+	PFQ_TAP,	/* copy to the rings that want it, then hand to the kernel */
+	PFQ_CAPTURE,	/* copy to the rings that want it and free; the stack never sees it */
 	PFQ_MODE_MAX,
 };
 
@@ -67,8 +68,8 @@ struct pfq_counters {
 	u64 packets;	/* frames seen by the hook */
 	u64 bytes;	/* their length from the Ethernet header on */
 	u64 to_stack;	/* handed to the kernel's own function */
-	u64 captured;	/* copied to the ring */
-	u64 dropped;	/* not copied: ring full (or no ring yet) */
+	u64 captured;	/* a copy went to a ring: the device's or an endpoint's */
+	u64 dropped;	/* lost: no ring that wanted it had room, or capture and none took it */
 };
 
 struct pfq_pcpu {
@@ -82,6 +83,7 @@ struct pfq_dev {
 	struct net_device *dev;		/* valid until NETDEV_UNREGISTER removes us */
 	int mode;			/* enum pfq_mode; READ_ONCE on the fast path */
 	struct pfq_ring __rcu *ring;	/* non-NULL in tap and capture */
+	atomic_t pcap_readers;		/* open pcap files: @ring fills only while > 0 */
 	struct pfq_pcpu __percpu *stats;
 	struct proc_dir_entry *pcap;	/* /proc/net/pfq/pcap/<name> */
 	/* Groups bound to the device (bit g: group g), RTNL + pfq_groups_mutex to change,

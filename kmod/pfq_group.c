@@ -206,17 +206,17 @@ static u32 pfq_steer_index(struct pfq_group *group, const struct pfq_group_conf 
 	}
 }
 
-static bool pfq_group_rx(struct pfq_group *group, s32 queue, struct sk_buff *skb, int offset,
-			 u64 tstamp_ns)
+static enum pfq_groups_rx pfq_group_rx(struct pfq_group *group, s32 queue,
+				       struct sk_buff *skb, int offset, u64 tstamp_ns)
 {
 	const struct pfq_group_conf *conf = rcu_dereference(group->conf);
 	u32 snap = U32_MAX, i;
 	bool stored = false;
 
 	if (!conf)
-		return false;
+		return PFQ_GROUPS_IGNORED;
 	if (queue >= 0 && (!skb_rx_queue_recorded(skb) || skb_get_rx_queue(skb) != queue))
-		return false;
+		return PFQ_GROUPS_IGNORED;
 	this_cpu_inc(group->stats->received);
 	if (conf->vlan_enabled && !pfq_vlan_pass(conf, skb, offset))
 		goto filtered;
@@ -232,34 +232,36 @@ static bool pfq_group_rx(struct pfq_group *group, s32 queue, struct sk_buff *skb
 		i = pfq_steer_index(group, conf, skb, offset);
 		stored = pfq_endpoint_put(conf->ep[i], skb, offset, snap, tstamp_ns);
 	}
-	if (stored)
+	if (stored) {
 		this_cpu_inc(group->stats->delivered);
-	else
-		this_cpu_inc(group->stats->dropped);
-	return stored;
+		return PFQ_GROUPS_TAKEN;
+	}
+	this_cpu_inc(group->stats->dropped);
+	return PFQ_GROUPS_FULL;
 filtered:
 	this_cpu_inc(group->stats->filtered);
-	return false;
+	return PFQ_GROUPS_IGNORED;
 }
 
 /*
  * Feed the frame to the @groups bound to @pd, stamped @tstamp_ns (one clock read for
- * every copy of it); true when an endpoint took it. Each group filters and steers it
- * once.
+ * every copy of it); each group filters and steers it once. PFQ_GROUPS_TAKEN when an
+ * endpoint took it, else PFQ_GROUPS_FULL when a group wanted it (the device counts a
+ * drop, pfq_rx()).
  */
-bool pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb, int offset,
-		   u64 tstamp_ns)
+enum pfq_groups_rx pfq_groups_rx(struct pfq_dev *pd, u64 groups, struct sk_buff *skb,
+				 int offset, u64 tstamp_ns)
 {
-	bool taken = false;
+	enum pfq_groups_rx ret = PFQ_GROUPS_IGNORED;
 	unsigned int g;
 
 	while (groups) {
 		g = __ffs64(groups);
 		groups &= groups - 1;
-		taken |= pfq_group_rx(&pfq_groups[g], READ_ONCE(pd->group_queue[g]), skb,
-				      offset, tstamp_ns);
+		ret = max(ret, pfq_group_rx(&pfq_groups[g], READ_ONCE(pd->group_queue[g]), skb,
+					    offset, tstamp_ns));
 	}
-	return taken;
+	return ret;
 }
 
 /* -- configuration (process context) ----------------------------------------------- */

@@ -4,13 +4,25 @@
  *
  * Each hook looks its device up under RCU, counts the frame per CPU, and by the
  * device's mode: pass hands the skb to the kernel's own function unchanged; tap copies
- * the frame to the ring, then hands the skb on; capture copies the frame to the ring
- * and frees the skb. Devices PFQ does not track (other namespaces) pass uncounted.
+ * the frame to the rings that want it, then hands the skb on; capture copies the frame
+ * to the rings that want it and frees the skb. Devices PFQ does not track (other
+ * namespaces) pass uncounted.
+ *
+ * The rings that want a frame: the device's own ring while someone has its pcap file
+ * open (pfq_pcap.c; a frame no one will read is not copied), and the endpoints of the
+ * groups bound to the device whose filters pass it (pfq_group.c). One frame counts in
+ * at most one of a device's counters beyond packets and to_stack:
+ *   captured: a copy went to at least one ring, the device's or an endpoint's;
+ *   dropped: no copy went anywhere, and either a ring wanted one but had no room, or
+ *     the device is in capture mode (the skb is freed, so the frame is lost).
+ * A tap-mode frame that no ring wanted is neither: the stack has it, nobody lost it.
+ * So in capture mode packets = captured + dropped; in tap, to_stack = packets and
+ * captured + dropped <= packets; in pass, to_stack = packets and the others stay 0.
  *
  * What a hook returns when PFQ keeps a packet (capture mode): what the kernel function
  * returns for a packet that is gone and needs nothing more from the driver.
- *   netif_receive_skb, netif_rx(_ni): NET_RX_SUCCESS once the copy is in the ring,
- *     NET_RX_DROP when the ring was full (the kernel also says NET_RX_DROP when it
+ *   netif_receive_skb, netif_rx(_ni): NET_RX_SUCCESS once a ring holds a copy,
+ *     NET_RX_DROP when none took it (the kernel also says NET_RX_DROP when it
  *     drops, e.g. a full backlog);
  *   napi_gro_receive, napi_gro_frags: GRO_CONSUMED (the skb was taken by someone else,
  *     as when a GRO callback steals it); GRO_DROP no longer exists (removed in 5.12 by
@@ -37,8 +49,8 @@
 
 enum pfq_verdict {
 	PFQ_TO_STACK,	/* hand the skb to the kernel */
-	PFQ_KEPT,	/* the ring holds a copy: consume the skb */
-	PFQ_DROP,	/* capture, but the ring was full: drop the skb */
+	PFQ_KEPT,	/* a ring holds a copy: consume the skb */
+	PFQ_DROP,	/* capture, but no ring took a copy: drop the skb */
 };
 
 /*
@@ -100,16 +112,18 @@ static u64 pfq_tstamp(u64 *now)
 
 /*
  * Count the frame and copy it as the mode says: in tap and capture to the device's
- * ring and to the groups bound to the device. Caller holds rcu_read_lock().
+ * ring while its pcap file is open, and to the groups bound to the device. Caller holds
+ * rcu_read_lock().
  */
 static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
 			       struct sk_buff *skb, int offset, u64 *now)
 {
 	struct pfq_counters __percpu *c = &pd->stats->hook[hook];
 	int mode = READ_ONCE(pd->mode);
+	enum pfq_groups_rx taken;
 	struct pfq_ring *ring;
-	bool stored = false;
-	bool taken = false;
+	bool stored = false;	/* a ring holds a copy */
+	bool wanted = false;	/* a ring wanted one */
 	u64 groups;
 
 	this_cpu_inc(c->packets);
@@ -118,19 +132,27 @@ static enum pfq_verdict pfq_rx(struct pfq_dev *pd, enum pfq_hook hook,
 		this_cpu_inc(c->to_stack);
 		return PFQ_TO_STACK;
 	}
-	ring = rcu_dereference(pd->ring);
-	if (ring)
-		stored = pfq_ring_put(ring, skb, offset, pfq_tstamp(now));
-	if (stored)
-		this_cpu_inc(c->captured);
-	else
-		this_cpu_inc(c->dropped);
+	/* A frame no one will read is not copied: no lock, no clock read (pfq_pcap.c). */
+	if (atomic_read(&pd->pcap_readers)) {
+		ring = rcu_dereference(pd->ring);
+		if (ring) {
+			wanted = true;
+			stored = pfq_ring_put(ring, skb, offset, pfq_tstamp(now));
+		}
+	}
 	/* Each group's queue is written before its bit (pfq_group_bind()). */
 	groups = smp_load_acquire(&pd->groups);
-	if (groups)
+	if (groups) {
 		taken = pfq_groups_rx(pd, groups, skb, offset, pfq_tstamp(now));
+		stored |= taken == PFQ_GROUPS_TAKEN;
+		wanted |= taken != PFQ_GROUPS_IGNORED;
+	}
+	if (stored)
+		this_cpu_inc(c->captured);
+	else if (wanted || mode == PFQ_CAPTURE)
+		this_cpu_inc(c->dropped);
 	if (mode == PFQ_CAPTURE)
-		return stored || taken ? PFQ_KEPT : PFQ_DROP;
+		return stored ? PFQ_KEPT : PFQ_DROP;
 	this_cpu_inc(c->to_stack);
 	return PFQ_TO_STACK;
 }

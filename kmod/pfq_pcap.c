@@ -5,6 +5,12 @@
  * then ends; a device in pass mode has no ring and reads as an empty capture. The
  * device table (pfq_dev.c) makes and removes the file as devices come, go and are
  * renamed, under RTNL; the file finds the ring under RCU, as the hooks do.
+ *
+ * The hooks copy frames to the ring only while the file is open: one copy per frame
+ * for someone who reads it, none for frames no one will. pfq_dev.pcap_readers counts
+ * the open files; the first one empties the ring, so a reader gets the frames that
+ * came while the file was open, not what an earlier reader left. Removing the file
+ * (proc_remove()) releases every open one, so the count goes back to 0 with it.
  */
 #include <linux/mutex.h>
 #include <linux/netdevice.h>
@@ -20,6 +26,12 @@
 #include "pfq_ring.h"
 
 static struct proc_dir_entry *pfq_pcap_dir;
+
+/*
+ * Serialises opens and releases of pcap files around each device's count of readers,
+ * so that "the first reader" is well defined: one that finds no other file open.
+ */
+static DEFINE_MUTEX(pfq_pcap_readers_lock);
 
 /* libpcap's file header and record header, in host byte order as the format allows. */
 struct pfq_pcap_hdr {
@@ -57,6 +69,26 @@ struct pfq_reader {
 	u8 buf[];		/* header or record, snaplen bytes of frame at most */
 };
 
+/*
+ * A reader more for @pd: from now on the hooks fill its ring. The first one empties it
+ * first, of frames an earlier reader left unread (or a hook put in as it left).
+ */
+static void pfq_pcap_reader_add(struct pfq_dev *pd)
+{
+	struct pfq_ring *ring;
+
+	mutex_lock(&pfq_pcap_readers_lock);
+	if (!atomic_read(&pd->pcap_readers)) {
+		rcu_read_lock();
+		ring = rcu_dereference(pd->ring);
+		if (ring)
+			pfq_ring_clear(ring);
+		rcu_read_unlock();
+	}
+	atomic_inc(&pd->pcap_readers);
+	mutex_unlock(&pfq_pcap_readers_lock);
+}
+
 static int pfq_pcap_open(struct inode *inode, struct file *file)
 {
 	size_t size = sizeof(struct pfq_pcap_rec) + pfq_snaplen;
@@ -73,6 +105,7 @@ static int pfq_pcap_open(struct inode *inode, struct file *file)
 	mutex_init(&r->lock);
 	r->pd = pde_data(inode);
 	file->private_data = r;
+	pfq_pcap_reader_add(r->pd);
 	return nonseekable_open(inode, file);
 }
 
@@ -80,6 +113,9 @@ static int pfq_pcap_release(struct inode *inode, struct file *file)
 {
 	struct pfq_reader *r = file->private_data;
 
+	mutex_lock(&pfq_pcap_readers_lock);
+	atomic_dec(&r->pd->pcap_readers);
+	mutex_unlock(&pfq_pcap_readers_lock);
 	kvfree(r->slot);
 	kvfree(r);
 	return 0;
@@ -130,9 +166,10 @@ static bool pfq_pcap_next(struct pfq_reader *r)
 }
 
 /*
- * The pcap header first, then every frame in the ring, then end of file: a reader
- * gets what was captured so far and never blocks. A device in pass mode has no ring,
- * so it reads as a header-only (valid, empty) capture.
+ * The pcap header first, then every frame in the ring, then end of file; never blocks.
+ * A reader gets the frames that came since the file was opened (by it, or by a reader
+ * still open then) that no reader took yet. A device in pass mode has no ring, so it
+ * reads as a header-only (valid, empty) capture.
  */
 static ssize_t pfq_pcap_read(struct file *file, char __user *ubuf, size_t count,
 			     loff_t *ppos)
@@ -176,7 +213,10 @@ int pfq_pcap_add(struct pfq_dev *pd)
 	return pd->pcap ? 0 : -ENOMEM;
 }
 
-/* Waits for the file's readers to leave; new ones get -EIO. */
+/*
+ * Waits for the file's readers to leave and releases its open files, so the device has
+ * no reader after; new ones get -EIO.
+ */
 void pfq_pcap_del(struct pfq_dev *pd)
 {
 	proc_remove(pd->pcap);

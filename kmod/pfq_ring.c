@@ -2,11 +2,12 @@
 /*
  * Capture ring: a bounded array of preallocated slots, one frame each.
  *
- * The hooks copy a frame in under the ring's spinlock (interrupts off, since netif_rx
- * may run in hard interrupt context); a pcap reader copies the oldest frame out under
- * the same lock. Nothing allocates or waits on the receive path: when the ring is full
- * the copy is refused and the hook counts a drop. The skb itself never enters the
- * ring, so the ring can never leak one.
+ * While the device's pcap file is open, the hooks copy a frame in under the ring's
+ * spinlock (interrupts off, since netif_rx may run in hard interrupt context); a pcap
+ * reader copies the oldest frame out under the same lock. Nothing allocates or waits
+ * on the receive path: when the ring is full the copy is refused and the hook counts
+ * it (pfq_hooks.c). The skb itself never enters the ring, so the ring can never leak
+ * one.
  */
 #include <linux/err.h>
 #include <linux/if_vlan.h>
@@ -167,6 +168,16 @@ bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out)
 	}
 	spin_unlock_irqrestore(&ring->lock, flags);
 	return got;
+}
+
+/* Forget every frame the ring holds (a pcap file's first reader, pfq_pcap.c). */
+void pfq_ring_clear(struct pfq_ring *ring)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ring->lock, flags);
+	ring->head = ring->tail;
+	spin_unlock_irqrestore(&ring->lock, flags);
 }
 
 u32 pfq_ring_count(struct pfq_ring *ring)

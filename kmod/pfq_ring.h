@@ -39,6 +39,7 @@ void pfq_ring_free(struct pfq_ring *ring);
 void pfq_ring_free_deferred(struct pfq_ring *ring);
 bool pfq_ring_put(struct pfq_ring *ring, const struct sk_buff *skb, int offset, u64 tstamp_ns);
 bool pfq_ring_get(struct pfq_ring *ring, struct pfq_slot *out);
+void pfq_ring_clear(struct pfq_ring *ring);
 u32 pfq_ring_count(struct pfq_ring *ring);
 
 /* Also for the endpoints' rings (pfq_endpoint.c) */

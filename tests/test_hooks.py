@@ -16,7 +16,7 @@ from omatic.verify.modfile import KernelModule
 
 ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_frags",
                 "netif_receive_skb_list"]
-CASES = ["pass", "tap", "capture", "ring_full"]
+CASES = ["tap_unread", "capture_unread", "pass", "tap", "capture", "ring_full"]
 GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst_port_9",
                 "vlan_10", "queue_bind_and_steer", "cpu_and_rnd", "read_and_caplen",
                 "other_namespace", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
@@ -25,7 +25,8 @@ GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst
                 "refcount_back"]
 SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted_and_capped",
                  "read_racing_mmap_returns", "two_readers_never_read_0",
-                 "pcap_concurrent_reads_whole", "control_needs_cap_net_admin",
+                 "pcap_concurrent_reads_whole", "pcap_kept_only_while_open",
+                 "control_needs_cap_net_admin",
                  "no_grace_period_under_locks", "private_map_ioctl_groups_file",
                  "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",

@@ -4,11 +4,12 @@ tests/hookmod/pfq_hooktest.c is a driver of ours that calls each receive entry p
 (netif_receive_skb, netif_rx, napi_gro_receive, napi_gro_frags, netif_receive_skb_list)
 on a netdev of its own. It is rewritten, built and verified like any driver (`build
 --source`), then loaded in a guest booting the kernel, after pfq.ko with a small ring. In
-the guest it checks, for each entry point and each case (pass, tap, capture, ring full),
-the counters, the value returned to the driver, what reached the stack and the pcap bytes,
-and prints KTAP. Then omatic.lab.groupcheck, in the guest's Python (omatic.lab.guestpy), proves
-PFQ's groups through /dev/pfq with frames the module injects: steering, filters, modes,
-endpoints leaving, permissions and bad requests (a second document); omatic.lab.safetycheck
+the guest it checks, for each entry point and each case (tap and capture with no pcap
+reader, then pass, tap, capture, ring full with one), the counters, the value returned to
+the driver, what reached the stack and the pcap bytes, and prints KTAP. Then
+omatic.lab.groupcheck, in the guest's Python (omatic.lab.guestpy), proves PFQ's groups
+through /dev/pfq with frames the module injects: steering, filters, modes, endpoints
+leaving, permissions and bad requests (a second document); omatic.lab.safetycheck
 proves pfq.ko's guards against users without privilege and careless readers (a third).
 The guest's /init (templates/hooklab-init.sh.j2) then checks, as a fourth KTAP document,
 bad control writes, `rmmod pfq` while in use, a device removed in tap mode and a clean

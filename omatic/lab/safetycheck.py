@@ -5,7 +5,8 @@ and the hook test module loaded, after omatic.lab.groupcheck has run. Each check
 one way a user without privilege, or a careless reader, could hurt the machine through
 pfq.ko, driven from user space as they would: rings from inside a user namespace, ring
 memory past RLIMIT_MEMLOCK or the module's cap, read() racing mmap() on one endpoint,
-two readers of one endpoint, concurrent reads of one pcap file, the control file from
+two readers of one endpoint, concurrent reads of one pcap file, a device's frames kept
+for its pcap file only while someone has it open, the control file from
 a root process without CAP_NET_ADMIN, and configuration calls that once waited for RCU
 grace periods under RTNL and global mutexes, timed against `ip link add`/`del` and a
 misc device's open. Each fails on a pfq.ko without its guard. The results are one KTAP
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from omatic.lab.frames import read_pcap
 from omatic.lab.groupcheck import (
     DEV,
     DEV2,
@@ -44,6 +46,7 @@ from omatic.lab.groupcheck import (
     group,
     inject,
     run_checks,
+    set_mode,
 )
 from omatic.lab.guestpy import PACKAGE_DIR
 from omatic.pfq.endpoint import Endpoint, PfqError, parse_records
@@ -287,15 +290,15 @@ def check_pcap_concurrent_reads(config: Config) -> None:
     reads, which the file position lock does not serialise), 16 records each: every read
     whole records (the stream stays aligned after the header) and each frame once, over
     many rounds. Without a lock per open file, they take frames into the one record
-    buffer at once and hand out its bytes twice, or from past its end."""
+    buffer at once and hand out its bytes twice, or from past its end. The file is opened
+    before the frames come: pfq.ko keeps them only while it is open."""
     path = PROC / "pcap" / DEV
-    path.read_bytes()  # empty the device's ring
     record = 16 + 60
     for round_ in range(16):
         sent = ex1(DEVICE_SLOTS, start=70000 + 100 * round_)
-        inject(DEV, sent)
         fd = os.open(path, os.O_RDONLY)
         try:
+            inject(DEV, sent)
             expect(len(os.read(fd, 24)) == 24, "no pcap header")
             reads = uring_reads(fd, 16 * record, 8)
         finally:
@@ -309,6 +312,109 @@ def check_pcap_concurrent_reads(config: Config) -> None:
         expect(sorted(r[16:] for r in records) == sorted(sent),
                f"round {round_}: the reads hold {len(records)} frames, not the "
                f"{len(sent)} sent, each once")
+
+
+#: The device counters of /proc/net/pfq/stats.
+COUNTERS = ("packets", "to_stack", "captured", "dropped")
+
+
+def device_counters(dev: str) -> dict[str, int]:
+    """`dev`'s counters in /proc/net/pfq/stats, summed over its hooks."""
+    sums = dict.fromkeys(COUNTERS, 0)
+    for line in (PROC / "stats").read_text().splitlines():
+        fields = dict(item.split("=", 1) for item in line.split())
+        if fields.get("dev") == dev:
+            for key in COUNTERS:
+                sums[key] += int(fields[key])
+    return sums
+
+
+def counted(since: dict[str, int], dev: str = DEV) -> dict[str, int]:
+    """What `dev`'s counters counted since `since`."""
+    now = device_counters(dev)
+    return {key: now[key] - since[key] for key in COUNTERS}
+
+
+def queued(dev: str = DEV) -> int:
+    """The frames `dev`'s pcap ring holds, as /proc/net/pfq/control says."""
+    for line in (PROC / "control").read_text().splitlines():
+        fields = dict(item.split("=", 1) for item in line.split())
+        if fields.get("dev") == dev:
+            return int(fields["queued"])
+    raise CheckFailed(f"{dev} is not in {PROC / 'control'}")
+
+
+def read_to_end(fd: int) -> list[bytes]:
+    """The frames of a pcap file read from `fd` to its end."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return read_pcap(b"".join(chunks))
+
+
+def check_pcap_only_while_open(config: Config) -> None:
+    """pfq.ko keeps a device's frames for its pcap file only while someone has it open,
+    in tap mode: frames fed with the file closed are not copied (queued stays, and
+    /proc/net/pfq/stats counts them neither captured nor dropped) nor in a later read;
+    frames fed while it is open are in it, each once, and a second reader opening
+    meanwhile empties nothing; what the last reader left unread is gone once the next
+    one opens. In capture mode a frame fed with no reader is lost: counted as dropped,
+    so that packets = captured + dropped. On a pfq.ko that copies every frame, the
+    unread ones show in queued, captured and the reads."""
+    path = PROC / "pcap" / DEV
+    unread, first_only, both, left, unread_again, last = (
+        ex1(10, start=80000 + 100 * i) for i in range(6))
+    start = device_counters(DEV)
+    held = queued()
+    inject(DEV, unread)
+    expect(queued() == held, f"with the file closed, the ring went from {held} frames to "
+                             f"{queued()}")
+    nothing = {"packets": 10, "to_stack": 10, "captured": 0, "dropped": 0}
+    expect(counted(start) == nothing, f"10 tap-mode frames nobody reads counted "
+                                      f"{counted(start)}, expected {nothing}")
+    first, second = os.open(path, os.O_RDONLY), -1
+    try:
+        inject(DEV, first_only)
+        second = os.open(path, os.O_RDONLY)
+        inject(DEV, both)
+        got, got_second = read_to_end(first), read_to_end(second)
+        os.close(first)
+        first = -1
+        inject(DEV, left)  # the second still has the file open
+    finally:
+        for fd in (first, second):
+            if fd >= 0:
+                os.close(fd)
+    expect(got == first_only + both, f"the first reader read {len(got)} frames, not the 20 "
+                                     "fed while it had the file open (in order, each once)")
+    expect(got_second == [], f"the second reader read {len(got_second)} frames the first "
+                             "had taken")
+    expect(queued() == len(left), f"the last reader left {queued()} frames, not {len(left)}")
+    inject(DEV, unread_again)
+    expect(queued() == len(left), f"with the file closed, the ring went from {len(left)} "
+                                  f"frames to {queued()}")
+    third = os.open(path, os.O_RDONLY)
+    try:
+        inject(DEV, last)
+        got = read_to_end(third)
+    finally:
+        os.close(third)
+    expect(got == last, f"the next reader read {len(got)} frames, not the 10 fed while it "
+                        "had the file open (frames from before its open, or lost)")
+    want = {"packets": 60, "to_stack": 60, "captured": 40, "dropped": 0}
+    expect(counted(start) == want, f"60 tap-mode frames, 40 fed with the file open, "
+                                   f"counted {counted(start)}, expected {want}")
+    start = device_counters(DEV)
+    set_mode(DEV, "capture")
+    try:
+        stack = inject(DEV, ex1(10, start=80600))["stack"]
+    finally:
+        set_mode(DEV, "tap")
+    lost = {"packets": 10, "to_stack": 0, "captured": 0, "dropped": 10}
+    expect(stack == 0 and counted(start) == lost,
+           f"10 capture-mode frames nobody reads: {stack} reached the stack, counted "
+           f"{counted(start)}, expected {lost}")
+    expect(queued() == 0, f"capture with no reader left {queued()} frames in the ring")
 
 
 def check_control_needs_net_admin(config: Config) -> None:
@@ -438,6 +544,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("read_racing_mmap_returns", check_read_racing_mmap),
     ("two_readers_never_read_0", check_two_readers),
     ("pcap_concurrent_reads_whole", check_pcap_concurrent_reads),
+    ("pcap_kept_only_while_open", check_pcap_only_while_open),
     ("control_needs_cap_net_admin", check_control_needs_net_admin),
     ("no_grace_period_under_locks", check_no_grace_period_under_locks),
     ("private_map_ioctl_groups_file", check_small_guards),

@@ -12,11 +12,15 @@
  *
  * For each entry point and each case (pass, tap, capture, and ring full: capture of more
  * frames than the ring has slots), it sets the device's PFQ mode through
- * /proc/net/pfq/control, feeds the frames, and checks:
+ * /proc/net/pfq/control, opens /proc/net/pfq/pcap/<dev> (PFQ keeps a device's frames only
+ * while its pcap file is open), feeds the frames, and checks:
  *   - the value each call returned to the "driver";
  *   - what reached the stack, byte for byte (a packet_type bound to the device);
  *   - PFQ's counters in /proc/net/pfq/stats (packets, to_stack, captured, dropped);
- *   - the pcap stream of /proc/net/pfq/pcap/<dev>, byte for byte.
+ *   - the pcap stream read from the file opened before, byte for byte.
+ * Two cases come first, tap and capture with the pcap file closed: nothing is copied
+ * (the control file's queued=0, captured=0), a tap-mode frame counts as neither captured
+ * nor dropped, a capture-mode one as dropped, and the file opened after both reads empty.
  * Results are KTAP (Documentation/dev-tools/ktap.rst), one subtest per entry point, kept
  * in /proc/pfq_hooktest and written to the kernel log. Parameter `slots` must be pfq.ko's
  * ring_slots.
@@ -95,9 +99,21 @@ static const char *const hk_ifnames[HK_N] = {
 #define HK_DEVS (HK_N + 1)
 static const char *const hk_gro2_ifname = "hk-gro2";
 
-enum hk_case { HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES };
-static const char *const case_names[HK_CASES] = { "pass", "tap", "capture", "ring_full" };
-static const char *const case_modes[HK_CASES] = { "pass", "tap", "capture", "capture" };
+/*
+ * The cases with no reader come first: a file closed here is released only when insmod
+ * returns to user space (fput()'s task work), so once a case has opened a device's pcap
+ * file, the device has a reader until the end of the run.
+ */
+enum hk_case {
+	HK_TAP_UNREAD, HK_CAPTURE_UNREAD,
+	HK_PASS, HK_TAP, HK_CAPTURE, HK_FULL, HK_CASES
+};
+static const char *const case_names[HK_CASES] = {
+	"tap_unread", "capture_unread", "pass", "tap", "capture", "ring_full"
+};
+static const char *const case_modes[HK_CASES] = {
+	"tap", "capture", "pass", "tap", "capture", "capture"
+};
 
 struct hk_dev {
 	struct net_device *dev;
@@ -358,14 +374,11 @@ static const struct net_device_ops hk_ops = {
  */
 static char __user *ubuf;
 
-static ssize_t hk_read_file(const char *path, char *buf, size_t size)
+static ssize_t hk_read_all(struct file *f, char *buf, size_t size)
 {
-	struct file *f = filp_open(path, O_RDONLY, 0);
 	loff_t pos = 0;
-	ssize_t n, total = 0;
+	ssize_t n = 0, total = 0;
 
-	if (IS_ERR(f))
-		return PTR_ERR(f);
 	while (total < size) {
 		size_t chunk = min_t(size_t, size - total, PAGE_SIZE);
 
@@ -380,8 +393,28 @@ static ssize_t hk_read_file(const char *path, char *buf, size_t size)
 			break;
 		total += n;
 	}
-	filp_close(f, NULL);
 	return n < 0 ? n : total;
+}
+
+static ssize_t hk_read_file(const char *path, char *buf, size_t size)
+{
+	struct file *f = filp_open(path, O_RDONLY, 0);
+	ssize_t n;
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	n = hk_read_all(f, buf, size);
+	filp_close(f, NULL);
+	return n;
+}
+
+/* The device's pcap file, open: from now on PFQ keeps its frames for us. */
+static struct file *hk_open_pcap(struct hk_dev *hd)
+{
+	char path[64];
+
+	scnprintf(path, sizeof(path), "/proc/net/pfq/pcap/%s", hd->dev->name);
+	return filp_open(path, O_RDONLY, 0);
 }
 
 static int hk_set_mode(const char *ifname, const char *mode)
@@ -439,18 +472,37 @@ static int hk_counters(const char *ifname, char *buf, struct hk_counters *c)
 	return 0;
 }
 
-/* Check the pcap stream of `hd`: `want` frames, seq `first` on, each byte-equal to the
- * frame sent. Returns 0 or writes what differs to `why`. */
-static int hk_check_pcap(struct hk_dev *hd, char *buf, unsigned int first, unsigned int want,
-			 char *why, size_t why_size)
+/* How many frames the control file says the device's ring holds; -1 if it says not. */
+static long hk_queued(const char *ifname, char *buf)
 {
-	char path[64];
+	char key[IFNAMSIZ + 6], *line, *cursor, *at;
+	ssize_t n = hk_read_file("/proc/net/pfq/control", buf, READ_SIZE - 1);
+	unsigned int queued;
+
+	if (n < 0)
+		return -1;
+	buf[n] = 0;
+	scnprintf(key, sizeof(key), "dev=%s ", ifname);
+	cursor = buf;
+	while ((line = strsep(&cursor, "\n"))) {
+		at = strstr(line, " queued=");
+		if (!strncmp(line, key, strlen(key)) && at &&
+		    sscanf(at, " queued=%u", &queued) == 1)
+			return queued;
+	}
+	return -1;
+}
+
+/* Check the pcap stream of `hd` read from `pcap`: `want` frames, seq `first` on, each
+ * byte-equal to the frame sent. Returns 0 or writes what differs to `why`. */
+static int hk_check_pcap(struct hk_dev *hd, struct file *pcap, char *buf, unsigned int first,
+			 unsigned int want, char *why, size_t why_size)
+{
 	ssize_t n;
 	size_t at = 24;
 	unsigned int frames = 0;
 
-	scnprintf(path, sizeof(path), "/proc/net/pfq/pcap/%s", hd->dev->name);
-	n = hk_read_file(path, buf, READ_SIZE);
+	n = hk_read_all(pcap, buf, READ_SIZE);
 	if (n < 24 || *(u32 *)buf != 0xa1b2c3d4) {
 		scnprintf(why, why_size, "pcap: no valid header (%zd bytes)", n);
 		return -EINVAL;
@@ -509,26 +561,36 @@ static bool hk_feed(struct hk_dev *hd)
 	return false;
 }
 
-/* What each call returns to the driver in case `c`, for the frames PFQ keeps. */
-static int hk_expected_return(enum hk_entry e, enum hk_case c)
+/* What each call returns to the driver in capture mode or not, for the frames PFQ keeps. */
+static int hk_expected_return(enum hk_entry e, bool capture)
 {
 	bool gro = e == HK_GRO_RECEIVE || e == HK_GRO_FRAGS;
 
-	if (c == HK_PASS || c == HK_TAP)
+	if (!capture)
 		return gro ? GRO_NORMAL : NET_RX_SUCCESS;
 	return gro ? GRO_CONSUMED : NET_RX_SUCCESS;
 }
 
-/* One entry point in one case: returns true when every check holds. */
+/*
+ * One entry point in one case, the pcap file open while the frames are fed (or not, in
+ * the unread cases). The counters as kmod/pfq_hooks.c defines them: captured, a ring
+ * took a copy; dropped, a ring that wanted one was full or capture freed a frame no ring
+ * took; a tap-mode frame nobody reads is neither. Returns true when every check holds.
+ */
 static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *buf,
 		    char *why, size_t why_size)
 {
 	struct hk_counters before, after;
+	bool capture = !strcmp(case_modes[c], "capture");
+	bool read = c != HK_TAP_UNREAD && c != HK_CAPTURE_UNREAD;
 	unsigned int n = c == HK_FULL ? slots + FULL_EXTRA : FRAMES;
-	unsigned int kept = c == HK_FULL ? slots : n;
-	unsigned int to_stack = (c == HK_PASS || c == HK_TAP) ? n : 0;
-	unsigned int captured = c == HK_PASS ? 0 : kept;
+	unsigned int captured = c == HK_PASS || !read ? 0 : (c == HK_FULL ? slots : n);
+	unsigned int dropped = capture ? n - captured : 0;
+	unsigned int to_stack = capture ? 0 : n;
 	unsigned int ret_ok_want = n, first = *seq;
+	struct file *pcap = NULL;
+	bool ok = false;
+	long queued;
 	int i, err;
 
 	*why = 0;
@@ -537,22 +599,29 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 		scnprintf(why, why_size, "control: writing mode %s failed (%d)", case_modes[c], err);
 		return false;
 	}
+	if (read) {
+		pcap = hk_open_pcap(hd);
+		if (IS_ERR(pcap)) {
+			scnprintf(why, why_size, "pcap: open failed (%ld)", PTR_ERR(pcap));
+			return false;
+		}
+	}
 	if (hk_counters(hd->dev->name, buf, &before)) {
 		scnprintf(why, why_size, "stats: unreadable");
-		return false;
+		goto out;
 	}
 	atomic_set(&hd->stack, 0);
 	atomic_set(&hd->stack_bad, 0);
 	hd->ret_ok = 0;
 	hd->ret_other = INT_MIN;
-	hd->want = hk_expected_return(hd->entry, c);
+	hd->want = hk_expected_return(hd->entry, capture);
 	reinit_completion(&hd->done);
 	hd->next = first;
 	hd->count = first + n;
 	*seq += n;
 	if (!hk_feed(hd)) {
 		scnprintf(why, why_size, "feed: the NAPI poll did not finish in %d s", FEED_TIMEOUT_S);
-		return false;
+		goto out;
 	}
 	/* netif_rx queues to the backlog: wait for the stack to drain it. */
 	for (i = 0; i < 100 && atomic_read(&hd->stack) < to_stack; i++)
@@ -560,35 +629,64 @@ static bool hk_case(struct hk_dev *hd, enum hk_case c, unsigned int *seq, char *
 	msleep(20);
 	if (hk_counters(hd->dev->name, buf, &after)) {
 		scnprintf(why, why_size, "stats: unreadable");
-		return false;
+		goto out;
 	}
-	/* Ring full: netif_receive_skb and netif_rx say NET_RX_DROP for a frame that found
-	 * no room; the GRO hooks say GRO_CONSUMED for every frame (there is no GRO_DROP). */
-	if (c == HK_FULL && hd->want == NET_RX_SUCCESS && hd->entry != HK_RECEIVE_LIST)
-		ret_ok_want = kept;
+	/* Capture: netif_receive_skb and netif_rx say NET_RX_DROP for a frame no ring took
+	 * (full, or nobody reading); the GRO hooks say GRO_CONSUMED for every frame (there
+	 * is no GRO_DROP). */
+	if (capture && hd->want == NET_RX_SUCCESS && hd->entry != HK_RECEIVE_LIST)
+		ret_ok_want = captured;
 	if (hd->ret_ok != ret_ok_want ||
 	    (ret_ok_want < n && hd->ret_other != NET_RX_DROP)) {
 		scnprintf(why, why_size, "returns: %u of %u calls returned %d (another: %d)",
 			  hd->ret_ok, n, hd->want, hd->ret_other);
-		return false;
+		goto out;
 	}
 	if (atomic_read(&hd->stack) != to_stack || atomic_read(&hd->stack_bad)) {
 		scnprintf(why, why_size, "stack: %d frames reached it (%d not as sent), expected %u",
 			  atomic_read(&hd->stack), atomic_read(&hd->stack_bad), to_stack);
-		return false;
+		goto out;
 	}
 	if (after.packets - before.packets != n ||
 	    after.to_stack - before.to_stack != to_stack ||
 	    after.captured - before.captured != captured ||
-	    after.dropped - before.dropped != n - kept) {
+	    after.dropped - before.dropped != dropped) {
 		scnprintf(why, why_size,
 			  "counters: packets=%llu to_stack=%llu captured=%llu dropped=%llu, "
 			  "expected %u %u %u %u", after.packets - before.packets,
 			  after.to_stack - before.to_stack, after.captured - before.captured,
-			  after.dropped - before.dropped, n, to_stack, captured, n - kept);
-		return false;
+			  after.dropped - before.dropped, n, to_stack, captured, dropped);
+		goto out;
 	}
-	return hk_check_pcap(hd, buf, first, captured, why, why_size) == 0;
+	if (!read) {
+		/* Nothing went to the ring (opening the file below empties it: look first). */
+		queued = hk_queued(hd->dev->name, buf);
+		if (queued < 0) {
+			scnprintf(why, why_size, "control: no queued= for %s", hd->dev->name);
+			goto out;
+		}
+		if (queued) {
+			scnprintf(why, why_size, "ring: %ld frames queued with no reader", queued);
+			goto out;
+		}
+		/* Opening makes a reader to the end of the run (see enum hk_case): only the
+		 * last case without one reads the file, which must hold neither case's frames.
+		 */
+		if (c != HK_CAPTURE_UNREAD) {
+			ok = true;
+			goto out;
+		}
+		pcap = hk_open_pcap(hd);
+		if (IS_ERR(pcap)) {
+			scnprintf(why, why_size, "pcap: open failed (%ld)", PTR_ERR(pcap));
+			return false;
+		}
+	}
+	ok = hk_check_pcap(hd, pcap, buf, first, captured, why, why_size) == 0;
+out:
+	if (pcap)
+		filp_close(pcap, NULL);
+	return ok;
 }
 
 static void hk_run(void)
