@@ -318,16 +318,29 @@ static int pfq_endpoint_copy_out(struct pfq_endpoint *ep, char __user *buf, size
 }
 
 /*
+ * Whether frame @n, reserved and not yet published, is being copied: its slot still
+ * holds the frame of the lap before (or nothing, on the first lap). Anything else means
+ * the reader moved its tail back onto a slot the kernel has since reused; waiting for
+ * that frame would wait forever.
+ */
+static bool pfq_endpoint_in_flight(const struct pfq_endpoint *ep, u64 n, u32 seq)
+{
+	return n < ep->slots ? seq == 0 : seq == (u32)(n + 1 - ep->slots);
+}
+
+/*
  * Whole records (struct pfq_frame, then caplen bytes), as many as fit in @count; waits
  * for the first unless O_NONBLOCK, and never returns 0: a reader that woke for a frame
  * another reader took waits again. The tail is the one mmap() readers move: a reader
- * uses one way or the other; a tail that is nonsense (user memory) is -EIO.
+ * uses one way or the other; a tail that is nonsense (user memory: more than a ring
+ * behind, ahead of the frames reserved, or moved back onto reused slots) is -EIO.
  */
 ssize_t pfq_endpoint_read(struct pfq_endpoint *ep, char __user *buf, size_t count,
 			  bool nonblock)
 {
 	u64 tail, reserved;
 	size_t done = 0;
+	u32 seq;
 	int err;
 
 	err = pfq_endpoint_ensure_ring(ep);
@@ -347,7 +360,15 @@ ssize_t pfq_endpoint_read(struct pfq_endpoint *ep, char __user *buf, size_t coun
 			break;
 		}
 		/* Pairs with the producer's store-release of seq: the slot after it. */
-		if (smp_load_acquire(&pfq_endpoint_slot(ep, tail)->seq) != (u32)(tail + 1)) {
+		seq = smp_load_acquire(&pfq_endpoint_slot(ep, tail)->seq);
+		if (seq != (u32)(tail + 1) && reserved != tail &&
+		    !pfq_endpoint_in_flight(ep, tail, seq)) {
+			pr_warn_ratelimited("endpoint %u: read: the ring's tail %llu points at a slot already reused\n",
+					    ep->id, tail);
+			err = -EIO;
+			break;
+		}
+		if (seq != (u32)(tail + 1)) {
 			mutex_unlock(&ep->read_mutex);
 			if (reserved != tail)
 				/* A producer is copying frame tail: a few microseconds at most. */
