@@ -69,11 +69,11 @@ def guest_imports(init: str) -> list[str]:
 
 def _elf_needs(binary: Path) -> list[Path]:
     """The shared objects `binary` loads, with the dynamic loader, as ldd says; none for
-    a static program (no program interpreter). Host only: the guest has no elftools."""
+    a static program (no dynamic segment). Host only: the guest has no elftools."""
     from elftools.elf.elffile import ELFFile
 
     with binary.open("rb") as f:
-        if not any(segment["p_type"] == "PT_INTERP" for segment in ELFFile(f).iter_segments()):
+        if not any(segment["p_type"] == "PT_DYNAMIC" for segment in ELFFile(f).iter_segments()):
             return []
     try:
         out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,

@@ -152,6 +152,8 @@ def cost(config: Config, frames: int, runs: int) -> dict[str, float]:
             expect(delivered == (frames * cpus if n else 0),
                    f"bench {name}: {delivered} of {frames * cpus} frames delivered")
             best[name] = min(best.get(name, ns), ns)
+            print(f"cost {name}: {ns / (frames * cpus):.1f} ns/frame", file=sys.stderr,
+                  flush=True)
     return {name: round(best[name] / (frames * cpus), 1)
             for name, *_, cpus in COST_SETUPS}
 
@@ -210,6 +212,7 @@ def delivery(config: Config, frames: int, runs: int) -> dict[str, dict[str, floa
             expect(got["delivered"] + got["dropped"] == frames,
                    f"delivery {name}: {got['delivered']} delivered + {got['dropped']} "
                    f"dropped of {frames} sent")
+            print(f"delivery {name}: {got}", file=sys.stderr, flush=True)
             if got["per_second"] > best.get(name, {}).get("per_second", 0):
                 best[name] = got
     return best
