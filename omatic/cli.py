@@ -539,6 +539,9 @@ def _print_lab(report: dict[str, Any], out: TextIO) -> None:
                   f"{'+'.join(map(str, fanout['shares']))} frames, tcpdump read "
                   f"{'+'.join(str(n) for n in fanout['tcpdump_read'])}, flows split "
                   f"{fanout['flows_split']}\n")
+        if stages := fanout.get("path", {}).get("stages"):
+            out.write("           frames " + " -> ".join(f"{n} {stage}" for stage, n in
+                                                        stages.items()) + "\n")
     for failure in report["failures"]:
         out.write(f"  FAIL {failure}\n")
     if report["console_log"]:
@@ -834,8 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames injected per phase (default: 100)")
     p.add_argument("--keep", action="store_true",
                    help="keep the console log and pcaps even when the lab passes")
-    p.add_argument("--fanout", action="store_true",
-                   help="also run pfq-omatic capture with 4 hash-steered workers on the NIC")
+    p.add_argument("--fanout", action=argparse.BooleanOptionalAction, default=True,
+                   help="run pfq-omatic capture with 4 hash-steered workers on the NIC "
+                        "(default: on)")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output root: DIR/<kernel>/<driver>/lab.json (default: out)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",

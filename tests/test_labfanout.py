@@ -63,3 +63,36 @@ def test_a_phase_the_guest_never_reported() -> None:
     figures, problems = check_fanout(None, {}, None, None)
     assert figures == {"ran": False}
     assert problems == ["fanout: the guest never reported this phase"]
+
+
+def _guest(nic_rx: int, hooks: int, group: int, rings: list[tuple[int, int]]) -> dict:
+    """What the guest reports: counters before (0) and after the phase."""
+    zero = {"rx_packets": 0, "rx_dropped": 0, "rx_missed_errors": 0, "rx_fifo_errors": 0,
+            "rx_over_errors": 0, "rx_errors": 0}
+    lines = [(f"group=0 steer=hash endpoints={len(rings)} bpf=0 vlan=off received={group} "
+              f"filtered=0 delivered={group} dropped=0 devices=eth0")]
+    lines += [f"endpoint={i} pid=9 group=0 slots=1024 caplen=2048 queued=0 received={d + x} "
+              f"delivered={d} dropped={x}" for i, (d, x) in enumerate(rings)]
+    return {"status": 0, "nic_before": zero,
+            "nic_after": {**zero, "rx_packets": nic_rx, "rx_missed_errors": len(SENT) - nic_rx},
+            "pfq_before": {"packets": 5}, "pfq_after": {"packets": 5 + hooks},
+            "groups": lines}
+
+
+def test_a_loss_is_placed_at_the_first_stage_that_passed_on_less() -> None:
+    shares = _by_flow()
+    short = [shares[0][:-8], *shares[1:]]
+    n = len(SENT)
+    _, problems = check_fanout(SENT, _files(short), _guest(n - 8, n - 8, n - 8,
+                                                           [(n // 4, 0)] * 4), None)
+    assert any(p.startswith(f"fanout: 8 frames lost: {n} sent by the host, {n - 8} taken "
+                            "by the NIC (its counters: ") and "'rx_missed_errors': 8" in p
+               for p in problems), problems
+    figures, problems = check_fanout(SENT, _files(short), _guest(
+        n, n, n, [(n // 4 - 8, 8)] + [(n // 4, 0)] * 3), None)
+    assert (f"fanout: 8 frames lost: {n} received by group 0, {n - 8} put in the workers' "
+            "rings (8 dropped: rings full)") in problems
+    assert figures["path"]["stages"]["written by the workers"] == n - 8
+    _, problems = check_fanout(SENT, _files(short), _guest(n, n, n, [(n // 4, 0)] * 4), None)
+    assert (f"fanout: 8 frames lost: {n} put in the workers' rings, {n - 8} written by the "
+            "workers") in problems

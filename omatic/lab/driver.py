@@ -139,9 +139,8 @@ class LabConfig:
     #: QEMU here gives way to a kept system's.
     qemu_min: str = ""
     #: Also run `pfq-omatic capture` with 4 hash-steered workers on the NIC
-    #: (omatic.lab.fanout_phase). Off by default: under TCG it lost frames now and then, cause
-    #: not found yet; the hook lab proves the same command on every kernel.
-    fanout: bool = False
+    #: (omatic.lab.fanout_phase), with the counters that place a lost frame.
+    fanout: bool = True
 
     @property
     def installed_dir(self) -> Path | None:

@@ -6,11 +6,14 @@ waits until its group has 4 endpoints bound to the NIC, and announces the phase;
 sends FLOWS UDP flows of PER_FLOW frames each (frames.flows_burst) through the NIC. Once
 the workers' rings are empty the guest interrupts the capture as Ctrl-C would, and sends
 the 4 pcap files back on the console. Here they must hold, together, exactly the frames
-sent, each flow wholly in one file, and tcpdump must read each of them.
+sent, each flow wholly in one file, and tcpdump must read each of them. The guest also
+reports the NIC's receive counters, PFQ's device, group and endpoint counters, so that a
+lost frame is placed (the emulated NIC, PFQ's hooks, a full ring, a worker) from figures.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import tempfile
@@ -90,7 +93,48 @@ def check_fanout(sent: tuple[bytes, ...] | None, pcaps: dict[str, bytes],
     split = sorted(flow for flow, workers in owners.items() if len(workers) > 1)
     if split:
         problems.append(f"flows split between workers: {split[:5]}")
+    path = where_frames_went(guest, len(sent), sum(len(share) for share in shares))
+    if len(union) != len(sent) and path.get("lost_at"):
+        problems.append(f"{len(sent) - len(union)} frames lost: {path['lost_at']}")
     figures = {"ran": True, "workers": WORKERS, "flows": FLOWS, "sent": len(sent),
                "shares": [len(s) for s in shares], "tcpdump_read": read_by_tcpdump,
-               "flows_split": len(split), "capture_status": guest.get("status")}
+               "flows_split": len(split), "capture_status": guest.get("status"),
+               "path": path}
     return figures, [f"{PHASE}: {p}" for p in problems]
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in line.split() if "=" in item)
+
+
+def where_frames_went(guest: dict[str, Any], sent: int, in_files: int) -> dict[str, Any]:
+    """How many of the `sent` frames each stage passed on, from the counters the guest
+    read before the workers stopped: the NIC (rx_packets, and what it says it lost), PFQ's
+    hooks on the device, group 0, its endpoints' rings, and the workers' files. `lost_at`
+    names the first stage that passed on fewer than it got ('' when none did)."""
+    if "nic_after" not in guest:
+        return {}
+    nic = {k: guest["nic_after"][k] - guest["nic_before"][k] for k in guest["nic_after"]}
+    hooks = guest["pfq_after"]["packets"] - guest["pfq_before"]["packets"]
+    lines = [_fields(line) for line in guest.get("groups", [])]
+    group = next((f for f in lines if "endpoint" not in f), {})
+    endpoints = [f for f in lines if "endpoint" in f]
+    ring_delivered = sum(int(f["delivered"]) for f in endpoints)
+    ring_dropped = sum(int(f["dropped"]) for f in endpoints)
+    stages = [("sent by the host", sent), ("taken by the NIC", nic["rx_packets"]),
+              ("seen by PFQ's hooks", hooks),
+              ("received by group 0", int(group.get("received", 0))),
+              ("put in the workers' rings", ring_delivered),
+              ("written by the workers", in_files)]
+    lost_at = ""
+    for (before, got), (stage, passed) in itertools.pairwise(stages):
+        if passed < got:
+            lost_at = f"{got} {before}, {passed} {stage}"
+            if stage == "taken by the NIC":
+                lost_at += f" (its counters: {nic})"
+            elif stage == "put in the workers' rings":
+                lost_at += f" ({ring_dropped} dropped: rings full)"
+            break
+    return {"stages": dict(stages), "nic": nic, "ring_dropped": ring_dropped,
+            "endpoints": [{k: int(f[k]) for k in ("received", "delivered", "dropped")}
+                          for f in endpoints], "lost_at": lost_at}
