@@ -438,7 +438,7 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     for kernel in _kernels_of(args.kernel):
         config = HookLabConfig(kernel=kernel, out_root=Path(args.out),
                                jobs=args.jobs or os.cpu_count() or 1, timeout=args.timeout,
-                               accel=args.accel, keep=args.keep)
+                               accel=args.accel, keep=args.keep, fuzz_seed=args.fuzz_seed)
         result = run_hook_lab(config, Progress(f"hooks {kernel.release}").step)
         reports.append(result.report)
         code = max(code, 0 if result.ok else 2)
@@ -446,8 +446,8 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
             continue
         report = result.report
         out.write(f"hooks on {kernel.release} (QEMU {report['qemu']['version'] or '?'}, "
-                  f"{report['accel']}, ring_slots={report['ring_slots']}): guest ran "
-                  f"{report['guest_seconds']} s\n")
+                  f"{report['accel']}, ring_slots={report['ring_slots']}, fuzz seed "
+                  f"{report['fuzz_seed']}): guest ran {report['guest_seconds']} s\n")
         for document in report["results"].values():
             for test in document:
                 cases = ", ".join(f"{s['name']} {'ok' if s['ok'] else 'FAIL'}"
@@ -824,6 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds before a guest counts as hung (default: 180)")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
                    help="auto: KVM only if a probe boots a kernel with it, else TCG")
+    p.add_argument("--fuzz-seed", type=int, default=None, metavar="N",
+                   help="the seed of the bad requests at volume (default: a new one, "
+                        "printed; a failing run's seed replays it)")
 
     p = add("lab", cmd_lab, "boot Debian's kernel in QEMU with pfq.ko and the accelerated "
                             "driver, inject frames and check every PFQ mode")

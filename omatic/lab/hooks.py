@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shlex
 import tempfile
@@ -65,8 +66,8 @@ from omatic.templates import render
 #: The test module's name (tests/hookmod/pfq_hooktest.c).
 MODULE = "pfq_hooktest"
 #: The KTAP documents the guest prints: the module's, omatic.lab.groupcheck's,
-#: omatic.lab.safetycheck's, /init's.
-DOCUMENTS = ("hooks", "groups", "safety", "guest")
+#: omatic.lab.safetycheck's, omatic.lab.fuzzcheck's, /init's.
+DOCUMENTS = ("hooks", "groups", "safety", "fuzz", "guest")
 #: In-tree modules the guest loads first: dummy, for the safety checks' `ip link add`.
 IN_TREE = ("dummy",)
 #: The users and groups of the guest: root, tcpdump's and nobody (the unprivileged
@@ -96,6 +97,8 @@ class HookLabConfig:
     bench: bool = False
     #: The bench's C readers (bench/reader.c, built static), staged into the guest.
     reader: Path | None = None
+    #: The seed of omatic.lab.fuzzcheck's calls; None: a new one (in the report).
+    fuzz_seed: int | None = None
 
 
 @dataclass
@@ -177,13 +180,15 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     log = out_dir / "hooks-console.log"
     started = time.monotonic()
     session = HookSession()
+    fuzz_seed = config.fuzz_seed if config.fuzz_seed is not None else \
+        random.SystemRandom().randrange(1 << 32)
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-hooks-") as tmp:
         initrd, root = Path(tmp) / "initrd.cpio", Path(tmp) / "root"
         init = render("hooklab-init.sh.j2", release=kernel.release, module=MODULE,
                       slots=SLOTS, ring_memory_max=RING_MEMORY_MAX, deps=deps,
                       dmesg_pattern="|".join(DMESG_BAD),
                       python_path=PACKAGE_DIR, groupcheck_config=GROUPCHECK_CONFIG,
-                      bench=config.bench)
+                      bench=config.bench, fuzz_seed=fuzz_seed)
         with step("initramfs"):
             stage_python(root, guest_imports(init))
             stage_program(root, Path(TCPDUMP))
@@ -232,7 +237,8 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     keep = config.keep or bool(failures)
     report: dict[str, Any] = {
         "tool": "pfq-omatic", "version": __version__, "kernel": kernel.release,
-        "module": MODULE, "ring_slots": SLOTS, "accel": accel, "accel_reason": accel_why,
+        "module": MODULE, "ring_slots": SLOTS, "fuzz_seed": fuzz_seed, "accel": accel,
+        "accel_reason": accel_why,
         "qemu": {"binary": qemu.binary, "version": qemu_version(qemu),
                  "command": shlex.join(cmd),
                  "exit": status},
