@@ -173,7 +173,10 @@ def _run(rels: list[str], rules: list[Rule], root: Path, out: Path | None,
         _init(rules, root, out)
         results: Iterable[FileResult | None] = map(_process, rels)
         return [r for r in results if r is not None]
-    ctx = multiprocessing.get_context("fork")
+    # forkserver, not fork: the matrix runs builds on threads, and a child forked while
+    # another thread holds a lock (the allocator's, an import or I/O lock) waits on it
+    # forever. The server is forked once, early and single-threaded, and forks the rest.
+    ctx = multiprocessing.get_context("forkserver")
     with ctx.Pool(jobs, initializer=_init, initargs=(rules, root, out)) as pool:
         return [r for r in pool.imap_unordered(_process, rels, chunksize=16) if r is not None]
 
