@@ -327,7 +327,11 @@ static int hk_poll(struct napi_struct *napi, int budget)
 		netif_receive_skb_list(&list);
 		hd->ret_ok += work;	/* returns nothing: nothing to check */
 	}
-	if (hd->next < hd->count)
+	/* A poll that used its whole budget must not complete: the core polls it again
+	 * (and would add it to a poll list it is already on, once completed and scheduled
+	 * anew). The job's end comes with a poll that did less.
+	 */
+	if (hd->next < hd->count || work == budget)
 		return budget;
 	napi_complete_done(napi, work);
 	complete(&hd->done);
