@@ -20,7 +20,6 @@ from pathlib import Path
 
 #: The package this reads: the folder holding this file.
 PACKAGE_DIR = Path(__file__).resolve().parent
-PACKAGE = PACKAGE_DIR.name
 
 
 def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
