@@ -21,8 +21,8 @@ GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst
                 "vlan_10", "queue_bind_and_steer", "cpu_and_rnd", "read_and_caplen",
                 "other_namespace", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
                 "endpoint_closed_mid_burst", "killed_process_leaves", "endpoint_ring_full",
-                "unprivileged_eperm", "bad_requests_einval", "capture_cli_4_workers_hash",
-                "refcount_back"]
+                "two_cpus_one_ring", "unprivileged_eperm", "bad_requests_einval",
+                "capture_cli_4_workers_hash", "refcount_back"]
 SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted_and_capped",
                  "read_racing_mmap_returns", "two_readers_never_read_0",
                  "pcap_concurrent_reads_whole", "pcap_kept_only_while_open",
@@ -52,6 +52,11 @@ def test_every_hook_in_every_mode(kernel: Kernel, tmp_path: Path) -> None:
     # pfq.ko's guards against users without privilege and careless readers.
     safety = report["results"]["safety"]
     assert [(t["name"], t["ok"]) for t in safety] == [(c, True) for c in SAFETY_CHECKS]
+    # Bad requests at volume while frames flow, by omatic.lab.fuzzcheck, with its seed.
+    fuzz = report["results"]["fuzz"]
+    assert [(t["name"], t["ok"]) for t in fuzz] == [("bad_requests_at_volume", True),
+                                                    ("refcount_back", True)]
+    assert isinstance(report["fuzz_seed"], int)
     # The module went through the tool like any driver: every entry point became a hook.
     module = KernelModule(tmp_path / kernel.release / "pfq_hooktest" / "pfq_hooktest.ko")
     undefined = module.undefined()

@@ -216,8 +216,10 @@ class Fuzzer:
 
 
 def _fuzz(seed: int, calls: int, done_w: int, go_r: int) -> None:
-    """A fuzzing process: the calls, then 'ok' (or why not) on `done_w`, then wait for
-    `go_r` with its endpoints open, then close them all."""
+    """A fuzzing process: wait for a first byte on `go_r` (the frames flow), make the
+    calls, say 'ok' (or why not) on `done_w`, wait for a second byte with its endpoints
+    open, then close them all."""
+    os.read(go_r, 1)
     fuzzer = Fuzzer(random.Random(seed))
     try:
         refused = fuzzer.run(calls)
@@ -242,27 +244,31 @@ def _feed(dev: str, cpu: int, stop: threading.Event, errors: list[BaseException]
 def check_fuzz(seed: int, calls: int = CALLS) -> Callable[[Config], None]:
     def check(config: Config) -> None:
         before = len(dmesg_lines())
+        # The fuzzers are forked before any thread starts: a child forked while another
+        # thread holds a lock would wait on it forever.
+        procs, dones, gos = [], [], []
+        for i in range(PROCESSES):
+            done_r, done_w = os.pipe()
+            go_r, go_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _fuzz(seed + i, calls, done_w, go_r)
+                finally:
+                    os._exit(0)
+            os.close(done_w)
+            os.close(go_r)
+            procs.append(pid)
+            dones.append(done_r)
+            gos.append(go_w)
         stop, errors = threading.Event(), list[BaseException]()
         feeders = [threading.Thread(target=_feed, args=(dev, cpu, stop, errors))
                    for cpu, dev in enumerate((DEV, DEV2))]
         for feeder in feeders:
             feeder.start()
-        procs, dones, gos = [], [], []
         try:
-            for i in range(PROCESSES):
-                done_r, done_w = os.pipe()
-                go_r, go_w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    try:
-                        _fuzz(seed + i, calls, done_w, go_r)
-                    finally:
-                        os._exit(0)
-                os.close(done_w)
-                os.close(go_r)
-                procs.append(pid)
-                dones.append(done_r)
-                gos.append(go_w)
+            for fd in gos:
+                os.write(fd, b"g")
             said = [os.read(fd, 600).decode() for fd in dones]
         finally:
             stop.set()

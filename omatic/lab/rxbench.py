@@ -117,7 +117,7 @@ def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
     def one(dev: str, cpu: int, frames: Sequence[bytes]) -> None:
         try:
             os.sched_setaffinity(0, {cpu})
-            start.wait()
+            start.wait(timeout=60)  # broken, not waited on forever, if another failed
             results[dev] = inject(dev, frames)["ns"]
         except BaseException as err:  # reported below, in the calling thread
             errors.append(err)
