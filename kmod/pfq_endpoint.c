@@ -59,7 +59,7 @@ static LIST_HEAD(pfq_endpoints);
 
 static size_t pfq_slot_size(u32 caplen)
 {
-	return ALIGN(sizeof(struct pfq_frame) + caplen, 8);
+	return ALIGN(sizeof(struct pfq_frame) + caplen, PFQ_SLOT_ALIGN);
 }
 
 /* Make the ring of @ep with @info's sizes (0: the module's). Caller holds ring_mutex. */

@@ -20,6 +20,8 @@ PFQ_GROUPS = 64
 PFQ_GROUP_ENDPOINTS = 64
 PFQ_RING_MAGIC = 0x52514650
 PFQ_VLAN_IDS = 4096
+#: Slots start on their own cache line (slot_size is a multiple of it).
+PFQ_SLOT_ALIGN = 64
 #: struct pfq_frame.flags: vlan_tci is a tag the NIC stripped; the slot holds no frame.
 PFQ_FRAME_VLAN = 1
 PFQ_FRAME_EMPTY = 2
@@ -105,7 +107,7 @@ CONSTANTS = {
     "PFQ_GROUPS": PFQ_GROUPS, "PFQ_GROUP_ENDPOINTS": PFQ_GROUP_ENDPOINTS,
     "PFQ_RING_MAGIC": PFQ_RING_MAGIC, "PFQ_VLAN_IDS": PFQ_VLAN_IDS,
     "PFQ_RING_VERSION": RING_VERSION, "PFQ_FRAME_VLAN": PFQ_FRAME_VLAN,
-    "PFQ_FRAME_EMPTY": PFQ_FRAME_EMPTY,
+    "PFQ_FRAME_EMPTY": PFQ_FRAME_EMPTY, "PFQ_SLOT_ALIGN": PFQ_SLOT_ALIGN,
     **{f"PFQ_STEER_{name.upper()}": value for name, value in STEER_MODES.items()},
     "PFQ_STEER_MAX": PFQ_STEER_MAX, "PFQ_IOC_MAGIC": PFQ_IOC_MAGIC,
     "PFQ_IOC_RING": PFQ_IOC_RING, "PFQ_IOC_JOIN": PFQ_IOC_JOIN,

@@ -58,12 +58,16 @@ enum pfq_steer {
 	PFQ_STEER_MAX,
 };
 
+/* Slots start on their own cache line: producers on several CPUs fill neighbouring slots
+ * at once, and a line two slots shared would move between their caches with each frame. */
+#define PFQ_SLOT_ALIGN		64
+
 /* The first page of the mmap'd ring. */
 struct pfq_ring_head {
 	__u32 magic;		/* PFQ_RING_MAGIC */
 	__u32 version;		/* 2 (1 had a shared head; seq was padding) */
 	__u32 slots;
-	__u32 slot_size;	/* stride of the slots, a multiple of 8 */
+	__u32 slot_size;	/* stride of the slots, a multiple of PFQ_SLOT_ALIGN */
 	__u32 caplen;		/* bytes kept per frame at most */
 	__u32 data_offset;	/* where slot 0 starts: one page */
 	__u64 pad0[5];
