@@ -125,13 +125,24 @@ def ex1(n: int, start: int = 0) -> list[bytes]:
 def inject(dev: str, frames: Sequence[bytes],
            queues: Sequence[int] | None = None) -> dict[str, int]:
     """Feed `frames` through `dev`'s entry point; what the module says it did."""
+    return inject_written(dev, inject_request(dev, frames, queues))
+
+
+def inject_request(dev: str, frames: Sequence[bytes],
+                   queues: Sequence[int] | None = None) -> bytes:
+    """What inject() writes to the module, built ahead where the write is timed."""
     out = [dev.encode().ljust(16, b"\0")]
     for i, frame in enumerate(frames):
         queue = 0xFFFF if queues is None else queues[i]
         out.append(struct.pack("<HH", len(frame), queue) + frame)
+    return b"".join(out)
+
+
+def inject_written(dev: str, request: bytes) -> dict[str, int]:
+    """Write an inject_request() for `dev`; what the module says it did."""
     fd = os.open(INJECT, os.O_WRONLY)
     try:
-        os.write(fd, b"".join(out))
+        os.write(fd, request)
     finally:
         os.close(fd)
     line = next(line for line in INJECT.read_text().splitlines()

@@ -137,6 +137,7 @@ struct hk_dev {
 	struct mutex inject_mutex;
 	unsigned int inject_frames;
 	u64 inject_ns;
+	u64 inject_start;	/* ktime_get() when it began, ns */
 };
 
 /* One injected frame: its bytes are at data + offset. */
@@ -789,6 +790,7 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 	start = ktime_get();
 	fed = hk_feed(hd);
 	hd->inject_ns = ktime_to_ns(ktime_sub(ktime_get(), start));
+	hd->inject_start = ktime_to_ns(start);
 	hd->inject_frames = n;
 	hd->inject = NULL;
 	mutex_unlock(&hd->inject_mutex);
@@ -808,8 +810,9 @@ static int hk_inject_show(struct seq_file *m, void *v)
 			continue;
 		mutex_lock(&hd->inject_mutex);
 		if (hd->inject_frames)
-			seq_printf(m, "dev=%s frames=%u ns=%llu stack=%d\n", hd->dev->name,
-				   hd->inject_frames, hd->inject_ns, atomic_read(&hd->stack));
+			seq_printf(m, "dev=%s frames=%u ns=%llu start=%llu stack=%d\n",
+				   hd->dev->name, hd->inject_frames, hd->inject_ns,
+				   hd->inject_start, atomic_read(&hd->stack));
 		mutex_unlock(&hd->inject_mutex);
 	}
 	return 0;
