@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from omatic.kernels.find import default_kernel, find_kernel
+from omatic.lab.console import console_tail
 from omatic.lab.hooks import HookLabConfig, run_hook_lab
 
 HERE = Path(__file__).resolve().parent
@@ -48,11 +49,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-bench-") as tmp:
         reader = build_reader(Path(tmp))
         result = run_hook_lab(HookLabConfig(kernel=kernel, out_root=Path(tmp), bench=True,
-                                            reader=reader, timeout=900.0))
-    bench = result.report["bench"]
-    if not result.ok or bench is None:
-        print("the guest failed:", *result.failures, sep="\n  ", file=sys.stderr)
-        return 2
+                                            reader=reader, timeout=1800.0))
+        bench = result.report["bench"]
+        if not result.ok or bench is None:
+            print("the guest failed:", *result.failures, sep="\n  ", file=sys.stderr)
+            print("its console ended with:", console_tail(Path(result.report["console_log"]),
+                                                         80), sep="\n", file=sys.stderr)
+            return 2
     ns = bench["ns_per_frame"]
     print(f"kernel {kernel.release}, {result.report['accel']}, clocksource "
           f"{bench['clocksource']}; {bench['frames']} frames per burst and CPU, "

@@ -8,8 +8,9 @@ that a slower moment of the machine weighs on all of them:
 - cost: nanoseconds per frame the hooks take, as the module times a burst (best of the
   runs). One CPU feeds hk-gro; in the `_2cpu` set-ups CPU 0 feeds hk-gro and CPU 1
   hk-gro2 at once (two rx queues of one entry point, each with its own NAPI), and the
-  figure is the wall time of both over all their frames. The readers have room for the
-  whole burst; what they got is counted by the kernel, not read.
+  figure is the wall time from the first feed's start to the last one's end, over all
+  their frames. The readers have room for the whole burst; what they got is counted by
+  the kernel, not read.
 - delivery: frames per second that reach readers in user space, written in C
   (bench/reader.c, staged into the guest), for a burst larger than their rings, with
   the drops each side counts. Readers run while the burst is fed.
@@ -40,6 +41,8 @@ from omatic.lab.groupcheck import (
     expect,
     group,
     inject,
+    inject_request,
+    inject_written,
     ipv4,
     set_mode,
 )
@@ -50,6 +53,46 @@ from omatic.pfq.uapi import STEER_MODES
 DEV_Q1 = "hk-gro2"
 #: The guest's realtime clocksource: what a clock read costs depends on it.
 CLOCKSOURCE = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+#: A task stuck this long in the kernel has its stack logged, so that a bench that
+#: hangs says where (the kernel's default, 120 s, is longer than a whole run).
+HUNG_TASK_SECONDS = Path("/proc/sys/kernel/hung_task_timeout_secs")
+#: No set-up ending for this long: the kernel is asked for every CPU's backtrace and
+#: every task's state (sysrq l, t), on the console, once.
+STALL_SECONDS = 60.0
+SYSRQ = Path("/proc/sysrq-trigger")
+#: The console's log level: the dump is printed at KERN_INFO, which `quiet` hides.
+PRINTK = Path("/proc/sys/kernel/printk")
+
+
+class Watchdog:
+    """Logs the guest's state when the bench stops making progress (see STALL_SECONDS);
+    `progress()` after each set-up. Its own sleeps need the guest's timers: a stall
+    with no dump afterwards says they stopped too."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+    def progress(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(5.0):
+            if time.monotonic() - self._last > STALL_SECONDS:
+                print(f"bench: no set-up ended in {STALL_SECONDS:.0f} s; the kernel's view:",
+                      file=sys.stderr, flush=True)
+                PRINTK.write_text("8")
+                for key in "lt":
+                    SYSRQ.write_text(key)
+                return
 
 #: The cost measure's set-ups: name, device mode, readers' kind, how many, steering or
 #: fan-out mode, BPF program, CPUs feeding.
@@ -111,14 +154,18 @@ def _readers(stack: ExitStack, kind: str, n: int, steer: str, frames: int, devs:
 
 def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
     """Feed each (device, CPU, frames) from a thread pinned to that CPU, all at once;
-    the nanoseconds the slowest took, as the module timed it."""
-    start, results, errors = threading.Barrier(len(feeds)), {}, []
+    the nanoseconds from the first feed's start to the last one's end, as the module
+    timed them. The writes are built beforehand: under one interpreter lock, building
+    one would delay the other's start and the feeds would take turns."""
+    start, spans, errors = threading.Barrier(len(feeds)), [], []
 
     def one(dev: str, cpu: int, frames: Sequence[bytes]) -> None:
         try:
+            request = inject_request(dev, frames)
             os.sched_setaffinity(0, {cpu})
             start.wait(timeout=60)  # broken, not waited on forever, if another failed
-            results[dev] = inject(dev, frames)["ns"]
+            said = inject_written(dev, request)
+            spans.append((said["start"], said["start"] + said["ns"]))
         except BaseException as err:  # reported below, in the calling thread
             errors.append(err)
 
@@ -129,11 +176,13 @@ def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
         thread.join()
     if errors:
         raise CheckFailed(f"feeding failed: {errors[0]!r}")
-    return max(results.values())
+    return max(end for _, end in spans) - min(begin for begin, _ in spans)
 
 
-def cost(config: Config, frames: int, runs: int) -> dict[str, float]:
-    """Nanoseconds per frame of each of COST_SETUPS, best of `runs`."""
+def cost(config: Config, frames: int, runs: int, progress: Callable[[], None]
+         ) -> dict[str, float]:
+    """Nanoseconds per frame of each of COST_SETUPS, best of `runs`; `progress()` after
+    each set-up."""
     program = [tuple(insn) for insn in config["udp_dst_9"]]
     sent = {DEV: frames_of(frames), DEV_Q1: frames_of(frames, start=frames)}
     best: dict[str, int] = {}
@@ -153,6 +202,7 @@ def cost(config: Config, frames: int, runs: int) -> dict[str, float]:
             expect(delivered == (frames * cpus if n else 0),
                    f"bench {name}: {delivered} of {frames * cpus} frames delivered")
             best[name] = min(best.get(name, ns), ns)
+            progress()
             print(f"cost {name}: {ns / (frames * cpus):.1f} ns/frame", file=sys.stderr,
                   flush=True)
     return {name: round(best[name] / (frames * cpus), 1)
@@ -179,8 +229,10 @@ def deliver(program: str, kind: str, n: int, mode: str, sent: Sequence[bytes]
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline().strip()
-        expect(ready == "ready", f"the readers did not start: {ready!r} "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        if ready != "ready":  # their stderr ends only when they do: read it only then
+            proc.kill()
+            raise CheckFailed(f"the readers did not start: {ready!r} "
+                              f"{proc.communicate(timeout=30)[1]!r}")
         os.sched_setaffinity(0, {0})
         start = time.monotonic_ns()
         inject(DEV, sent)
@@ -201,8 +253,10 @@ def deliver(program: str, kind: str, n: int, mode: str, sent: Sequence[bytes]
             "per_second": round(delivered / seconds)}
 
 
-def delivery(config: Config, frames: int, runs: int) -> dict[str, dict[str, float]]:
-    """Each of DELIVERY_SETUPS, the run with the most frames per second."""
+def delivery(config: Config, frames: int, runs: int, progress: Callable[[], None]
+             ) -> dict[str, dict[str, float]]:
+    """Each of DELIVERY_SETUPS, the run with the most frames per second; `progress()`
+    after each set-up."""
     sent = frames_of(frames)
     best: dict[str, dict[str, float]] = {}
     for _ in range(runs):
@@ -213,20 +267,24 @@ def delivery(config: Config, frames: int, runs: int) -> dict[str, dict[str, floa
             expect(got["delivered"] + got["dropped"] == frames,
                    f"delivery {name}: {got['delivered']} delivered + {got['dropped']} "
                    f"dropped of {frames} sent")
+            progress()
             print(f"delivery {name}: {got}", file=sys.stderr, flush=True)
             if got["per_second"] > best.get(name, {}).get("per_second", 0):
                 best[name] = got
     return best
 
 
-def bench(config: Config, frames: int = 4096, runs: int = 9,
-          burst: int = 16384, delivery_runs: int = 3) -> dict[str, Any]:
-    return {"frames": frames, "runs": runs,
-            "clocksource": CLOCKSOURCE.read_text().strip(),
-            "ns_per_frame": cost(config, frames, runs),
-            "burst": burst,
-            "delivery": delivery(config, burst, delivery_runs) if config.get("reader")
-            else None}
+def bench(config: Config, frames: int = 16384, runs: int = 40,
+          burst: int = 16384, delivery_runs: int = 5) -> dict[str, Any]:
+    if HUNG_TASK_SECONDS.exists():
+        HUNG_TASK_SECONDS.write_text("20")
+    with Watchdog() as watchdog:
+        return {"frames": frames, "runs": runs,
+                "clocksource": CLOCKSOURCE.read_text().strip(),
+                "ns_per_frame": cost(config, frames, runs, watchdog.progress),
+                "burst": burst,
+                "delivery": delivery(config, burst, delivery_runs, watchdog.progress)
+                if config.get("reader") else None}
 
 
 def main(argv: Iterable[str]) -> int:
