@@ -2,7 +2,7 @@
 """Benchmark: what PFQ costs the receive path, in a guest, against pass mode and against
 the stock peer for the same job, AF_PACKET with a TPACKET_V3 ring and PACKET_FANOUT.
 
-Usage: bench/fanout.py [--kernel 6.1]
+Usage: bench/fanout.py [--kernel 6.1] [--count]
 
 Boots the hook lab's guest (pfq.ko and the accelerated hook test module, omatic.lab.hooks)
 with omatic.lab.rxbench on, whose docstring says what is timed and how. Prints two
@@ -12,9 +12,13 @@ measures of one run, set-ups taking turns:
 - frames per second delivered to C readers (bench/reader.c) for a burst larger than
   their rings, with the drops each side counted.
 Under TCG the absolute figures mean little; the ratios, measured in one run, are the
-result. Targets (the data-path issue): PFQ's cost over pass at most half AF_PACKET's for
-1 and for 4 fanned-out readers (tap); capture with 4 hash-steered endpoints at least 2.5x
-the frame rate of 4 AF_PACKET fan-out sockets; two CPUs feeding at least 1.6x one's rate.
+result. A set-up's time varies by about 1.5x from one run to the next under TCG, so
+`--count` measures the one-CPU cost set-ups again in a guest whose clock counts
+instructions (QEMU's -icount): its figures are instructions per frame, the same in every
+run, blind to what an instruction costs (a cache miss, a locked one) but not to noise.
+Targets (the data-path issue): PFQ's cost over pass at most half AF_PACKET's for 1 and
+for 4 fanned-out readers (tap); capture with 4 hash-steered endpoints at least 2.5x the
+frame rate of 4 AF_PACKET fan-out sockets; two CPUs feeding at least 1.6x one's rate.
 """
 
 from __future__ import annotations
@@ -44,12 +48,15 @@ def build_reader(out: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default=None, help="release or series (default: default)")
+    parser.add_argument("--count", action="store_true",
+                        help="count instructions per frame (one CPU) instead of timing")
     args = parser.parse_args()
     kernel = find_kernel(args.kernel) if args.kernel else default_kernel()
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-bench-") as tmp:
-        reader = build_reader(Path(tmp))
+        reader = None if args.count else build_reader(Path(tmp))
         result = run_hook_lab(HookLabConfig(kernel=kernel, out_root=Path(tmp), bench=True,
-                                            reader=reader, timeout=1800.0))
+                                            reader=reader, icount=args.count,
+                                            timeout=1800.0))
         bench = result.report["bench"]
         if not result.ok or bench is None:
             print("the guest failed:", *result.failures, sep="\n  ", file=sys.stderr)
@@ -57,13 +64,16 @@ def main() -> int:
                                                          80), sep="\n", file=sys.stderr)
             return 2
     ns = bench["ns_per_frame"]
-    print(f"kernel {kernel.release}, {result.report['accel']}, clocksource "
+    unit = "insns/frame" if bench["icount"] else "ns/frame"
+    print(f"kernel {kernel.release}, {result.report['accel']}"
+          f"{', instructions counted' if bench['icount'] else ''}, clocksource "
           f"{bench['clocksource']}; {bench['frames']} frames per burst and CPU, "
           f"best of {bench['runs']}")
     for name, value in ns.items():
         base = ns["pass_2cpu" if name.endswith("_2cpu") else "pass"]
         over = "" if name.startswith("pass") else f"  ({value - base:+8.1f} over pass)"
-        print(f"  {name:22} {value:9.1f} ns/frame  {1e9 / value:12,.0f} frames/s{over}")
+        rate = "" if bench["icount"] else f"  {1e9 / value:12,.0f} frames/s"
+        print(f"  {name:22} {value:9.1f} {unit}{rate}{over}")
 
     def cost(name: str) -> float:
         return ns[name] - ns["pass"]
@@ -73,6 +83,8 @@ def main() -> int:
     print(f"  4 fanned-out readers:  {cost('tap_4_hash') / cost('af_packet_4_hash'):.2f}")
     print(f"PFQ capture 4 hash / AF_PACKET 4 fan-out hash, frame rate (target 2.5): "
           f"{ns['af_packet_4_hash'] / ns['capture_4_hash']:.2f}")
+    if bench["icount"]:
+        return 0
     print("two CPUs feeding / one, frame rate (target 1.6):")
     for name in ("pass", "af_packet_4_hash", "tap_4_hash", "capture_4_hash"):
         print(f"  {name:22} {ns[name] / ns[name + '_2cpu']:.2f}")

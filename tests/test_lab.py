@@ -137,6 +137,16 @@ def test_qemu_command_stays_on_loopback(tmp_path: Path) -> None:
     assert "remote.host=127.0.0.1,remote.port=40002" in netdev
     assert cmd[cmd.index("-device") + 1] == "e1000e,netdev=n0,mac=52:54:00:12:34:56"
     assert "-enable-kvm" not in cmd and cmd[cmd.index("-accel") + 1] == "tcg"
+    assert "-icount" not in cmd
+
+
+@unit
+def test_qemu_command_counts_instructions_when_asked(tmp_path: Path) -> None:
+    """The bench's --count: one nanosecond of guest time per instruction, idle time
+    skipped, so a span the guest measures is an instruction count."""
+    cmd = qemu_command(Emulator("qemu"), "tcg", tmp_path / "vmlinuz", tmp_path / "initrd",
+                       "", 0, 0, cpus=2, icount=True)
+    assert cmd[cmd.index("-icount") + 1] == "shift=0,sleep=off"
 
 
 @unit

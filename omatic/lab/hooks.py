@@ -97,6 +97,9 @@ class HookLabConfig:
     bench: bool = False
     #: The bench's C readers (bench/reader.c, built static), staged into the guest.
     reader: Path | None = None
+    #: The bench counts instructions instead of timing (QEMU's -icount; TCG only): its
+    #: figures are then the same in every run, and it runs the one-CPU cost set-ups only.
+    icount: bool = False
     #: The seed of omatic.lab.fuzzcheck's calls; None: a new one (in the report).
     fuzz_seed: int | None = None
 
@@ -175,7 +178,8 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     deps = [GuestModule(name, image[name][0], f"modules/{name}.ko", built=False)
             for name in in_tree_needs(list(IN_TREE), image, set())]
     with step("accelerator"):
-        accel, accel_why = choose_accel(qemu, config.accel, vmlinuz)
+        accel, accel_why = ("tcg", "instructions are counted (-icount)") if config.icount \
+            else choose_accel(qemu, config.accel, vmlinuz)
     out_dir = built.out_dir
     log = out_dir / "hooks-console.log"
     started = time.monotonic()
@@ -202,10 +206,12 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             program = compile_filter("udp and dst port 9")
             (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps(
                 {"udp_dst_9": program,
-                 "reader": str(config.reader) if config.reader else None}))
+                 "reader": str(config.reader) if config.reader else None,
+                 "icount": config.icount}))
             build_initramfs(root, initrd, init, deps + modules)
         # Two vCPUs: cpu steering is proven with frames fed from each.
-        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory, cpus=2)
+        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory, cpus=2,
+                           icount=config.icount)
         with step(f"boot ({accel})"), log_kept_only_if(config.keep, log):
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
     failures: list[str] = []

@@ -334,16 +334,20 @@ def udp_ports(sock: socket.socket) -> tuple[int, int]:
 
 
 def qemu_command(qemu: Emulator, accel: str, vmlinuz: Path, initrd: Path, model: str,
-                 guest_port: int, host_port: int, memory: int = 256, cpus: int = 1
-                 ) -> list[str]:
+                 guest_port: int, host_port: int, memory: int = 256, cpus: int = 1,
+                 icount: bool = False) -> list[str]:
     """The QEMU command line: one vCPU unless told (the host needs the other core to
     inject), the NIC on a dgram netdev whose datagrams from/to 127.0.0.1:`host_port` are
-    its frames. With `model` "", the machine has no NIC."""
+    its frames. With `model` "", the machine has no NIC. With `icount` (TCG only), the
+    guest's clocks advance one nanosecond per instruction it runs and jump over its idle
+    time, so a span it measures is the instructions run in it, the same in every run."""
     args = ["-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
             "-m", str(memory), "-smp", str(cpus), "-display", "none", "-nodefaults",
             "-no-user-config", "-no-reboot", "-serial", "stdio",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 quiet ipv6.disable=1"]
+    if icount:
+        args += ["-icount", "shift=0,sleep=off"]
     if model:
         netdev = (f"dgram,id=n0,local.type=inet,local.host=127.0.0.1,"
                   f"local.port={guest_port},remote.type=inet,remote.host=127.0.0.1,"
