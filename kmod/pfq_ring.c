@@ -86,16 +86,16 @@ static struct pfq_slot *pfq_ring_slot(struct pfq_ring *ring, u32 index)
 }
 
 /*
- * Copy @caplen bytes of the frame that starts @offset bytes from skb->data into @to,
- * putting back the 802.1Q tag a NIC stripped into skb metadata, as AF_PACKET does, so
- * the capture shows the frame as it was on the wire; pfq_frame_len() counts the tag
- * under the same condition, even when @caplen keeps only part of it.
+ * pfq_copy_frame() for a frame with a stripped tag or in fragments. A tag a NIC
+ * stripped into skb metadata is put back, as AF_PACKET does, so the capture shows the
+ * frame as it was on the wire; pfq_frame_len() counts the tag under the same
+ * condition, even when @caplen keeps only part of it.
  */
-int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
+int pfq_copy_frame_slow(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
 {
 	const u32 macs = 2 * ETH_ALEN;
 	u8 head[2 * ETH_ALEN + VLAN_HLEN];
-	__be16 tag[2] = { skb->vlan_proto, htons(skb_vlan_tag_get(skb)) };
+	__be16 tag[2];
 	u32 n;
 
 	if (!skb_vlan_tag_present(skb) || skb->len - offset < macs)
@@ -103,22 +103,14 @@ int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
 	/* On the wire the tag follows the MAC addresses: TPID, then TCI. */
 	if (skb_copy_bits(skb, offset, head, macs))
 		return -EFAULT;
+	tag[0] = skb->vlan_proto;
+	tag[1] = htons(skb_vlan_tag_get(skb));
 	memcpy(head + macs, tag, sizeof(tag));
 	n = min_t(u32, caplen, sizeof(head));
 	memcpy(to, head, n);
 	if (caplen == n)
 		return 0;
 	return skb_copy_bits(skb, offset + macs, to + n, caplen - n);
-}
-
-/* The frame's length on the wire: from the Ethernet header on, with a stripped tag. */
-u32 pfq_frame_len(const struct sk_buff *skb, int offset)
-{
-	u32 len = skb->len - offset;
-
-	if (skb_vlan_tag_present(skb) && len >= 2 * ETH_ALEN)
-		len += VLAN_HLEN;
-	return len;
 }
 
 /*

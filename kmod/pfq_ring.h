@@ -3,6 +3,8 @@
 #ifndef _PFQ_RING_H
 #define _PFQ_RING_H
 
+#include <linux/if_ether.h>
+#include <linux/if_vlan.h>
 #include <linux/ktime.h>
 #include <linux/rcupdate.h>
 #include <linux/skbuff.h>
@@ -43,7 +45,32 @@ void pfq_ring_clear(struct pfq_ring *ring);
 u32 pfq_ring_count(struct pfq_ring *ring);
 
 /* Also for the endpoints' rings (pfq_endpoint.c) */
-int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen);
-u32 pfq_frame_len(const struct sk_buff *skb, int offset);
+int pfq_copy_frame_slow(const struct sk_buff *skb, int offset, u8 *to, u32 caplen);
+
+/*
+ * Copy @caplen bytes of the frame that starts @offset bytes from skb->data into @to;
+ * 0, or -EFAULT when the skb is shorter than that. Most frames have no stripped tag
+ * and lie in the skb's linear part (the headroom holds a pulled Ethernet header):
+ * one memcpy(). Fragments and stripped tags take pfq_copy_frame_slow().
+ */
+static inline int pfq_copy_frame(const struct sk_buff *skb, int offset, u8 *to, u32 caplen)
+{
+	if (likely(!skb_vlan_tag_present(skb) &&
+		   (s64)offset + caplen <= skb_headlen(skb))) {
+		memcpy(to, skb->data + offset, caplen);
+		return 0;
+	}
+	return pfq_copy_frame_slow(skb, offset, to, caplen);
+}
+
+/* The frame's length on the wire: from the Ethernet header on, with a stripped tag. */
+static inline u32 pfq_frame_len(const struct sk_buff *skb, int offset)
+{
+	u32 len = skb->len - offset;
+
+	if (skb_vlan_tag_present(skb) && len >= 2 * ETH_ALEN)
+		len += VLAN_HLEN;
+	return len;
+}
 
 #endif /* _PFQ_RING_H */
