@@ -84,32 +84,55 @@ static const char *const pfq_steer_names[PFQ_STEER_MAX] = {
 
 /* -- the receive side (any context, under rcu_read_lock()) ------------------------- */
 
-/* Hash the two ends (address, port) of a flow in an order that does not depend on the
- * direction: both directions of a connection get the same value.
- */
-static u32 pfq_sym_hash(const struct sk_buff *skb, const void *a, const void *b,
-			unsigned int alen, u8 proto, int l4)
+/* The ports of a TCP, UDP, UDP-Lite or SCTP header at @l4 (-1: none), as one word. */
+static __always_inline u32 pfq_ports(const struct sk_buff *skb, u8 proto, int l4)
 {
-	__be16 buf[2], *ports = NULL;
+	__be16 buf[2], *ports;
+
+	if (l4 < 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP &&
+		       proto != IPPROTO_UDPLITE && proto != IPPROTO_SCTP))
+		return 0;
+	ports = skb_header_pointer(skb, l4, sizeof(buf), buf);
+	return ports ? (u32)ntohs(ports[0]) << 16 | ntohs(ports[1]) : 0;
+}
+
+/* Swap the two ports of pfq_ports()'s word. */
+static u32 pfq_ports_swapped(u32 ports)
+{
+	return ports << 16 | ports >> 16;
+}
+
+/*
+ * Hash the two ends (address, port) of a flow in an order that does not depend on the
+ * direction: both directions of a connection get the same value. IPv4's ends fit in
+ * three words: one jhash_3words() per frame.
+ */
+static u32 pfq_sym_hash_v4(const struct iphdr *iph, u32 ports)
+{
+	u32 a = (__force u32)iph->saddr, b = (__force u32)iph->daddr;
+
+	if (a > b || (a == b && ports >> 16 > (ports & 0xffff))) {
+		swap(a, b);
+		ports = pfq_ports_swapped(ports);
+	}
+	return jhash_3words(a, b, ports, pfq_hash_seed + iph->protocol);
+}
+
+/* The same for longer addresses (IPv6, MAC pairs), @alen bytes each. */
+static u32 pfq_sym_hash(const void *a, const void *b, unsigned int alen, u8 proto,
+			u32 ports)
+{
 	u32 key[10] = {};
-	u16 pa = 0, pb = 0;
 	int cmp;
 
-	if (l4 >= 0 && (proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
-			proto == IPPROTO_UDPLITE || proto == IPPROTO_SCTP))
-		ports = skb_header_pointer(skb, l4, sizeof(buf), buf);
-	if (ports) {
-		pa = ntohs(ports[0]);
-		pb = ntohs(ports[1]);
-	}
 	cmp = memcmp(a, b, alen);
-	if (cmp > 0 || (cmp == 0 && pa > pb)) {
+	if (cmp > 0 || (cmp == 0 && ports >> 16 > (ports & 0xffff))) {
 		swap(a, b);
-		swap(pa, pb);
+		ports = pfq_ports_swapped(ports);
 	}
 	memcpy(key, a, alen);
 	memcpy(key + 4, b, alen);
-	key[8] = (u32)pa << 16 | pb;
+	key[8] = ports;
 	key[9] = proto;
 	return jhash2(key, ARRAY_SIZE(key), pfq_hash_seed);
 }
@@ -118,9 +141,10 @@ static u32 pfq_sym_hash(const struct sk_buff *skb, const void *a, const void *b,
  * A flow's hash from the frame itself (the Ethernet header at @offset from skb->data):
  * IPv4 and IPv6 by addresses, and ports for TCP, UDP, UDP-Lite and SCTP (not for
  * fragments after the first); up to two VLAN tags skipped; anything else by its MAC
- * pair. The same on every hook, whatever the driver parsed.
+ * pair. The same on every hook, whatever the driver parsed. Not inlined: its buffers
+ * would weigh on every frame of every group, hash-steered or not.
  */
-static u32 pfq_flow_hash(const struct sk_buff *skb, int offset)
+static noinline u32 pfq_flow_hash(const struct sk_buff *skb, int offset)
 {
 	struct ethhdr ebuf, *eth = skb_header_pointer(skb, offset, sizeof(ebuf), &ebuf);
 	int nh = offset + ETH_HLEN, tags;
@@ -142,20 +166,23 @@ static u32 pfq_flow_hash(const struct sk_buff *skb, int offset)
 	if (proto == htons(ETH_P_IP)) {
 		iph = skb_header_pointer(skb, nh, sizeof(ibuf), &ibuf);
 		if (iph && iph->ihl >= 5)
-			return pfq_sym_hash(skb, &iph->saddr, &iph->daddr, 4, iph->protocol,
-					    iph->frag_off & htons(IP_OFFSET) ? -1 :
-					    nh + iph->ihl * 4);
+			return pfq_sym_hash_v4(iph, pfq_ports(skb, iph->protocol,
+						iph->frag_off & htons(IP_OFFSET) ? -1 :
+						nh + iph->ihl * 4));
 	} else if (proto == htons(ETH_P_IPV6)) {
 		ip6 = skb_header_pointer(skb, nh, sizeof(i6buf), &i6buf);
 		if (ip6)
-			return pfq_sym_hash(skb, &ip6->saddr, &ip6->daddr, 16, ip6->nexthdr,
-					    nh + sizeof(*ip6));
+			return pfq_sym_hash(&ip6->saddr, &ip6->daddr, 16, ip6->nexthdr,
+					    pfq_ports(skb, ip6->nexthdr, nh + sizeof(*ip6)));
 	}
-	return pfq_sym_hash(skb, eth->h_source, eth->h_dest, ETH_ALEN, 0, -1);
+	return pfq_sym_hash(eth->h_source, eth->h_dest, ETH_ALEN, 0, 0);
 }
 
-/* Does the frame pass the group's VLAN filter? A tag the NIC stripped counts. */
-static bool pfq_vlan_pass(const struct pfq_group_conf *conf, const struct sk_buff *skb,
+/*
+ * Does the frame pass the group's VLAN filter? A tag the NIC stripped counts. Not
+ * inlined, as pfq_flow_hash().
+ */
+static noinline bool pfq_vlan_pass(const struct pfq_group_conf *conf, const struct sk_buff *skb,
 			  int offset)
 {
 	struct vlan_ethhdr vbuf;
