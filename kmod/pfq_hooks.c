@@ -64,20 +64,22 @@ static int pfq_mac_offset(const struct sk_buff *skb)
 
 /*
  * Frame timestamps are CLOCK_REALTIME, but the clock is read for real only once per
- * PFQ_CLOCK_REBASE_NS on each CPU. In between, a stamp is the CPU's local_clock() (the
- * scheduler's clock, from the cycle counter: a few nanoseconds to read, where the
- * realtime clocksource may be an emulated HPET taking microseconds) plus the offset
- * between the two clocks measured at the last real read. They drift apart by parts per
- * million, so a stamp is off by tens of nanoseconds at most, and a change of the
- * realtime clock (settimeofday, NTP steps) shows within PFQ_CLOCK_REBASE_NS. A hard
- * irq that rebases in the middle of a softirq's reading leaves a pair that is only
- * rebased once more: the offset is one word, always valid.
+ * PFQ_CLOCK_REBASE_NS on each CPU. In between, a stamp is the CPU's sched_clock() (from
+ * the cycle counter: a few nanoseconds to read, where the realtime clocksource may be
+ * an emulated HPET taking microseconds) plus the offset between the two clocks
+ * measured on that CPU at its last real read. The raw sched_clock() rather than
+ * local_clock(): the latter only corrects for counters that differ between CPUs, and
+ * each CPU's offset already does. They drift apart by parts per million, so a stamp is
+ * off by tens of nanoseconds at most, and a change of the realtime clock
+ * (settimeofday, NTP steps) shows within PFQ_CLOCK_REBASE_NS. A hard irq that rebases
+ * in the middle of a softirq's reading leaves a pair that is only rebased once more:
+ * the offset is one word, always valid.
  */
 #define PFQ_CLOCK_REBASE_NS	NSEC_PER_MSEC
 
 struct pfq_clock {
-	u64 offset;	/* CLOCK_REALTIME - local_clock() at the last real read */
-	u64 rebased;	/* local_clock() then */
+	u64 offset;	/* CLOCK_REALTIME - sched_clock() at the last real read */
+	u64 rebased;	/* sched_clock() then */
 };
 
 static DEFINE_PER_CPU(struct pfq_clock, pfq_clock);
@@ -85,7 +87,7 @@ static DEFINE_PER_CPU(struct pfq_clock, pfq_clock);
 static u64 pfq_clock_now(void)
 {
 	struct pfq_clock *c = get_cpu_ptr(&pfq_clock);
-	u64 local = local_clock();
+	u64 local = sched_clock();
 	u64 offset;
 
 	if (unlikely(local - READ_ONCE(c->rebased) > PFQ_CLOCK_REBASE_NS)) {
@@ -181,6 +183,20 @@ static void pfq_free(struct sk_buff *skb, enum pfq_verdict verdict)
 		dev_kfree_skb_any(skb);
 }
 
+/*
+ * The same from the GRO hooks, called in a NAPI poll: an skb PFQ kept goes to the
+ * CPU's NAPI cache (napi_consume_skb()), freed in bulk and reused by the driver's next
+ * napi_alloc_skb(), as the stack does with the skbs it consumes in a poll. A poll with
+ * interrupts off (netpoll) or outside softirq context frees it the usual way.
+ */
+static void pfq_free_napi(struct sk_buff *skb, enum pfq_verdict verdict)
+{
+	if (verdict == PFQ_KEPT && in_softirq() && !in_hardirq() && !irqs_disabled())
+		napi_consume_skb(skb, 1);
+	else
+		pfq_free(skb, verdict);
+}
+
 static int pfq_rx_verdict(struct sk_buff *skb, enum pfq_verdict verdict)
 {
 	pfq_free(skb, verdict);
@@ -234,7 +250,7 @@ gro_result_t pfq_gro_receive(struct napi_struct *napi, struct sk_buff *skb)
 
 	if (likely(v == PFQ_TO_STACK))
 		return napi_gro_receive(napi, skb);
-	pfq_free(skb, v);
+	pfq_free_napi(skb, v);
 	return GRO_CONSUMED;
 }
 EXPORT_SYMBOL_GPL(pfq_gro_receive);
@@ -252,7 +268,7 @@ gro_result_t pfq_gro_frags(struct napi_struct *napi)
 	if (likely(v == PFQ_TO_STACK))
 		return napi_gro_frags(napi);
 	napi->skb = NULL;
-	pfq_free(skb, v);
+	pfq_free_napi(skb, v);
 	return GRO_CONSUMED;
 }
 EXPORT_SYMBOL_GPL(pfq_gro_frags);
