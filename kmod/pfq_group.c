@@ -182,8 +182,8 @@ static noinline u32 pfq_flow_hash(const struct sk_buff *skb, int offset)
  * Does the frame pass the group's VLAN filter? A tag the NIC stripped counts. Not
  * inlined, as pfq_flow_hash().
  */
-static noinline bool pfq_vlan_pass(const struct pfq_group_conf *conf, const struct sk_buff *skb,
-			  int offset)
+static noinline bool pfq_vlan_pass(const struct pfq_group_conf *conf,
+				   const struct sk_buff *skb, int offset)
 {
 	struct vlan_ethhdr vbuf;
 	const struct vlan_ethhdr *veth;
