@@ -187,11 +187,12 @@ static void pfq_free(struct sk_buff *skb, enum pfq_verdict verdict)
  * The same from the GRO hooks, called in a NAPI poll: an skb PFQ kept goes to the
  * CPU's NAPI cache (napi_consume_skb()), freed in bulk and reused by the driver's next
  * napi_alloc_skb(), as the stack does with the skbs it consumes in a poll. A poll with
- * interrupts off (netpoll) or outside softirq context frees it the usual way.
+ * interrupts off (netpoll, or a hard irq, which runs with them off) or outside softirq
+ * context frees it the usual way.
  */
 static void pfq_free_napi(struct sk_buff *skb, enum pfq_verdict verdict)
 {
-	if (verdict == PFQ_KEPT && in_softirq() && !in_hardirq() && !irqs_disabled())
+	if (verdict == PFQ_KEPT && in_softirq() && !irqs_disabled())
 		napi_consume_skb(skb, 1);
 	else
 		pfq_free(skb, verdict);
