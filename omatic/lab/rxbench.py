@@ -281,19 +281,16 @@ def bench(config: Config, frames: int = 16384, runs: int = 40,
     runs differ only by what the kernel does besides (timer ticks): 3 are enough."""
     if HUNG_TASK_SECONDS.exists():
         HUNG_TASK_SECONDS.write_text("20")
-    if config.get("icount"):
-        with Watchdog() as watchdog:
-            return {"frames": frames, "runs": 3, "icount": True,
-                    "clocksource": CLOCKSOURCE.read_text().strip(),
-                    "ns_per_frame": cost(config, frames, 3, watchdog.progress, cpus_at_most=1),
-                    "burst": burst, "delivery": None}
+    icount = bool(config.get("icount"))
+    runs = 3 if icount else runs
     with Watchdog() as watchdog:
-        return {"frames": frames, "runs": runs, "icount": False,
+        return {"frames": frames, "runs": runs, "icount": icount,
                 "clocksource": CLOCKSOURCE.read_text().strip(),
-                "ns_per_frame": cost(config, frames, runs, watchdog.progress),
+                "ns_per_frame": cost(config, frames, runs, watchdog.progress,
+                                     cpus_at_most=1 if icount else 2),
                 "burst": burst,
                 "delivery": delivery(config, burst, delivery_runs, watchdog.progress)
-                if config.get("reader") else None}
+                if config.get("reader") and not icount else None}
 
 
 def main(argv: Iterable[str]) -> int:
