@@ -105,6 +105,7 @@ COST_SETUPS: list[tuple[str, str, str, int, str, bool, int]] = [
     ("tap_4_hash", "tap", "pfq", 4, "hash", False, 1),
     ("tap_4_hash_bpf", "tap", "pfq", 4, "hash", True, 1),
     ("capture_4_hash", "capture", "pfq", 4, "hash", False, 1),
+    ("capture_no_group", "capture", "pfq", 0, "copy", False, 1),
     ("pass_2cpu", "pass", "pfq", 0, "copy", False, 2),
     ("af_packet_4_hash_2cpu", "pass", "af_packet", 4, "hash", False, 2),
     ("tap_4_hash_2cpu", "tap", "pfq", 4, "hash", False, 2),
