@@ -150,6 +150,24 @@ def test_qemu_command_counts_instructions_when_asked(tmp_path: Path) -> None:
 
 
 @unit
+def test_hook_lab_guest_that_counts_runs_the_bench_without_the_two_cpu_checks() -> None:
+    """--count boots one vCPU: the checks that feed from two CPUs stay in the other
+    guests, the bench and /init's own checks run in both."""
+    def init(count_only: bool) -> str:
+        return render("hooklab-init.sh.j2", release="6.1.0-56-amd64", module="pfq_hooktest",
+                      slots=64, ring_memory_max=1 << 20, deps=[], dmesg_pattern="BUG",
+                      python_path="/lib/pfq-omatic", groupcheck_config="/etc/groups.json",
+                      bench=True, count_only=count_only, fuzz_seed=1)
+
+    timed, counted = init(False), init(True)
+    for check in ("-m omatic.lab.groupcheck", "-m omatic.lab.safetycheck",
+                  "-m omatic.lab.fuzzcheck"):
+        assert check in timed and check not in counted
+    for both in ("-m omatic.lab.rxbench", "check rmmod_pfq_clean", "OMATIC-KTAP-BEGIN hooks"):
+        assert both in timed and both in counted
+
+
+@unit
 def test_init_template_uses_test_net_only() -> None:
     text = render("lab-init.sh.j2", driver="e1000e", release="6.1.0-56-amd64", frames=100,
                   wait_ticks=150, ring_slots=1024, ours=[], deps=[],
