@@ -24,6 +24,7 @@ from omatic.errors import BuildError, OutputExistsError, PathError
 from omatic.kernels.find import find_kernel
 from omatic.kernels.kernel import Kernel
 from omatic.kernels.symvers import read_symvers
+from omatic.lab.hooks import kmod_failures
 from omatic.rules import Rule
 from omatic.verify.modfile import KernelModule
 
@@ -294,3 +295,21 @@ def test_a_callee_that_became_an_inline_resolves_to_what_it_calls(tmp_path: Path
     assert kernel.callee_symbols("napi_gro_receive") == ("gro_receive_skb",)
     assert kernel.callee_symbols("netif_rx") == ("netif_rx",)
     assert kernel.callee_symbols("no_such_function") == ()
+
+
+@unit
+def test_hook_lab_fails_on_each_warning_of_pfq_ko(tmp_path: Path) -> None:
+    """`pfq-omatic hooks` proves pfq.ko W=1 clean: each compiler or modpost warning in its
+    build log is a failure of its own, and a clean log none."""
+    kernel = Kernel(release="6.1.0-56-amd64", build_dir=tmp_path)
+    log = ("  CC [M]  pfq_group.o\n"
+           "pfq_group.c:248:6: warning: unused variable 'snap' [-Wunused-variable]\n"
+           "WARNING: modpost: missing MODULE_DESCRIPTION() in pfq.o\n"
+           "  LD [M]  pfq.ko\n")
+    dirty = KmodBuild(kernel=kernel, dir=tmp_path, log=log, seconds=1.0)
+    assert kmod_failures(dirty) == [
+        ("pfq.ko at W=1: pfq_group.c:248:6: warning: unused variable 'snap' "
+         "[-Wunused-variable]"),
+        "pfq.ko at W=1: WARNING: modpost: missing MODULE_DESCRIPTION() in pfq.o"]
+    clean = dataclasses.replace(dirty, log="  CC [M]  pfq_group.o\n  LD [M]  pfq.ko\n")
+    assert kmod_failures(clean) == []

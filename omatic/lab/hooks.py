@@ -13,8 +13,8 @@ leaving, permissions and bad requests (a second document); omatic.lab.safetychec
 proves pfq.ko's guards against users without privilege and careless readers (a third).
 The guest's /init (templates/hooklab-init.sh.j2) then checks, as a fourth KTAP document,
 bad control writes, `rmmod pfq` while in use, a device removed in tap mode and a clean
-unload. The documents
-are parsed here; the report goes to `OUT/<release>/pfq_hooktest/hooks.json`. With
+unload. The documents are parsed here, and pfq.ko's W=1 build log read for warnings (there
+must be none); the report goes to `OUT/<release>/pfq_hooktest/hooks.json`. With
 `bench`, the guest also times the hooks with groups (bench/fanout.py).
 """
 
@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omatic import __version__
 from omatic.cache import write_atomic
@@ -62,6 +62,9 @@ from omatic.lab.vm import (
 from omatic.pfq.endpoint import compile_filter
 from omatic.progress import Step, quiet_step
 from omatic.templates import render
+
+if TYPE_CHECKING:
+    from omatic.build.kbuild import KmodBuild
 
 #: The test module's name (tests/hookmod/pfq_hooktest.c).
 MODULE = "pfq_hooktest"
@@ -158,6 +161,13 @@ class HookLabResult:
         return not self.failures
 
 
+def kmod_failures(kmod: KmodBuild) -> list[str]:
+    """pfq.ko is proven clean at W=1 too: each compiler or modpost warning of its build
+    is a failure of the lab (not of a driver's build: the kernel loads the module all
+    the same)."""
+    return [f"pfq.ko at W=1: {line.strip()}" for line in kmod.warnings()]
+
+
 def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResult:
     """Build the test module, boot the guest, parse its KTAP; see the module docstring."""
     from omatic.build.pipeline import BuildRequest, build_driver, ensure_kmod
@@ -174,9 +184,9 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
         if not built.ok:
             raise BuildError(f"{MODULE} for {kernel.release} does not verify; see "
                              f"{built.out_dir / 'report.json'}")
-        pfq_ko = ensure_kmod(kernel, config.jobs).ko
+        kmod = ensure_kmod(kernel, config.jobs)
     (test_ko,) = built.modules
-    modules = [GuestModule("pfq", pfq_ko, "modules/pfq.ko", built=True),
+    modules = [GuestModule("pfq", kmod.ko, "modules/pfq.ko", built=True),
                GuestModule(MODULE, test_ko, f"modules/{MODULE}.ko", built=True)]
     image = read_modules_dep(kernel)
     deps = [GuestModule(name, image[name][0], f"modules/{name}.ko", built=False)
@@ -244,6 +254,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
     if panic := re.search(r"Kernel panic - .*", console):
         failures.insert(0, f"the guest kernel panicked: {panic[0].strip()}")
     failures += [f"dmesg: {line}" for line in session.dmesg]
+    failures += kmod_failures(kmod)
     keep = config.keep or bool(failures)
     report: dict[str, Any] = {
         "tool": "pfq-omatic", "version": __version__, "kernel": kernel.release,
