@@ -87,7 +87,7 @@ static long pfq_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case PFQ_IOC_JOIN:
 		err = pfq_ioctl_in(&value, uarg, cmd);
 		/* A member needs its ring; a refused group id makes none. */
-		if (!err && value < PFQ_GROUPS)
+		if (!err && (value < PFQ_GROUPS || value == PFQ_GROUP_ANY))
 			err = pfq_endpoint_ensure_ring(ep);
 		return err ?: pfq_group_join(ep, value);
 	case PFQ_IOC_LEAVE:

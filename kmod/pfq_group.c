@@ -46,6 +46,9 @@ struct pfq_group_conf {
 	struct bpf_prog *prog;		/* classic BPF, NULL: every frame passes */
 	bool owns_prog;			/* @prog goes when this configuration is freed */
 	u32 prog_len;			/* its instructions, for /proc */
+	u32 prog_hash;			/* of its instructions: a shared filter's check */
+	bool steer_set;			/* a member set @steer: shared steering is decided */
+	bool prog_set;			/* a member set @prog (or none): shared filter too */
 	bool vlan_enabled;
 	bool vlan_untagged;
 	DECLARE_BITMAP(vids, PFQ_VLAN_IDS);
@@ -346,19 +349,37 @@ static void pfq_group_unbind_all(unsigned int g)
 		WRITE_ONCE(pd->groups, pd->groups & ~BIT_ULL(g));
 }
 
+/* The lowest group with no endpoint, or PFQ_GROUPS. Caller holds pfq_groups_mutex. */
+static u32 pfq_group_free(void)
+{
+	u32 g;
+
+	for (g = 0; g < PFQ_GROUPS; g++)
+		if (!pfq_conf(&pfq_groups[g]))
+			break;
+	return g;
+}
+
 int pfq_group_join(struct pfq_endpoint *ep, u32 g)
 {
 	struct pfq_group_conf *conf;
 	struct pfq_group *group;
 	int err = 0, cpu;
 
-	if (g >= PFQ_GROUPS) {
+	if (g >= PFQ_GROUPS && g != PFQ_GROUP_ANY) {
 		pr_warn_ratelimited("endpoint %u: group %u is out of range (0..%u)\n", ep->id, g,
 			PFQ_GROUPS - 1);
 		return -EINVAL;
 	}
-	group = &pfq_groups[g];
 	mutex_lock(&pfq_groups_mutex);
+	if (g == PFQ_GROUP_ANY) {
+		g = pfq_group_free();
+		if (g == PFQ_GROUPS) {
+			err = -EBUSY;
+			goto out;
+		}
+	}
+	group = &pfq_groups[g];
 	conf = pfq_conf(group);
 	if (ep->group >= 0 || (conf && (!net_eq(group->net, ep->net) ||
 					conf->n == PFQ_GROUP_ENDPOINTS))) {
@@ -498,9 +519,24 @@ out:
 	return err;
 }
 
-int pfq_group_steer(struct pfq_endpoint *ep, u32 steer)
+/*
+ * Whether a shared setting may be set: true when no member has set it or it is the same;
+ * else one dmesg line. Caller holds pfq_groups_mutex.
+ */
+static bool pfq_shared_ok(struct pfq_endpoint *ep, bool set, bool same, const char *what)
 {
-	struct pfq_group_conf *conf;
+	if (!set || same)
+		return true;
+	pr_warn_ratelimited("endpoint %u: group %d shares its %s, set otherwise by its first member\n",
+			    ep->id, ep->group, what);
+	return false;
+}
+
+int pfq_group_steer(struct pfq_endpoint *ep, u32 arg)
+{
+	bool shared = arg & PFQ_STEER_SHARED;
+	u32 steer = arg & ~PFQ_STEER_SHARED;
+	struct pfq_group_conf *conf, *now;
 	struct pfq_group *group;
 	int err = 0;
 
@@ -511,26 +547,45 @@ int pfq_group_steer(struct pfq_endpoint *ep, u32 steer)
 	}
 	mutex_lock(&pfq_groups_mutex);
 	group = pfq_group_of(ep, "steering");
-	conf = group ? pfq_conf_copy(group) : NULL;
-	if (conf) {
-		conf->steer = steer;
-		pfq_conf_publish(group, conf);
-	} else {
-		err = group ? -ENOMEM : -EINVAL;
+	if (!group) {
+		err = -EINVAL;
+		goto out;
 	}
+	now = pfq_conf(group);
+	if (shared && !pfq_shared_ok(ep, now->steer_set, now->steer == steer, "steering")) {
+		err = -EBUSY;
+		goto out;
+	}
+	conf = pfq_conf_copy(group);
+	if (!conf) {
+		err = -ENOMEM;
+		goto out;
+	}
+	conf->steer = steer;
+	conf->steer_set = true;
+	pfq_conf_publish(group, conf);
+out:
 	mutex_unlock(&pfq_groups_mutex);
 	return err;
 }
 
-/* Check and load a classic BPF program with the kernel's own checker; len 0: none. */
+/*
+ * Check and load a classic BPF program with the kernel's own checker; len 0: none.
+ * @hash: of its instructions as given (0 for none), to compare shared filters.
+ */
 static int pfq_filter_load(struct pfq_endpoint *ep, const struct pfq_filter *filter,
-			   struct bpf_prog **prog)
+			   struct bpf_prog **prog, u32 *hash)
 {
 	struct sock_fprog_kern fprog = { .len = filter->len };
 	struct sock_filter *insns;
 	int err;
 
 	*prog = NULL;
+	*hash = 0;
+	if (filter->flags & ~PFQ_FILTER_SHARED) {
+		pr_warn_ratelimited("endpoint %u: unknown filter flags %#x\n", ep->id, filter->flags);
+		return -EINVAL;
+	}
 	if (!filter->len)
 		return 0;
 	if (filter->len > BPF_MAXINSNS) {
@@ -543,6 +598,7 @@ static int pfq_filter_load(struct pfq_endpoint *ep, const struct pfq_filter *fil
 	if (IS_ERR(insns))
 		return PTR_ERR(insns);
 	fprog.filter = insns;
+	*hash = jhash(insns, array_size(filter->len, sizeof(*insns)), 0);
 	/* Copies the program, after bpf_check_classic() has accepted it. */
 	err = bpf_prog_create(prog, &fprog);
 	kfree(insns);
@@ -556,27 +612,42 @@ static int pfq_filter_load(struct pfq_endpoint *ep, const struct pfq_filter *fil
 
 int pfq_group_filter(struct pfq_endpoint *ep, const struct pfq_filter *filter)
 {
-	struct pfq_group_conf *conf;
+	bool shared = filter->flags & PFQ_FILTER_SHARED;
+	struct pfq_group_conf *conf = NULL, *now;
 	struct pfq_group *group;
 	struct bpf_prog *prog;
+	u32 hash;
 	int err;
 
-	err = pfq_filter_load(ep, filter, &prog);
+	err = pfq_filter_load(ep, filter, &prog, &hash);
 	if (err)
 		return err;
 	mutex_lock(&pfq_groups_mutex);
 	group = pfq_group_of(ep, "a filter");
-	conf = group ? pfq_conf_copy(group) : NULL;
-	if (conf) {
-		conf->prog = prog;
-		conf->prog_len = filter->len;
-		pfq_conf_publish(group, conf);
-	} else {
-		err = group ? -ENOMEM : -EINVAL;
-		if (prog)
-			bpf_prog_destroy(prog);
+	if (!group) {
+		err = -EINVAL;
+		goto out;
 	}
+	now = pfq_conf(group);
+	if (shared && !pfq_shared_ok(ep, now->prog_set, now->prog_len == filter->len &&
+				     now->prog_hash == hash, "filter")) {
+		err = -EBUSY;
+		goto out;
+	}
+	conf = pfq_conf_copy(group);
+	if (!conf) {
+		err = -ENOMEM;
+		goto out;
+	}
+	conf->prog = prog;
+	conf->prog_len = filter->len;
+	conf->prog_hash = hash;
+	conf->prog_set = true;
+	pfq_conf_publish(group, conf);
+out:
 	mutex_unlock(&pfq_groups_mutex);
+	if (!conf && prog)
+		bpf_prog_destroy(prog);
 	return err;
 }
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from omatic.lab.frames import checksum, read_pcap
 from omatic.pfq.endpoint import Endpoint, PfqError
-from omatic.pfq.uapi import PFQ_IOC_JOIN, PFQ_IOC_STEER
+from omatic.pfq.uapi import FILTER, PFQ_IOC_FILTER, PFQ_IOC_JOIN, PFQ_IOC_STEER
 
 INJECT = Path("/proc/pfq_hooktest_inject")
 #: This machine's tcpdump, staged into the guest (omatic.lab.guestpy.stage_program).
@@ -382,6 +382,51 @@ def check_two_groups(config: Config) -> None:
         expect(share == sent, f"copy group: endpoint {i} has {len(share)} of {len(sent)}")
 
 
+def _busy(what: str, call: Callable[[], None]) -> None:
+    try:
+        call()
+    except PfqError as err:
+        expect("EBUSY" in str(err), f"{what}: {err}, not EBUSY")
+        return
+    raise CheckFailed(f"{what} was accepted")
+
+
+def check_shared_settings(config: Config) -> None:
+    """A group of one's own (PFQ_GROUP_ANY), and PACKET_FANOUT's rule for shared
+    settings: the first member to set one decides it, the same is accepted again, another
+    is refused; an unshared setting still changes it; an emptied group starts afresh."""
+    udp9 = [tuple(insn) for insn in config["udp_dst_9"]]
+    keep_all = [(0x06, 0, 0, 0xFFFF)]
+    with ExitStack() as stack:
+        first, second, joiner = (stack.enter_context(Endpoint()) for _ in range(3))
+        for ep in (first, second, joiner):
+            ep.ring(slots=64)
+        free = [g for g in range(64) if not group_line(g)]
+        own, other = first.join(None), second.join(None)
+        expect([own, other] == free[:2], f"groups of their own: {own} and {other}, the "
+                                         f"lowest free ones are {free[:2]}")
+        joiner.join(own)
+        first.steer("hash", shared=True)
+        joiner.steer("sym", shared=True)  # the same mode by another name
+        _busy("another shared fan-out", lambda: joiner.steer("rr", shared=True))
+        expect(group_line(own)["steer"] == "hash", "a refused fan-out changed the group")
+        joiner.steer("rr")  # unshared: any member may change it, and so decides it anew
+        _busy("the old shared fan-out", lambda: first.steer("hash", shared=True))
+        first.set_filter(udp9, shared=True)
+        joiner.set_filter(udp9, shared=True)
+        _busy("another shared filter", lambda: joiner.set_filter(keep_all, shared=True))
+        _busy("no filter, shared", lambda: joiner.set_filter(None, shared=True))
+        first.close()
+        joiner.close()
+    with ExitStack() as stack:
+        again = stack.enter_context(Endpoint())
+        again.ring(slots=64)
+        again.join(own)
+        again.steer("rr", shared=True)
+        again.set_filter(keep_all, shared=True)
+        expect(group_line(own)["steer"] == "rr", "an emptied group kept its shared fan-out")
+
+
 def check_tap_and_capture(config: Config) -> None:
     sent = ex1(30)
     with ExitStack() as stack:
@@ -576,6 +621,8 @@ def check_bad_requests(config: Config) -> None:
                                                  struct.pack("<I", 99))),
             ("group 64", lambda: raw_ioctl(spare, "join 64", PFQ_IOC_JOIN,
                                            struct.pack("<I", 64))),
+            ("unknown filter flags", lambda: raw_ioctl(ep, "filter flags 2", PFQ_IOC_FILTER,
+                                                       FILTER.struct.pack(0, 2, 0))),
         ]
         for name, call in tries:
             n0 = len(_pfq_lines())
@@ -669,6 +716,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("read_and_caplen", check_read_and_caplen),
     ("other_namespace", check_other_namespace),
     ("two_groups_one_device", check_two_groups),
+    ("shared_settings_first_member_decides", check_shared_settings),
     ("tap_feeds_stack_capture_does_not", check_tap_and_capture),
     ("endpoint_closed_mid_burst", check_close_mid_burst),
     ("killed_process_leaves", check_killed_process),

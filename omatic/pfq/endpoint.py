@@ -35,8 +35,10 @@ from omatic.pfq.uapi import (
     FILTER,
     FRAME,
     IFNAMSIZ,
+    PFQ_FILTER_SHARED,
     PFQ_FRAME_EMPTY,
     PFQ_FRAME_VLAN,
+    PFQ_GROUP_ANY,
     PFQ_GROUPS,
     PFQ_IOC_BIND,
     PFQ_IOC_FILTER,
@@ -48,6 +50,7 @@ from omatic.pfq.uapi import (
     PFQ_IOC_UNBIND,
     PFQ_IOC_VLAN,
     PFQ_RING_MAGIC,
+    PFQ_STEER_SHARED,
     PFQ_VLAN_IDS,
     RING_HEAD,
     RING_INFO,
@@ -70,7 +73,8 @@ class PfqError(UserError):
         errno.EPERM: "needs CAP_NET_RAW in the initial user namespace (run as root)",
         errno.EACCES: "needs CAP_NET_RAW (run as root)",
         errno.EINVAL: "the kernel refused it: see dmesg for why",
-        errno.EBUSY: "the ring is already made with other sizes",
+        errno.EBUSY: "busy: the ring is already made with other sizes, the group is full or "
+                     "another namespace's, or its first member set this otherwise",
         errno.ENODEV: "no such network device in this namespace",
         errno.ENOTTY: "not an ioctl this file knows: is it /dev/pfq of this pfq.ko?",
         errno.ENOBUFS: "over a limit on ring memory: RLIMIT_MEMLOCK (ulimit -l; CAP_IPC_LOCK "
@@ -290,11 +294,18 @@ class Endpoint:
         self._info = RingInfo(*RING_INFO.struct.unpack(buf))
         return self._info
 
-    def join(self, group: int) -> None:
-        """Join `group` (0..PFQ_GROUPS-1): from now on it steers frames to this ring."""
+    def join(self, group: int | None) -> int:
+        """Join `group` (0..PFQ_GROUPS-1; None: the lowest with no endpoint, one of its
+        own): from now on it steers frames to this ring. The group joined."""
+        if group is None:
+            self._ioctl("join a free group", PFQ_IOC_JOIN, struct.pack("<I", PFQ_GROUP_ANY))
+            joined = self.stats().group
+            assert joined is not None
+            return joined
         if not 0 <= group < PFQ_GROUPS:
             raise UserError(f"group {group}: expected 0..{PFQ_GROUPS - 1}")
         self._ioctl(f"join group {group}", PFQ_IOC_JOIN, struct.pack("<I", group))
+        return group
 
     def leave(self) -> None:
         self._ioctl("leave", PFQ_IOC_LEAVE)
@@ -307,13 +318,16 @@ class Endpoint:
         self._ioctl(f"unbind {dev}", PFQ_IOC_UNBIND,
                     BIND.struct.pack(check_ifname(dev), queue, 0))
 
-    def steer(self, mode: str) -> None:
-        """How the group picks the endpoint(s) of a frame: a STEER_MODES name or alias."""
+    def steer(self, mode: str, shared: bool = False) -> None:
+        """How the group picks the endpoint(s) of a frame: a STEER_MODES name or alias.
+        `shared`: only if no member set it yet, or to the same (else EBUSY)."""
         mode = steer_mode(mode)
-        self._ioctl(f"steer {mode}", PFQ_IOC_STEER, struct.pack("<I", STEER_MODES[mode]))
+        flag = PFQ_STEER_SHARED if shared else 0
+        self._ioctl(f"steer {mode}", PFQ_IOC_STEER, struct.pack("<I", STEER_MODES[mode] | flag))
 
-    def set_filter(self, program: Program | None) -> None:
-        """The group's classic BPF program (see `compile_filter`); None or [] removes it."""
+    def set_filter(self, program: Program | None, shared: bool = False) -> None:
+        """The group's classic BPF program (see `compile_filter`); None or [] removes it.
+        `shared`: only if no member set one yet, or to the same program (else EBUSY)."""
         program = list(program or ())
         if len(program) > BPF_MAXINSNS:
             raise UserError(f"a BPF program of {len(program)} instructions: at most "
@@ -324,7 +338,8 @@ class Endpoint:
             raise UserError(f"a BPF instruction out of range: {err}") from None
         address = insns.buffer_info()[0] if program else 0
         self._ioctl(f"filter ({len(program)} instructions)", PFQ_IOC_FILTER,
-                    FILTER.struct.pack(len(program), 0, address))
+                    FILTER.struct.pack(len(program), PFQ_FILTER_SHARED if shared else 0,
+                                       address))
 
     def set_vlan(self, ids: Iterable[int] | None, untagged: bool = False) -> None:
         """Pass only frames tagged with one of `ids` (and untagged ones if `untagged`);

@@ -18,6 +18,8 @@ DEVICE = Path("/dev/pfq")
 
 PFQ_GROUPS = 64
 PFQ_GROUP_ENDPOINTS = 64
+#: PFQ_IOC_JOIN's group id for a group of one's own (the lowest with no endpoint).
+PFQ_GROUP_ANY = 0xFFFFFFFF
 PFQ_RING_MAGIC = 0x52514650
 PFQ_VLAN_IDS = 4096
 #: Slots start on their own cache line (slot_size is a multiple of it).
@@ -28,10 +30,14 @@ PFQ_FRAME_EMPTY = 2
 #: enum pfq_steer, by the names `steer()` takes.
 STEER_MODES = {"copy": 0, "rr": 1, "hash": 2, "cpu": 3, "queue": 4, "rnd": 5}
 PFQ_STEER_MAX = 6
+#: Or'ed into PFQ_IOC_STEER's mode, and pfq_filter.flags: the group's first member decides
+#: the setting; another one asking for something else gets EBUSY.
+PFQ_STEER_SHARED = 0x80000000
+PFQ_FILTER_SHARED = 1
 #: Other names a fan-out may give a steering mode: Linux's PACKET_FANOUT_* names, which
 #: the paper's library takes for AF_PACKET sockets (LB is round robin, QM the recorded
 #: queue mapping). PACKET_FANOUT_ROLLOVER has no equivalent and is refused.
-STEER_ALIASES = {"lb": "rr", "qm": "queue", "random": "rnd"}
+STEER_ALIASES = {"lb": "rr", "qm": "queue", "random": "rnd", "sym": "hash"}
 #: BPF_MAXINSNS: the longest program PFQ_IOC_FILTER takes.
 BPF_MAXINSNS = 4096
 IFNAMSIZ = 16
@@ -80,7 +86,7 @@ RING_INFO = Layout("pfq_ring_info", (
     ("slots", "I"), ("caplen", "I"), ("slot_size", "I"), ("data_offset", "I"),
     ("mmap_size", "Q")))
 BIND = Layout("pfq_bind", (("ifname", f"{IFNAMSIZ}s"), ("queue", "i"), ("pad", "I")))
-FILTER = Layout("pfq_filter", (("len", "I"), ("pad", "I"), ("insns", "Q")))
+FILTER = Layout("pfq_filter", (("len", "I"), ("flags", "I"), ("insns", "Q")))
 VLAN = Layout("pfq_vlan", (("enabled", "I"), ("untagged", "I"),
                            ("vids", f"{PFQ_VLAN_IDS // 64}Q")))
 ENDPOINT_STATS = Layout("pfq_endpoint_stats", (
@@ -105,6 +111,8 @@ PFQ_IOC_STATS = _ioc(_IOC_READ, PFQ_IOC_MAGIC, 9, ENDPOINT_STATS.size)
 #: Every #define and enumerator of uapi.h, by its C name (what the header test compares).
 CONSTANTS = {
     "PFQ_GROUPS": PFQ_GROUPS, "PFQ_GROUP_ENDPOINTS": PFQ_GROUP_ENDPOINTS,
+    "PFQ_GROUP_ANY": PFQ_GROUP_ANY, "PFQ_STEER_SHARED": PFQ_STEER_SHARED,
+    "PFQ_FILTER_SHARED": PFQ_FILTER_SHARED,
     "PFQ_RING_MAGIC": PFQ_RING_MAGIC, "PFQ_VLAN_IDS": PFQ_VLAN_IDS,
     "PFQ_RING_VERSION": RING_VERSION, "PFQ_FRAME_VLAN": PFQ_FRAME_VLAN,
     "PFQ_FRAME_EMPTY": PFQ_FRAME_EMPTY, "PFQ_SLOT_ALIGN": PFQ_SLOT_ALIGN,

@@ -31,7 +31,10 @@
  *
  * A group's settings (bindings, steering, filters) last while it has endpoints: when
  * the last one leaves, the group is unbound from every device and reset. Any member may
- * change them. Each ioctl's argument is a pointer to what its definition names.
+ * change them, unless it asks to share them (PFQ_STEER_SHARED, PFQ_FILTER_SHARED): then
+ * the first member to set one decides it, and a later one asking for another gets EBUSY
+ * (PACKET_FANOUT's rule), so that N processes started alike share one group's load.
+ * Each ioctl's argument is a pointer to what its definition names.
  */
 #ifndef _PFQ_UAPI_H
 #define _PFQ_UAPI_H
@@ -43,6 +46,10 @@
 #define PFQ_GROUP_ENDPOINTS	64	/* endpoints one group holds at most */
 #define PFQ_RING_MAGIC		0x52514650	/* "PFQR", little-endian */
 #define PFQ_VLAN_IDS		4096
+
+/* PFQ_IOC_JOIN's group id for a group of one's own: the lowest with no endpoint (EBUSY
+ * when each has some); PFQ_IOC_STATS says which it was. */
+#define PFQ_GROUP_ANY		0xffffffffu
 
 /* How a group picks the endpoint(s) of a frame. */
 enum pfq_steer {
@@ -57,6 +64,10 @@ enum pfq_steer {
 	PFQ_STEER_RND = 5,	/* at random */
 	PFQ_STEER_MAX,
 };
+
+/* Or'ed into PFQ_IOC_STEER's mode: set it only if no member has set the group's steering
+ * yet, and accept the same again; another mode gets EBUSY. */
+#define PFQ_STEER_SHARED	0x80000000u
 
 /* Slots start on their own cache line: producers on several CPUs fill neighbouring slots
  * at once, and a line two slots shared would move between their caches with each frame. */
@@ -117,9 +128,13 @@ struct pfq_bind {
  * is the most bytes to keep of it (as a packet socket's filter). */
 struct pfq_filter {
 	__u32 len;		/* instructions, at most 4096 (BPF_MAXINSNS) */
-	__u32 pad;
+	__u32 flags;		/* PFQ_FILTER_*; other bits: EINVAL */
 	__u64 insns;		/* user pointer to struct sock_filter[len] */
 };
+
+/* pfq_filter.flags: set the group's filter only if no member has set one yet, and accept
+ * the same program again; another program gets EBUSY. */
+#define PFQ_FILTER_SHARED	1
 
 /* PFQ_IOC_VLAN: which frames pass by their VLAN id; enabled 0 lets every frame pass. */
 struct pfq_vlan {
