@@ -434,11 +434,18 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.lab.hooks import HookLabConfig, run_hook_lab
     from omatic.progress import Progress
 
+    from omatic.lab.console import check_timeout
+
     reports, code = [], 0
-    for kernel in _kernels_of(args.kernel):
-        config = HookLabConfig(kernel=kernel, out_root=Path(args.out),
-                               jobs=args.jobs or os.cpu_count() or 1, timeout=args.timeout,
-                               accel=args.accel, keep=args.keep, fuzz_seed=args.fuzz_seed)
+    kernels = _kernels_of(args.kernel)
+    check_timeout(args.timeout)
+    jobs = args.jobs or os.cpu_count() or 1
+    # Built once the request is known to be good: it may take minutes.
+    libdir = _lab_libpcap(jobs) if args.pcap else None
+    for kernel in kernels:
+        config = HookLabConfig(kernel=kernel, out_root=Path(args.out), jobs=jobs,
+                               timeout=args.timeout, accel=args.accel, keep=args.keep,
+                               fuzz_seed=args.fuzz_seed, pcap_libdir=libdir)
         result = run_hook_lab(config, Progress(f"hooks {kernel.release}").step)
         reports.append(result.report)
         code = max(code, 0 if result.ok else 2)
@@ -462,6 +469,16 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json({"hooks": reports}, out)
     return code
+
+
+def _lab_libpcap(jobs: int) -> Path:
+    """The libpcap with PFQ the lab's guests run tcpdump on (built once, kept in the
+    cache): of this machine's suite, whose user space the guests run."""
+    from omatic.kernels.system import find_suite
+    from omatic.pcap.build import build_pcap, host_suite, lab_prefix
+
+    suite = host_suite()
+    return build_pcap(find_suite(suite), lab_prefix(suite), jobs=jobs, note=_note).libdir
 
 
 def cmd_capture(args: argparse.Namespace, out: TextIO) -> int:
@@ -513,6 +530,59 @@ def _add_capture(sub: Any) -> None:
                    help="the devices' PFQ mode while capturing: tap (the stack gets the "
                         "frames too) or capture (it does not); restored at the end "
                         "(default: tap)")
+
+
+def cmd_pcap(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.kernels.system import find_suite
+    from omatic.pcap.build import build_pcap, default_prefix, host_suite
+
+    suite = find_suite(args.suite or host_suite())
+    prefix = Path(args.prefix) if args.prefix else default_prefix(suite.name)
+    built = build_pcap(suite, prefix, jobs=args.jobs or os.cpu_count() or 1,
+                       force=args.force, note=_note)
+    if args.json:
+        _print_json(built.to_json(), out)
+        return 0
+    option = f" --prefix {shlex.quote(str(prefix))}" if args.prefix else ""
+    out.write(f"libpcap {built.version} ({built.lib_version}) in {built.libdir}\n"
+              f"run an application on it: pfq-omatic run{option} -- tcpdump -i pfq:eth0\n"
+              f"or: LD_LIBRARY_PATH={shlex.quote(str(built.libdir))} tcpdump -i pfq:eth0\n")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.pcap.run import find_build, run_app
+
+    build = find_build(Path(args.prefix) if args.prefix else None)
+    out.flush()
+    run_app(build, args.argv, os.environ)
+    return 0  # not reached: the application replaced this process
+
+
+def _add_pcap(sub: Any) -> None:
+    help = ("build Debian's libpcap with PFQ's capture source (pfq:DEV, pcap_fanout) and "
+            "install it privately, never over the system's copy")
+    p = sub.add_parser("pcap", help=help, description=help + ": the suite's source package "
+                       "from Debian's archive, PFQ's module added by code, built by "
+                       "dpkg-buildpackage in a disposable system of the suite.")
+    p.set_defaults(handler=cmd_pcap)
+    p.add_argument("--suite", metavar="SUITE",
+                   help="the Debian suite whose libpcap to build (default: this machine's)")
+    p.add_argument("--prefix", metavar="DIR", help="where the library (DIR/lib) and headers "
+                   "(DIR/include) go (default: ~/.local/share/pfq-omatic/libpcap/SUITE)")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--jobs", "-j", type=_jobs, default=None,
+                   help="parallel jobs of the build (default: cores)")
+    p.add_argument("--json", action="store_true", help="print what was built as JSON")
+    help = "run an unmodified libpcap application on the libpcap `pfq-omatic pcap` built"
+    p = sub.add_parser("run", help=help, description=help + ", after checking that the "
+                       "dynamic loader will load it (no setuid, no file capabilities, "
+                       "libpcap.so.0.8 found there).")
+    p.set_defaults(handler=cmd_run)
+    p.add_argument("--prefix", metavar="DIR", help="the library's folder, as given to "
+                   "pfq-omatic pcap (default: this machine's suite's)")
+    p.add_argument("argv", nargs="*", metavar="APP", help="the application and its "
+                   "arguments, after --")
 
 
 def _print_lab(report: dict[str, Any], out: TextIO) -> None:
@@ -827,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuzz-seed", type=int, default=None, metavar="N",
                    help="the seed of the bad requests at volume (default: a new one, "
                         "printed; a failing run's seed replays it)")
+    p.add_argument("--pcap", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run Debian's tcpdump in the guest on the libpcap of "
+                        "`pfq-omatic pcap`, built first if need be (default: on)")
 
     p = add("lab", cmd_lab, "boot Debian's kernel in QEMU with pfq.ko and the accelerated "
                             "driver, inject frames and check every PFQ mode")
@@ -854,6 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ROOT/lib/modules/<kernel>/updates/dkms; / for this machine) "
                         "instead of building them")
     _add_capture(sub)
+    _add_pcap(sub)
     return parser
 
 
@@ -1001,7 +1075,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if tail is not None:
         if not hasattr(args, "argv"):
-            raise UserError("'--' is only for the command of 'pfq-omatic env run'")
+            raise UserError("'--' is only for the command of 'pfq-omatic env run' and "
+                            "'pfq-omatic run'")
         args.argv = [*args.argv, *tail]
     return args
 

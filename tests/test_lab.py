@@ -157,11 +157,12 @@ def test_hook_lab_guest_that_counts_runs_the_bench_without_the_two_cpu_checks() 
         return render("hooklab-init.sh.j2", release="6.1.0-56-amd64", module="pfq_hooktest",
                       slots=64, ring_memory_max=1 << 20, deps=[], dmesg_pattern="BUG",
                       python_path="/lib/pfq-omatic", groupcheck_config="/etc/groups.json",
-                      bench=True, count_only=count_only, fuzz_seed=1)
+                      bench=True, count_only=count_only, fuzz_seed=1,
+                      pcap_libdir="/opt/libpcap/lib")
 
     timed, counted = init(False), init(True)
     for check in ("-m omatic.lab.groupcheck", "-m omatic.lab.safetycheck",
-                  "-m omatic.lab.fuzzcheck"):
+                  "-m omatic.lab.fuzzcheck", "-m omatic.lab.pcapcheck /opt/libpcap/lib"):
         assert check in timed and check not in counted
     for both in ("-m omatic.lab.rxbench", "check rmmod_pfq_clean", "OMATIC-KTAP-BEGIN hooks"):
         assert both in timed and both in counted

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "omatic" / "templates"
 #: The rooms of the house from the top down: each imports only rooms after it. "base" is
 #: the modules at the top of omatic/; pfq/ stands just above it (it imports only errors).
-ROOMS = ("cli", "matrix", "lab", "build", "verify", "kernels", "pfq", "base")
+ROOMS = ("cli", "matrix", "lab", "build", "pcap", "verify", "kernels", "pfq", "base")
 #: The Debian package of each third-party module DKMS's check may import.
 DEBIAN_PACKAGES = {"elftools": "python3-pyelftools", "zstandard": "python3-zstandard",
                    "asn1crypto": "python3-asn1crypto", "cryptography": "python3-cryptography"}

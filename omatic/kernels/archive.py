@@ -110,9 +110,15 @@ class ArchiveKernel:
                 f"linux-source-{self.series}"]
 
 
-def _apt_dir(suite: Suite) -> Path:
+def _source_lines(suite: Suite, src: bool) -> list[str]:
+    """The suite's apt lines: of binary packages, or (`src`) of source packages."""
+    lines = suite.source_lines()
+    return [re.sub(r"^deb\s", "deb-src ", line) for line in lines] if src else lines
+
+
+def _apt_dir(suite: Suite, src: bool = False) -> Path:
     """apt's folder for the suite, named by what it reads: other sources, another folder."""
-    what = json.dumps([suite.source_lines(), suite.check_valid_until])
+    what = json.dumps([_source_lines(suite, src), suite.check_valid_until])
     return cache_root() / "apt" / f"{suite.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
@@ -134,10 +140,10 @@ def _apt_options(suite: Suite, root: Path) -> list[str]:
     return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
 
 
-def update_indexes(suite: Suite, refresh: bool = False) -> Path:
-    """Download (if older than MAX_AGE_HOURS, or `refresh`) the suite's package indexes;
-    return apt's folder for the suite."""
-    root = _apt_dir(suite)
+def update_indexes(suite: Suite, refresh: bool = False, src: bool = False) -> Path:
+    """Download (if older than MAX_AGE_HOURS, or `refresh`) the suite's package indexes
+    (`src`: its source package indexes); return apt's folder for them."""
+    root = _apt_dir(suite, src)
     lists = root / "state" / "lists"
     stamp = root / "updated"
     with file_lock(root.with_suffix(".lock"), f"waiting for another read of {suite.name}'s "
@@ -149,7 +155,7 @@ def update_indexes(suite: Suite, refresh: bool = False) -> Path:
                        root / "cache" / "archives" / "partial"):
             folder.mkdir(parents=True, exist_ok=True)
         (root / "sources.list").write_text("".join(line + "\n"
-                                                   for line in suite.source_lines()))
+                                                   for line in _source_lines(suite, src)))
         (root / "status").touch()
         stamp.unlink(missing_ok=True)
         try:
@@ -362,3 +368,25 @@ def matrix_kernels(offered: Sequence[ArchiveKernel],
                          f"packages; using {pick.release}")
                 chosen.append(pick)
     return sorted(chosen, key=lambda k: (version_key(k.release), k.release))
+
+
+def fetch_source(suite: Suite, package: str, dest: Path) -> Path:
+    """Download the source package `package` of `suite` from Debian's archive into `dest`
+    (its .dsc and tarballs, checked by apt against the signed indexes); its .dsc."""
+    root = update_indexes(suite, src=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        run = subprocess.run(["apt-get", *_apt_options(suite, root), "-q", "source",
+                              "--download-only", package], cwd=dest,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             errors="replace", check=False)
+    except FileNotFoundError:
+        raise InfraError("apt-get is not installed (is this Debian?)") from None
+    dscs = sorted(dest.glob(f"{package}_*.dsc"))
+    if run.returncode != 0 or len(dscs) != 1:
+        lines = [line for line in (run.stderr + run.stdout).splitlines() if line.strip()]
+        if any("Unable to find a source package" in line for line in lines):
+            raise UserError(f"{suite.name}: Debian's archive has no source package {package}")
+        raise ArchiveIndexError((lines or [f"apt-get exit {run.returncode}"])[-1],
+                                suite=suite.name)
+    return dscs[0]

@@ -12,6 +12,7 @@ Any kernel the lab boots runs this machine's user space: Debian 12's glibc needs
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -146,6 +147,18 @@ def stage_program(root: Path, program: Path) -> None:
     _copy(program, root)
     for lib in _elf_needs(program):
         _copy(lib, root)
+
+
+def stage_library(root: Path, libdir: Path) -> None:
+    """Put a folder of shared objects (a libpcap of `pfq-omatic pcap`: the file, its
+    SONAME link) under `root` at the same path, with what they link."""
+    for path in sorted(libdir.iterdir()):
+        if path.is_symlink():
+            target = root / path.absolute().relative_to("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(os.readlink(path))
+        elif path.suffix != ".json":
+            stage_program(root, path)
 
 
 def _cache_tag(python: Path) -> str:

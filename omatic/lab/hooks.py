@@ -46,7 +46,13 @@ from omatic.lab.console import (
     run_guest,
 )
 from omatic.lab.groupcheck import TCPDUMP
-from omatic.lab.guestpy import PACKAGE_DIR, guest_imports, stage_program, stage_python
+from omatic.lab.guestpy import (
+    PACKAGE_DIR,
+    guest_imports,
+    stage_library,
+    stage_program,
+    stage_python,
+)
 from omatic.lab.ktap import KtapError, KtapResult, parse
 from omatic.lab.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.lab.vm import (
@@ -73,6 +79,8 @@ MODULE = "pfq_hooktest"
 DOCUMENTS = ("hooks", "groups", "safety", "fuzz", "guest")
 #: What a guest that counts instructions prints: it runs no check that needs two CPUs.
 COUNT_DOCUMENTS = ("hooks", "guest")
+#: What a guest given a libpcap with PFQ prints too: omatic.lab.pcapcheck's.
+PCAP_DOCUMENT = "pcap"
 #: In-tree modules the guest loads first: dummy, for the safety checks' `ip link add`.
 IN_TREE = ("dummy",)
 #: The users and groups of the guest: root, tcpdump's and nobody (the unprivileged
@@ -109,6 +117,9 @@ class HookLabConfig:
     icount: bool = False
     #: The seed of omatic.lab.fuzzcheck's calls; None: a new one (in the report).
     fuzz_seed: int | None = None
+    #: The folder of the libpcap `pfq-omatic pcap` built (omatic.pcap.build): tcpdump
+    #: runs on it in the guest (omatic.lab.pcapcheck). None: that document is left out.
+    pcap_libdir: Path | None = None
 
 
 @dataclass
@@ -206,13 +217,16 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                       slots=SLOTS, ring_memory_max=RING_MEMORY_MAX, deps=deps,
                       dmesg_pattern="|".join(DMESG_BAD),
                       python_path=PACKAGE_DIR, groupcheck_config=GROUPCHECK_CONFIG,
-                      bench=config.bench, count_only=config.icount, fuzz_seed=fuzz_seed)
+                      bench=config.bench, count_only=config.icount, fuzz_seed=fuzz_seed,
+                      pcap_libdir=config.pcap_libdir)
         with step("initramfs"):
             stage_python(root, guest_imports(init))
             stage_program(root, Path(TCPDUMP))
             stage_program(root, Path(SETPRIV))
             if config.reader is not None:
                 stage_program(root, config.reader)
+            if config.pcap_libdir is not None:
+                stage_library(root, config.pcap_libdir)
             (root / "etc").mkdir(exist_ok=True)
             # Debian's tcpdump drops root for a user of its own: the guest has one.
             (root / "etc" / "passwd").write_text(GUEST_PASSWD)
@@ -230,7 +244,10 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)
     failures: list[str] = []
     results: dict[str, list[dict[str, Any]]] = {}
-    for name in COUNT_DOCUMENTS if config.icount else DOCUMENTS:
+    documents = COUNT_DOCUMENTS if config.icount else DOCUMENTS
+    if config.pcap_libdir is not None and not config.icount:
+        documents = (*documents, PCAP_DOCUMENT)
+    for name in documents:
         text = session.documents.get(name)
         if text is None:
             failures.append(f"{name}: the guest printed no KTAP document")

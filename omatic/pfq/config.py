@@ -51,11 +51,14 @@ class ConfigError(UserError):
     template = "{where}: {message}"
 
 
+#: A number of the configuration: decimal (no leading zero) or 0x hex, as the C reader of
+#: libpcap/pfq-config.c takes it.
+_NUMBER = re.compile(r"0|[1-9][0-9]*|0[xX][0-9a-fA-F]+")
+
+
 def _config_int(text: str, low: int, high: int, what: str, where: str) -> int:
-    try:
-        value = int(text.strip(), 0)
-    except ValueError:
-        value = low - 1
+    number = text.strip()
+    value = int(number, 0) if _NUMBER.fullmatch(number) else low - 1
     if not low <= value <= high:
         raise ConfigError(f"{what} {text.strip()!r}: expected {low}..{high}", where=where)
     return value
