@@ -230,13 +230,14 @@ def test_build_depends_of_a_dsc() -> None:
 # --- the library, built from Debian's source (system tier) ------------------------------
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built() -> Path:
+    """The library the hook lab's guests use (built once, kept in the cache; a build of
+    other inputs is redone): what `pfq-omatic pcap` makes for bookworm."""
     from omatic.kernels.system import find_suite
-    from omatic.pcap.build import build_pcap
+    from omatic.pcap.build import build_pcap, lab_prefix
 
-    prefix = tmp_path_factory.mktemp("pcap") / "prefix"
-    build_pcap(find_suite("bookworm"), prefix, jobs=os.cpu_count() or 1)
-    return prefix
+    return build_pcap(find_suite("bookworm"), lab_prefix("bookworm"),
+                      jobs=os.cpu_count() or 1).prefix
 
 
 def _tcpdump(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
