@@ -213,7 +213,8 @@ static int pfq_wait(pcap_t *p, struct pcap_pfq *pq)
 		if (p->break_loop) {
 			uint64_t value;
 
-			if (read(pq->breakfd, &value, sizeof(value)) < 0 && errno != EAGAIN)
+			if (pq->breakfd >= 0 && read(pq->breakfd, &value, sizeof(value)) < 0 &&
+			    errno != EAGAIN)
 				return pfq_errno(p, errno, PCAP_ERROR, "breakloop");
 			p->break_loop = 0;
 			return PCAP_ERROR_BREAK;
@@ -324,9 +325,23 @@ static int pfq_getnonblock(pcap_t *p)
 	return ((struct pcap_pfq *)p->priv)->nonblock;
 }
 
+/*
+ * Non-blocking reads never wait, so they need no eventfd for pcap_breakloop(): it goes
+ * (as pcap-linux.c's does), and comes back for blocking ones, which may then fail.
+ */
 static int pfq_setnonblock(pcap_t *p, int nonblock)
 {
-	((struct pcap_pfq *)p->priv)->nonblock = nonblock != 0;
+	struct pcap_pfq *pq = p->priv;
+
+	if (nonblock && pq->breakfd >= 0) {
+		close(pq->breakfd);
+		pq->breakfd = -1;
+	} else if (!nonblock && pq->breakfd < 0) {
+		pq->breakfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (pq->breakfd < 0)
+			return pfq_errno(p, errno, PCAP_ERROR, "eventfd for pcap_breakloop()");
+	}
+	pq->nonblock = nonblock != 0;
 	return 0;
 }
 

@@ -431,10 +431,9 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
+    from omatic.lab.console import check_timeout
     from omatic.lab.hooks import HookLabConfig, run_hook_lab
     from omatic.progress import Progress
-
-    from omatic.lab.console import check_timeout
 
     reports, code = [], 0
     kernels = _kernels_of(args.kernel)
@@ -890,8 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output root: DIR/<kernel>/pfq_hooktest/hooks.json (default: out)")
     p.add_argument("--keep", action="store_true", help="keep the console log on success")
-    p.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
-                   help="seconds before a guest counts as hung (default: 180)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds before a guest counts as hung (default: 300)")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
                    help="auto: KVM only if a probe boots a kernel with it, else TCG")
     p.add_argument("--fuzz-seed", type=int, default=None, metavar="N",

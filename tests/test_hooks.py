@@ -19,7 +19,8 @@ ENTRY_POINTS = ["netif_receive_skb", "netif_rx", "napi_gro_receive", "napi_gro_f
 CASES = ["tap_unread", "capture_unread", "pass", "tap", "capture", "ring_full"]
 GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst_port_9",
                 "vlan_10", "queue_bind_and_steer", "cpu_and_rnd", "read_and_caplen",
-                "other_namespace", "two_groups_one_device", "tap_feeds_stack_capture_does_not",
+                "other_namespace", "two_groups_one_device",
+                "shared_settings_first_member_decides", "tap_feeds_stack_capture_does_not",
                 "endpoint_closed_mid_burst", "killed_process_leaves", "endpoint_ring_full",
                 "two_cpus_one_ring", "unprivileged_eperm", "bad_requests_einval",
                 "capture_cli_4_workers_hash", "refcount_back"]
@@ -29,6 +30,11 @@ SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted
                  "control_needs_cap_net_admin",
                  "no_grace_period_under_locks", "private_map_ioctl_groups_file",
                  "refcount_back"]
+PCAP_CHECKS = ["libpcap_version_says_pfq", "tcpdump_exact_nanoseconds",
+               "tcpdump_plain_device_af_packet", "tcpdump_fanout_4_hash", "tcpdump_fanout_copy",
+               "tcpdump_filter_in_kernel", "tcpdump_conflicting_fanout_refused",
+               "tcpdump_bad_input", "tcpdump_stats_ring_overflow",
+               "libpcap_testprogs_as_on_the_device", "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
 
@@ -57,6 +63,9 @@ def test_every_hook_in_every_mode(kernel: Kernel, tmp_path: Path) -> None:
     assert [(t["name"], t["ok"]) for t in fuzz] == [("bad_requests_at_volume", True),
                                                     ("refcount_back", True)]
     assert isinstance(report["fuzz_seed"], int)
+    # Debian's tcpdump and libpcap's test programs on the libpcap of `pfq-omatic pcap`.
+    pcap = report["results"]["pcap"]
+    assert [(t["name"], t["ok"]) for t in pcap] == [(c, True) for c in PCAP_CHECKS]
     # The module went through the tool like any driver: every entry point became a hook.
     module = KernelModule(tmp_path / kernel.release / "pfq_hooktest" / "pfq_hooktest.ko")
     undefined = module.undefined()

@@ -99,7 +99,7 @@ class HookLabConfig:
     kernel: Kernel
     out_root: Path = Path("out")
     jobs: int = os.cpu_count() or 1
-    timeout: float = 180.0
+    timeout: float = 300.0
     accel: str = "auto"
     memory: int = 256
     #: Keep the console log even when every test passes.
@@ -227,6 +227,8 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                 stage_program(root, config.reader)
             if config.pcap_libdir is not None:
                 stage_library(root, config.pcap_libdir)
+                for test in sorted((config.pcap_libdir.parent / "testprogs").iterdir()):
+                    stage_program(root, test)
             (root / "etc").mkdir(exist_ok=True)
             # Debian's tcpdump drops root for a user of its own: the guest has one.
             (root / "etc" / "passwd").write_text(GUEST_PASSWD)

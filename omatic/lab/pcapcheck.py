@@ -13,17 +13,21 @@ Standard library and omatic.pfq only: the guest's python3 has nothing else.
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from omatic.lab.groupcheck import (
     DEV,
+    DEV2,
     PROC,
     TCPDUMP,
     CheckFailed,
@@ -60,12 +64,15 @@ def finish(proc: subprocess.Popen[str], interrupt: bool = True) -> tuple[int, st
     if interrupt and proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     try:
-        _out, err = proc.communicate(timeout=WAIT)
+        out, err = proc.communicate(timeout=WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        _out, err = proc.communicate()
-        raise CheckFailed(f"tcpdump did not end: {err.strip()[-200:]}") from None
-    return proc.returncode, err
+        out, err = proc.communicate()
+        args = proc.args
+        name = Path(str(args[0] if isinstance(args, list | tuple) else args)).name
+        raise CheckFailed(f"{name} did not end: {(err or out or '').strip()[-200:]}") from None
+    # Its errors, or all it said when they went to stdout too.
+    return proc.returncode, err if err is not None else out
 
 
 def groups_on(dev: str) -> dict[int, dict[str, str]]:
@@ -314,6 +321,132 @@ def check_stats_on_overflow(config: Config) -> None:
            f"{g['dropped']}, {len(sent) - captured} not captured")
 
 
+def testprog(name: str) -> str:
+    """A test program of libpcap's source, built with the library (PREFIX/testprogs)."""
+    return str(Path(LIBDIR).parent / "testprogs" / name)
+
+
+def run_testprog(argv: Sequence[str]) -> tuple[int, str]:
+    """A test program that ends by itself: its status and output."""
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT, check=False)
+    return run.returncode, run.stdout + run.stderr
+
+
+def on_terminal(argv: Sequence[str]) -> tuple[subprocess.Popen[str], Callable[[], str]]:
+    """`argv` with its output on a pseudo-terminal, line-buffered as on a user's screen
+    (SIGINT kills some test programs, which would lose what a pipe buffered); and what
+    gives the output once it has ended."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            text=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's last writer went
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def output() -> str:
+        reader.join(WAIT)
+        return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+    return proc, output
+
+
+def seen_by(argv: Sequence[str], device: str, sent: Sequence[bytes]) -> tuple[int, str]:
+    """A capturing test program on `device` (pfq:DEV or DEV), fed `sent`, then SIGINT:
+    the frames it says it saw, and its output."""
+    before = set(groups_on(DEV))
+    proc, output = on_terminal([*argv, "-i", device])
+    try:
+        if device.startswith("pfq:"):
+            wait_for(lambda: set(groups_on(DEV)) != before, "a group on " + DEV, [proc])
+        else:
+            time.sleep(1.0)  # a packet socket: nothing to wait for
+        inject(DEV, sent)
+        if device.startswith("pfq:"):
+            drained([proc])
+        # A TPACKET_V3 block goes to user space when full or after the test's timeout.
+        time.sleep(0.5 if device.startswith("pfq:") else 2.5)
+    finally:
+        finish(proc)
+    out = output()
+    # "N packets seen, ...", after "Select timed out: " or the like on some lines.
+    return sum(int(n) for n in re.findall(r"\b(\d+) packets seen", out)), out
+
+
+def check_testprogs(config: Config) -> None:
+    """libpcap's own test programs, built from the same source: on pfq:DEV as on DEV.
+    threadsignaltest breaks a blocked capture from another thread after 60 s: it runs
+    on DEV2 meanwhile."""
+    set_mode(DEV, "tap")
+    set_mode(DEV2, "tap")
+    signalled, signalled_output = on_terminal([testprog("threadsignaltest"), "-i",
+                                               f"pfq:{DEV2}"])
+    try:
+        _testprogs_on_dev()
+        code = signalled.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        raise CheckFailed("threadsignaltest did not end") from None
+    finally:
+        if signalled.poll() is None:
+            signalled.kill()
+            signalled.wait()
+    out = signalled_output()
+    expect(code == 0 and "Loop got broken" in out,
+           f"threadsignaltest -i pfq:{DEV2}: exit {code}, {out.strip()[-200:]!r}")
+
+
+def _testprogs_on_dev() -> None:
+    code, out = run_testprog([testprog("findalldevstest")])
+    expect(code == 0 and f"pfq:{DEV}" in out, f"findalldevstest: exit {code}, "
+                                              f"{out.strip()[-200:]!r}")
+    code, out = run_testprog([testprog("opentest"), "-i", f"pfq:{DEV}"])
+    expect(code == 0 and f"pfq:{DEV} opened successfully" in out,
+           f"opentest: exit {code}, {out.strip()[-200:]!r}")
+    # It opens lo (and no other device) twice, the second activation refused.
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    code, out = run_testprog([testprog("reactivatetest")])
+    expect(code == 0, f"reactivatetest: exit {code}, {out.strip()[-200:]!r}")
+    sent = [ipv4(1, 2, 17, 9000 + i, 9, 5000 + i) for i in range(20)]
+    for argv in ([testprog("capturetest")], [testprog("selpolltest"), "-p"],
+                 [testprog("selpolltest"), "-s", "-t"], [testprog("selpolltest"), "-p", "-n"]):
+        name = " ".join([Path(argv[0]).name, *argv[1:]])
+        for device in (DEV, f"pfq:{DEV}"):
+            seen, out = seen_by(argv, device, sent)
+            expect(seen == len(sent), f"{name} -i {device}: saw {seen} of {len(sent)}: "
+                                      f"{out.strip()[-200:]!r}")
+        no_group_left()
+    burst = [ipv4(1, 2, 17, 9100 + i, 9, 6000 + i) for i in range(64)]
+    for device in (DEV, f"pfq:{DEV}"):
+        # It breaks its loop at the first frame it is given; with no timeout set, a
+        # TPACKET_V3 block reaches user space only when full: bursts until it ends.
+        proc = subprocess.Popen([testprog("nonblocktest"), "-i", device],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + WAIT
+        while proc.poll() is None and time.monotonic() < deadline:
+            inject(DEV, burst)
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+            out = (proc.communicate()[0] or "").strip()[-200:]
+            raise CheckFailed(f"nonblocktest -i {device} did not end: {out!r}")
+        code, out = finish(proc, interrupt=False)
+        expect(code == 0 and "failed as expected" in out,
+               f"nonblocktest -i {device}: exit {code}, {out.strip()[-200:]!r}")
+    no_group_left()
+
+
 CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("libpcap_version_says_pfq", check_version),
     ("tcpdump_exact_nanoseconds", check_exact_nanoseconds),
@@ -324,6 +457,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("tcpdump_conflicting_fanout_refused", check_conflicting_fanout),
     ("tcpdump_bad_input", check_bad_input),
     ("tcpdump_stats_ring_overflow", check_stats_on_overflow),
+    ("libpcap_testprogs_as_on_the_device", check_testprogs),
 ]
 
 

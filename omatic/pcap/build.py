@@ -44,6 +44,10 @@ LIBRARY_PACKAGE = "libpcap0.8"
 DEV_PACKAGE = "libpcap0.8-dev"
 SONAME = "libpcap.so.0.8"
 MULTIARCH = "x86_64-linux-gnu"
+#: libpcap's own test programs (testprogs/), built from the same tree against the library
+#: just built (statically, as their Makefile does) and kept in PREFIX/testprogs.
+TESTPROGS = ("findalldevstest", "opentest", "capturetest", "nonblocktest", "selpolltest",
+             "reactivatetest", "threadsignaltest")
 #: Build-Depends that name a virtual package, and the real one that provides it.
 VIRTUAL = {"debhelper-compat": "debhelper"}
 
@@ -100,11 +104,15 @@ def _arch_matches(archs: list[str], arch: str) -> bool:
 
 
 def source_digest() -> str:
-    """A digest of what pfq-omatic adds to libpcap (our files and kmod's uapi.h)."""
+    """A digest of what pfq-omatic adds to libpcap (our files and kmod's uapi.h) and of
+    how it builds it (this module and the rewrite's)."""
     import hashlib
 
+    from omatic.pcap import rewrite
+
     h = hashlib.sha256()
-    for path in [*(MODULE_DIR / name for name in MODULE_FILES), UAPI]:
+    for path in [*(MODULE_DIR / name for name in MODULE_FILES), UAPI, Path(__file__),
+                 Path(rewrite.__file__)]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -194,8 +202,9 @@ def _build_pcap(suite: Suite, prefix: Path, jobs: int, force: bool,
         started = time.monotonic()
         spec = SystemSpec.of(suite.name, packages, variant="buildd")
         log = "/build/build.log"
-        script = (f"cd /build/tree && DEB_BUILD_OPTIONS='nocheck parallel={jobs}' "
-                  f"dpkg-buildpackage -b -uc -us > {log} 2>&1")
+        script = (f"cd /build/tree && {{ DEB_BUILD_OPTIONS='nocheck parallel={jobs}' "
+                  f"dpkg-buildpackage -b -uc -us && make -C testprogs {' '.join(TESTPROGS)}; "
+                  f"}} > {log} 2>&1")
         try:
             run_command(spec, ["sh", "-c", script], binds=[Bind(work / "src", "/build")],
                         note=say)
@@ -205,6 +214,9 @@ def _build_pcap(suite: Suite, prefix: Path, jobs: int, force: bool,
         say(f"built in {time.monotonic() - started:.0f} s")
         stage = work / "install"
         _install(work / "src", version, stage)
+        (stage / "testprogs").mkdir()
+        for name in TESTPROGS:
+            shutil.copy2(tree / "testprogs" / name, stage / "testprogs" / name)
         built = PcapBuild(prefix=prefix, suite=suite.name, version=version,
                           lib_version=lib_version(stage / "lib"), digest=digest)
         if VERSION_TAG not in built.lib_version:
