@@ -520,16 +520,26 @@ out:
 }
 
 /*
- * Whether a shared setting may be set: true when no member has set it or it is the same;
- * else one dmesg line. Caller holds pfq_groups_mutex.
+ * A copy of @group's configuration in which to change @what, or NULL with *@err:
+ * -EBUSY when the request is @shared and a member set @what (@set) to something else
+ * (!@same; one dmesg line), -ENOMEM. Caller holds pfq_groups_mutex.
  */
-static bool pfq_shared_ok(struct pfq_endpoint *ep, bool set, bool same, const char *what)
+static struct pfq_group_conf *pfq_conf_for(struct pfq_endpoint *ep, struct pfq_group *group,
+					    bool shared, bool set, bool same, const char *what,
+					    int *err)
 {
-	if (!set || same)
-		return true;
-	pr_warn_ratelimited("endpoint %u: group %d shares its %s, set otherwise by its first member\n",
-			    ep->id, ep->group, what);
-	return false;
+	struct pfq_group_conf *conf;
+
+	if (shared && set && !same) {
+		pr_warn_ratelimited("endpoint %u: group %d shares its %s, set otherwise by its first member\n",
+				    ep->id, ep->group, what);
+		*err = -EBUSY;
+		return NULL;
+	}
+	conf = pfq_conf_copy(group);
+	if (!conf)
+		*err = -ENOMEM;
+	return conf;
 }
 
 int pfq_group_steer(struct pfq_endpoint *ep, u32 arg)
@@ -552,18 +562,13 @@ int pfq_group_steer(struct pfq_endpoint *ep, u32 arg)
 		goto out;
 	}
 	now = pfq_conf(group);
-	if (shared && !pfq_shared_ok(ep, now->steer_set, now->steer == steer, "steering")) {
-		err = -EBUSY;
-		goto out;
+	conf = pfq_conf_for(ep, group, shared, now->steer_set, now->steer == steer, "steering",
+			    &err);
+	if (conf) {
+		conf->steer = steer;
+		conf->steer_set = true;
+		pfq_conf_publish(group, conf);
 	}
-	conf = pfq_conf_copy(group);
-	if (!conf) {
-		err = -ENOMEM;
-		goto out;
-	}
-	conf->steer = steer;
-	conf->steer_set = true;
-	pfq_conf_publish(group, conf);
 out:
 	mutex_unlock(&pfq_groups_mutex);
 	return err;
@@ -629,21 +634,15 @@ int pfq_group_filter(struct pfq_endpoint *ep, const struct pfq_filter *filter)
 		goto out;
 	}
 	now = pfq_conf(group);
-	if (shared && !pfq_shared_ok(ep, now->prog_set, now->prog_len == filter->len &&
-				     now->prog_hash == hash, "filter")) {
-		err = -EBUSY;
-		goto out;
+	conf = pfq_conf_for(ep, group, shared, now->prog_set,
+			    now->prog_len == filter->len && now->prog_hash == hash, "filter", &err);
+	if (conf) {
+		conf->prog = prog;
+		conf->prog_len = filter->len;
+		conf->prog_hash = hash;
+		conf->prog_set = true;
+		pfq_conf_publish(group, conf);
 	}
-	conf = pfq_conf_copy(group);
-	if (!conf) {
-		err = -ENOMEM;
-		goto out;
-	}
-	conf->prog = prog;
-	conf->prog_len = filter->len;
-	conf->prog_hash = hash;
-	conf->prog_set = true;
-	pfq_conf_publish(group, conf);
 out:
 	mutex_unlock(&pfq_groups_mutex);
 	if (!conf && prog)

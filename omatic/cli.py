@@ -889,8 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", metavar="DIR",
                    help="output root: DIR/<kernel>/pfq_hooktest/hooks.json (default: out)")
     p.add_argument("--keep", action="store_true", help="keep the console log on success")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="seconds before a guest counts as hung (default: 300)")
+    p.add_argument("--timeout", type=float, default=420.0, metavar="SECONDS",
+                   help="seconds before a guest counts as hung (default: 420)")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
                    help="auto: KVM only if a probe boots a kernel with it, else TCG")
     p.add_argument("--fuzz-seed", type=int, default=None, metavar="N",

@@ -48,6 +48,7 @@ from omatic.pfq.uapi import (
     BIND,
     ENDPOINT_STATS,
     FILTER,
+    PFQ_FILTER_SHARED,
     PFQ_IOC_BIND,
     PFQ_IOC_FILTER,
     PFQ_IOC_JOIN,
@@ -57,6 +58,7 @@ from omatic.pfq.uapi import (
     PFQ_IOC_STEER,
     PFQ_IOC_UNBIND,
     PFQ_IOC_VLAN,
+    PFQ_STEER_SHARED,
     RING_HEAD,
     RING_INFO,
     SOCK_FILTER,
@@ -126,17 +128,20 @@ class Fuzzer:
         self.ioctl(self.rng.choice([PFQ_IOC_BIND, PFQ_IOC_UNBIND]), arg)
 
     def steer(self) -> None:
-        self.ioctl(PFQ_IOC_STEER, struct.pack("<I", self.rng.choice([0, 1, 2, 3, 4, 5, 6, 99])))
+        mode = self.rng.choice([0, 1, 2, 3, 4, 5, 6, 99])
+        self.ioctl(PFQ_IOC_STEER, struct.pack("<I", mode | self.rng.choice([0, PFQ_STEER_SHARED])))
 
     def filter(self) -> None:
         which = self.rng.randrange(4)
+        # Unshared, shared (the first member decides), and a flag that does not exist.
+        flags = self.rng.choice([0, 0, PFQ_FILTER_SHARED, 2])
         if which < 2:
             prog = (GOOD_PROG, BAD_PROG)[which]
-            arg = FILTER.struct.pack(len(prog), 0, ctypes.addressof(self.programs[which]))
+            arg = FILTER.struct.pack(len(prog), flags, ctypes.addressof(self.programs[which]))
         elif which == 2:
-            arg = FILTER.struct.pack(0, 0, 0)  # none
+            arg = FILTER.struct.pack(0, flags, 0)  # none
         else:
-            arg = FILTER.struct.pack(self.rng.choice([1, 4096, 4097, 1 << 30]), 0,
+            arg = FILTER.struct.pack(self.rng.choice([1, 4096, 4097, 1 << 30]), flags,
                                      self.rng.choice([0, 0x1000, 0xFFFF_FFFF_FFFF_0000]))
         self.ioctl(PFQ_IOC_FILTER, arg)
 

@@ -99,7 +99,7 @@ class HookLabConfig:
     kernel: Kernel
     out_root: Path = Path("out")
     jobs: int = os.cpu_count() or 1
-    timeout: float = 300.0
+    timeout: float = 420.0
     accel: str = "auto"
     memory: int = 256
     #: Keep the console log even when every test passes.
