@@ -157,7 +157,7 @@ def stage_library(root: Path, libdir: Path) -> None:
             target = root / path.absolute().relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(os.readlink(path))
-        elif path.suffix != ".json":
+        else:
             stage_program(root, path)
 
 
