@@ -16,7 +16,7 @@ import pytest
 
 from omatic.errors import UserError
 from omatic.pcap import rewrite
-from omatic.pcap.build import PcapBuild, _arch_matches, build_depends
+from omatic.pcap.build import PcapBuild, arch_matches, build_depends
 from omatic.pcap.run import NotBuiltError, find_build, prepare
 from omatic.pfq.config import apply_env, parse_config
 from omatic.pfq.uapi import STEER_MODES
@@ -223,8 +223,8 @@ def test_build_depends_of_a_dsc() -> None:
            "Build-Depends-Indep: doxygen\nPackage-List:\n libpcap0.8 deb libs optional\n")
     assert build_depends(dsc) == ["aa", "bison", "debhelper", "doxygen", "flex",
                                   "libbluetooth-dev", "libdbus-1-dev", "libfoo-dev"]
-    assert _arch_matches(["linux-any"], "amd64") and not _arch_matches(["i386"], "amd64")
-    assert not _arch_matches(["!amd64"], "amd64") and _arch_matches(["!i386"], "amd64")
+    assert arch_matches(["linux-any"], "amd64") and not arch_matches(["i386"], "amd64")
+    assert not arch_matches(["!amd64"], "amd64") and arch_matches(["!i386"], "amd64")
 
 
 # --- the library, built from Debian's source (system tier) ------------------------------

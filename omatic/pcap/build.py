@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from omatic.kernels.system import (
     SystemSpec,
     run_command,
 )
+from omatic.pcap import rewrite
 from omatic.pcap.rewrite import MODULE_DIR, MODULE_FILES, UAPI, VERSION_TAG, add_pfq
 
 #: The source package, and the binary packages whose files the install takes.
@@ -85,7 +87,7 @@ def build_depends(dsc: str, arch: str = "amd64") -> list[str]:
         if not match:
             raise BuildError(f"cannot read the build dependency {first!r}")
         name, archs, profiles = match[1], match[2], match[3]
-        if archs and not _arch_matches(archs.split(), arch):
+        if archs and not arch_matches(archs.split(), arch):
             continue
         if profiles and not all(p.startswith("!") for p in re.findall(r"[^<>\s]+", profiles)):
             continue
@@ -93,7 +95,7 @@ def build_depends(dsc: str, arch: str = "amd64") -> list[str]:
     return sorted(set(names))
 
 
-def _arch_matches(archs: list[str], arch: str) -> bool:
+def arch_matches(archs: list[str], arch: str) -> bool:
     """Whether a Build-Depends architecture list ([linux-any], [!hurd-i386]) takes `arch`."""
     def hit(word: str) -> bool:
         return word in (arch, "any", "linux-any", f"any-{arch}", f"linux-{arch}")
@@ -106,10 +108,6 @@ def _arch_matches(archs: list[str], arch: str) -> bool:
 def source_digest() -> str:
     """A digest of what pfq-omatic adds to libpcap (our files and kmod's uapi.h) and of
     how it builds it (this module and the rewrite's)."""
-    import hashlib
-
-    from omatic.pcap import rewrite
-
     h = hashlib.sha256()
     for path in [*(MODULE_DIR / name for name in MODULE_FILES), UAPI, Path(__file__),
                  Path(rewrite.__file__)]:
