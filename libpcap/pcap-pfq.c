@@ -12,9 +12,13 @@
  * PFQ_FILTER_SHARED).
  *
  * Reading: frame n is in slot n % slots, published when its seq is n + 1 (load-acquire,
- * then the slot); the reader gives slots back by storing `tail` (store-release). The
- * last frame handed to the callback stays unreleased until the next read, so that
- * pcap_next_ex()'s pointer stays valid as libpcap promises.
+ * then the slot); the reader gives slots back by storing `tail` (store-release), each
+ * after its callback returned, every PFQ_RELEASE_BATCH frames and all before the read
+ * returns: /dev/pfq is readable while a frame is not given back, so an
+ * application that polls before each pcap_dispatch() (softflowd, with no timeout) would
+ * otherwise be told of a frame it already had, and block in the read. pcap_next() and
+ * pcap_next_ex() get a copy of the frame (as pcap-linux.c gives them), valid until the
+ * next call as libpcap promises.
  */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
@@ -48,6 +52,8 @@
 #define PFQ_MIN_SLOTS	64
 /* libpcap's usual buffer when none is asked for (as pcap-linux.c's) */
 #define PFQ_DEFAULT_BUFFER	(2 * 1024 * 1024)
+/* Frames read between two stores of the ring's tail */
+#define PFQ_RELEASE_BATCH	32
 
 struct pcap_pfq {
 	struct pfq_source src;
@@ -61,8 +67,8 @@ struct pcap_pfq {
 	uint8_t *ring;
 	size_t ring_size;
 	struct pfq_ring_info info;
-	uint64_t next;		/* the next frame to read; frames before it are given back at
-				 * the next read */
+	uint64_t next;		/* the next frame to read; frames before it are given back */
+	u_char *oneshot;	/* pcap_next()'s copy of a frame */
 	uint64_t ifdrop_base;	/* the devices' drop counters at activation */
 };
 
@@ -238,44 +244,56 @@ static int pfq_read(pcap_t *p, int cnt, pcap_handler callback, u_char *user)
 	int n = 0, seen = 0, max = PACKET_COUNT_IS_UNLIMITED(cnt) ? (int)pq->info.slots : cnt;
 	struct pcap_pkthdr h;
 
-	pfq_release(pq);
 	while (n < max && seen < (int)pq->info.slots) {
 		struct pfq_frame *f = pfq_slot(pq, pq->next);
 		const u_char *data = (const u_char *)(f + 1);
 
 		if (p->break_loop) {
 			p->break_loop = 0;
+			pfq_release(pq);
 			return PCAP_ERROR_BREAK;
 		}
 		if (__atomic_load_n(&f->seq, __ATOMIC_ACQUIRE) != (uint32_t)(pq->next + 1)) {
 			int ret;
 
 			if (n > 0 || seen > 0 || pq->nonblock)
-				return n;
+				break;
 			ret = pfq_wait(p, pq);
 			if (ret <= 0)
 				return ret;
 			continue;
 		}
 		seen++;
-		/* Give back the frames before this one; this one stays until the next read. */
-		pfq_release(pq);
-		pq->next++;
-		if (f->flags & PFQ_FRAME_EMPTY)
-			continue;
 		h.ts.tv_sec = (time_t)(f->tstamp_ns / 1000000000u);
 		h.ts.tv_usec = (suseconds_t)(f->tstamp_ns % 1000000000u);
 		if (p->opt.tstamp_precision != PCAP_TSTAMP_PRECISION_NANO)
 			h.ts.tv_usec /= 1000;
 		h.len = f->len;
 		h.caplen = f->caplen < (uint32_t)p->snapshot ? f->caplen : (uint32_t)p->snapshot;
-		if (!pq->kernel_filter && p->fcode.bf_insns &&
-		    !pcap_filter(p->fcode.bf_insns, data, h.len, h.caplen))
-			continue;
-		callback(user, &h, data);
-		n++;
+		if (!(f->flags & PFQ_FRAME_EMPTY) &&
+		    (pq->kernel_filter || !p->fcode.bf_insns ||
+		     pcap_filter(p->fcode.bf_insns, data, h.len, h.caplen))) {
+			callback(user, &h, data);
+			n++;
+		}
+		pq->next++;
+		/* Slots back to the kernel as the read goes, not one store per frame. */
+		if (seen % PFQ_RELEASE_BATCH == 0)
+			pfq_release(pq);
 	}
+	pfq_release(pq);
 	return n;
+}
+
+/* pcap_next()'s callback: the frame is copied, since its slot is given back. */
+static void pfq_oneshot(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
+{
+	struct oneshot_userdata *sp = (struct oneshot_userdata *)user;
+	struct pcap_pfq *pq = sp->pd->priv;
+
+	*sp->hdr = *h;
+	memcpy(pq->oneshot, bytes, h->caplen);
+	*sp->pkt = pq->oneshot;
 }
 
 /* -- ops ------------------------------------------------------------------------------ */
@@ -386,6 +404,8 @@ static void pfq_cleanup(pcap_t *p)
 		munmap(pq->ring, pq->ring_size);
 		pq->ring = NULL;
 	}
+	free(pq->oneshot);
+	pq->oneshot = NULL;
 	if (pq->breakfd >= 0) {
 		close(pq->breakfd);
 		pq->breakfd = -1;
@@ -597,6 +617,11 @@ static int pfq_activate(pcap_t *p)
 		if (pq->breakfd < 0)
 			ret = pfq_errno(p, errno, PCAP_ERROR, "eventfd");
 	}
+	if (ret == 0) {
+		pq->oneshot = malloc(pq->info.caplen);
+		if (!pq->oneshot)
+			ret = pfq_errno(p, errno, PCAP_ERROR, "a frame's buffer");
+	}
 	if (ret != 0) {
 		pfq_cleanup(p);
 		return ret;
@@ -605,6 +630,7 @@ static int pfq_activate(pcap_t *p)
 	p->linktype = DLT_EN10MB;
 	p->selectable_fd = p->fd;
 	p->read_op = pfq_read;
+	p->oneshot_callback = pfq_oneshot;
 	p->inject_op = pfq_inject;
 	p->setfilter_op = pfq_setfilter;
 	p->setdirection_op = pfq_setdirection;

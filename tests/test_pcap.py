@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from omatic.errors import UserError
+from omatic.lab.groupcheck import CheckFailed, ipv4
+from omatic.lab.pcapcheck import flow_key, netflow_v5
 from omatic.pcap import rewrite
 from omatic.pcap.build import PcapBuild, arch_matches, build_depends
 from omatic.pcap.run import NotBuiltError, find_build, prepare
@@ -292,6 +294,23 @@ def test_pcap_fanout_is_declared_and_refuses_other_captures(built: Path,
     run = subprocess.run([str(tmp_path / "fanout")], capture_output=True, text=True,
                          env={**os.environ, "LD_LIBRARY_PATH": str(built / "lib")}, check=True)
     assert run.stdout.startswith("-1 pcap_fanout: ") and "not a PFQ device" in run.stdout
+
+
+# --- a flow monitor's export ---------------------------------------------------------------
+
+@unit
+def test_netflow_v5_records_and_flow_keys() -> None:
+    frame = ipv4(10, 200, 17, 1024, 80, 1)
+    key = flow_key(frame)
+    assert key[2:] == (17, 1024, 80) and key[0] != key[1]
+    record = struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", key[0], key[1], bytes(4), 0, 0, 4, 400,
+                         1, 2, 1024, 80, 0, 0, 17, 0, 0, 0, 0, 0, 0)
+    header = struct.pack("!HHIIIIBBH", 5, 2, 0, 0, 0, 0, 0, 0, 0)
+    assert netflow_v5(header + record * 2) == [(key, 4), (key, 4)]
+    with pytest.raises(CheckFailed, match="NetFlow version 9"):
+        netflow_v5(struct.pack("!HH", 9, 0) + bytes(20))
+    with pytest.raises(CheckFailed, match="2 records in 72 bytes"):
+        netflow_v5(header + record)
 
 
 # --- pfq-omatic run ------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from omatic.lab.guestpy import (
     stage_python,
 )
 from omatic.lab.ktap import KtapError, KtapResult, parse
+from omatic.lab.pcapcheck import SOFTFLOWCTL, SOFTFLOWD
 from omatic.lab.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.lab.vm import (
     GuestModule,
@@ -227,6 +228,8 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                 stage_program(root, config.reader)
             if config.pcap_libdir is not None:
                 stage_library(root, config.pcap_libdir)
+                for name in (SOFTFLOWD, SOFTFLOWCTL):
+                    stage_program(root, Path(name))
                 for test in sorted((config.pcap_libdir.parent / "testprogs").iterdir()):
                     stage_program(root, test)
             (root / "etc").mkdir(exist_ok=True)

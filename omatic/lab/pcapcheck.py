@@ -13,10 +13,13 @@ Standard library and omatic.pfq only: the guest's python3 has nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import pty
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -42,6 +45,8 @@ from omatic.lab.groupcheck import (
 )
 from omatic.lab.safetycheck import SETPRIV
 
+#: Debian's NetFlow exporter and its control program.
+SOFTFLOWD, SOFTFLOWCTL = "/usr/sbin/softflowd", "/usr/sbin/softflowctl"
 #: Where the guest has the libpcap of `pfq-omatic pcap` (set by main()).
 LIBDIR = "/opt/pfq-libpcap/lib"
 #: Seconds a tcpdump has to start, or to finish once told.
@@ -68,11 +73,16 @@ def finish(proc: subprocess.Popen[str], interrupt: bool = True) -> tuple[int, st
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        args = proc.args
-        name = Path(str(args[0] if isinstance(args, list | tuple) else args)).name
-        raise CheckFailed(f"{name} did not end: {(err or out or '').strip()[-200:]}") from None
+        raise CheckFailed(f"{program(proc)} did not end: {(err or out or '').strip()[-200:]}"
+                          ) from None
     # Its errors, or all it said when they went to stdout too.
     return proc.returncode, err if err is not None else out
+
+
+def program(proc: subprocess.Popen[str]) -> str:
+    """The name of the program `proc` runs."""
+    args = proc.args
+    return Path(str(args[0] if isinstance(args, list | tuple) else args)).name
 
 
 def groups_on(dev: str) -> dict[int, dict[str, str]]:
@@ -92,7 +102,7 @@ def wait_for(ready: Callable[[], bool], what: str, procs: Sequence[subprocess.Po
         for proc in procs:
             if proc.poll() is not None:
                 _code, err = finish(proc, interrupt=False)
-                raise CheckFailed(f"tcpdump ended before {what}: {err.strip()[-300:]}")
+                raise CheckFailed(f"{program(proc)} ended before {what}: {err.strip()[-300:]}")
         expect(time.monotonic() < deadline, f"no {what} after {WAIT} s")
         time.sleep(0.05)
 
@@ -100,11 +110,11 @@ def wait_for(ready: Callable[[], bool], what: str, procs: Sequence[subprocess.Po
 def members(gid: int, n: int, procs: Sequence[subprocess.Popen[str]]) -> None:
     """Wait until group `gid` has `n` endpoints bound to DEV."""
     wait_for(lambda: groups_on(DEV).get(gid, {}).get("endpoints") == str(n),
-             f"{n} tcpdump(s) in group {gid}", procs)
+             f"{n} endpoint(s) in group {gid}", procs)
 
 
 def drained(procs: Sequence[subprocess.Popen[str]]) -> None:
-    """Wait until every ring is empty: the tcpdumps took all they were given."""
+    """Wait until every ring is empty: the readers took all they were given."""
     wait_for(lambda: not re.search(r"queued=[1-9]", (PROC / "groups").read_text()),
              "empty rings", procs)
 
@@ -161,6 +171,68 @@ def check_exact_nanoseconds(config: Config) -> None:
     stamps = [sec * 10**9 + frac for sec, frac, _frame in got]
     expect(all(before <= s <= after for s in stamps) and stamps == sorted(stamps),
            f"stamps {stamps[0]}..{stamps[-1]} not within {before}..{after}, or not in order")
+    no_group_left()
+
+
+def queued_here() -> int:
+    """Frames waiting in the ring of this process's endpoint (-1: it has none)."""
+    for line in (PROC / "groups").read_text().splitlines():
+        match = re.search(r" queued=(\d+)", line)
+        if line.startswith("endpoint=") and f" pid={os.getpid()} " in line and match:
+            return int(match[1])
+    return -1
+
+
+class PcapPkthdr(ctypes.Structure):
+    """struct pcap_pkthdr on Linux."""
+    _fields_ = [("sec", ctypes.c_long), ("usec", ctypes.c_long), ("caplen", ctypes.c_uint32),
+                ("len", ctypes.c_uint32)]
+
+
+def check_next_ex_copies(config: Config) -> None:
+    """pcap_next_ex() on pfq:DEV, called through ctypes as a C program would: the frame
+    it returns stays whole until the next call, even once the ring's slot it came from
+    holds another frame (the frame is copied, its slot given back)."""
+    lib = ctypes.CDLL(f"{LIBDIR}/libpcap.so.0.8")
+    lib.pcap_open_live.restype = ctypes.c_void_p
+    lib.pcap_open_live.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                   ctypes.c_char_p]
+    lib.pcap_next_ex.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.pcap_close.argtypes = [ctypes.c_void_p]
+    errbuf = ctypes.create_string_buffer(256)
+    set_mode(DEV, "tap")
+    os.environ["PFQ_RX_SLOTS"] = "64"  # the least: frame 64 lands in frame 0's slot
+    try:
+        handle = lib.pcap_open_live(f"pfq:{DEV}".encode(), 256, 0, 100, errbuf)
+    finally:
+        del os.environ["PFQ_RX_SLOTS"]
+    expect(handle, f"pcap_open_live: {errbuf.value.decode(errors='replace')}")
+    try:
+        sent = [ipv4(1, 2, 17, 9300 + i, 9, 8000 + i) for i in range(65)]
+        header = ctypes.POINTER(PcapPkthdr)()
+        data = ctypes.POINTER(ctypes.c_ubyte)()
+
+        def next_ex(what: str) -> bytes:
+            ret = lib.pcap_next_ex(handle, ctypes.byref(header), ctypes.byref(data))
+            expect(ret == 1, f"pcap_next_ex for {what}: {ret}")
+            return ctypes.string_at(data, header.contents.caplen)
+
+        inject(DEV, sent[:1])
+        first = next_ex("frame 0")
+        inject(DEV, sent[1:])
+        deadline = time.monotonic() + WAIT
+        while queued_here() != 64:
+            expect(time.monotonic() < deadline, f"the ring holds {queued_here()} frames, "
+                                                f"not frames 1 to 64")
+            time.sleep(0.05)
+        expect(first == sent[0] and ctypes.string_at(data, header.contents.caplen) == sent[0],
+               "frame 0 changed under pcap_next_ex's pointer")
+        got = [next_ex(f"frame {i}") for i in range(1, 65)]
+        expect(got == sent[1:], f"{sum(a == b for a, b in zip(got, sent[1:], strict=True))} "
+                                f"of 64 frames as sent")
+    finally:
+        lib.pcap_close(handle)
+        set_mode(DEV, "pass")
     no_group_left()
 
 
@@ -447,10 +519,116 @@ def _testprogs_on_dev() -> None:
     no_group_left()
 
 
+# --- a flow monitor ------------------------------------------------------------------------
+
+#: A NetFlow v5 record's flow key: source, destination, protocol, source and destination
+#: port.
+FlowKey = tuple[bytes, bytes, int, int, int]
+
+
+def flow_key(frame: bytes) -> FlowKey:
+    """An Ethernet frame's IPv4 5-tuple (a header of 20 bytes, as omatic.lab.groupcheck
+    builds them)."""
+    sport, dport = struct.unpack("!HH", frame[34:38])
+    return frame[26:30], frame[30:34], frame[23], sport, dport
+
+
+def netflow_v5(datagram: bytes) -> list[tuple[FlowKey, int]]:
+    """The records of a NetFlow v5 export datagram: flow key and packets."""
+    expect(len(datagram) >= 24, f"a NetFlow datagram of {len(datagram)} bytes")
+    version, count = struct.unpack_from("!HH", datagram)
+    expect(version == 5 and len(datagram) == 24 + 48 * count,
+           f"NetFlow version {version}, {count} records in {len(datagram)} bytes")
+    out = []
+    for at in range(24, len(datagram), 48):
+        src, dst, _hop, _in, _out, packets, _octets, _first, _last, sport, dport, _pad, \
+            _flags, proto = struct.unpack_from("!4s4s4sHHIIIIHHBBB", datagram, at)
+        out.append(((src, dst, proto, sport, dport), packets))
+    return out
+
+
+def collected(sock: socket.socket) -> list[tuple[FlowKey, int]]:
+    """Every record a collector got (its datagrams are on loopback: there already)."""
+    sock.setblocking(False)
+    out = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            out += netflow_v5(sock.recv(65535))
+    return out
+
+
+def check_flow_monitor(config: Config) -> None:
+    """4 softflowd (Debian's NetFlow exporter) started alike with PCAP_GROUP=6
+    PCAP_FANOUT=hash on pfq:DEV, each exporting NetFlow v5 to a collector of its own on
+    127.0.0.1, shut down gracefully (softflowctl), which exports every flow: together
+    they report each direction of each IPv4 flow sent once, with its packets, and both
+    directions of a flow come from the same one."""
+    sent, flow_of = flows(32, 4)
+    sent = [frame for frame in sent if frame[12:14] == b"\x08\x00"]  # v5 is IPv4 only
+    want: dict[FlowKey, int] = {}
+    for frame in sent:
+        want[flow_key(frame)] = want.get(flow_key(frame), 0) + 1
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=WAIT)
+    set_mode(DEV, "tap")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH": LIBDIR,
+           "PCAP_GROUP": "6", "PCAP_FANOUT": "hash"}
+    with contextlib.ExitStack() as stack:
+        collectors = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                      for _ in range(4)]
+        procs, controls = [], [str(fresh(f"softflowd.{i}.ctl")) for i in range(4)]
+        for sock, control in zip(collectors, controls, strict=True):
+            sock.bind(("127.0.0.1", 0))
+            # -i IDX:DEV is softflowd's syntax: an empty index keeps `pfq:DEV` whole.
+            procs.append(subprocess.Popen(
+                [SOFTFLOWD, "-d", "-i", f":pfq:{DEV}", "-v", "5", "-c", control,
+                 "-n", f"127.0.0.1:{sock.getsockname()[1]}"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        try:
+            members(6, 4, procs)
+            inject(DEV, sent)
+            drained(procs)
+            for control in controls:
+                told = subprocess.run([SOFTFLOWCTL, "-c", control, "shutdown"],
+                                      capture_output=True, text=True, timeout=WAIT)
+                expect(told.returncode == 0, f"softflowctl shutdown: exit {told.returncode}"
+                                             f" {(told.stderr or told.stdout).strip()!r}")
+            # softflowd 1.1.0 exits 1 after a shutdown by its control socket (its status
+            # is then its last poll()'s count): what it says tells how it ended.
+            for code, out in [finish(proc, interrupt=False) for proc in procs]:
+                expect(code in (0, 1) and "Shutting down on user request" in out,
+                       f"softflowd exit {code}: {out.strip()[-300:]}")
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+            set_mode(DEV, "pass")
+        reports = [collected(sock) for sock in collectors]
+    flow_by_key = {flow_key(frame): flow_of[frame] for frame in sent}
+    got: dict[FlowKey, int] = {}
+    flows_of: list[set[int]] = []
+    for records_of_one in reports:
+        flows_of.append(set())
+        for key, packets in records_of_one:
+            expect(key not in got, f"{key} reported twice")
+            got[key] = packets
+            flows_of[-1].add(flow_by_key.get(key, -1))
+    expect(got == want, f"{len(got)} flow directions reported, {len(want)} sent; "
+                        f"differing: {sorted(set(got.items()) ^ set(want.items()))[:4]}")
+    for i, mine in enumerate(flows_of):
+        for j, theirs in enumerate(flows_of[:i]):
+            expect(not mine & theirs, f"flows {sorted(mine & theirs)} split between "
+                                      f"softflowd {j} and {i}")
+    expect(sum(1 for mine in flows_of if mine) >= 2, f"one softflowd had every flow: "
+                                                     f"{[len(m) for m in flows_of]}")
+    no_group_left()
+
+
 CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("libpcap_version_says_pfq", check_version),
     ("tcpdump_exact_nanoseconds", check_exact_nanoseconds),
     ("tcpdump_plain_device_af_packet", check_plain_device_is_af_packet),
+    ("pcap_next_ex_copies_the_frame", check_next_ex_copies),
     ("tcpdump_fanout_4_hash", check_fanout_hash),
     ("tcpdump_fanout_copy", check_fanout_copy),
     ("tcpdump_filter_in_kernel", check_filter_in_kernel),
@@ -458,6 +636,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("tcpdump_bad_input", check_bad_input),
     ("tcpdump_stats_ring_overflow", check_stats_on_overflow),
     ("libpcap_testprogs_as_on_the_device", check_testprogs),
+    ("softflowd_4_hash_netflow", check_flow_monitor),
 ]
 
 
