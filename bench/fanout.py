@@ -58,8 +58,9 @@ def main() -> int:
     kernel = find_kernel(args.kernel) if args.kernel else default_kernel()
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-bench-") as tmp:
         reader = None if args.count else build_reader(Path(tmp))
-        result = run_hook_lab(HookLabConfig(kernel=kernel, out_root=Path(tmp), bench=True,
-                                            reader=reader, icount=args.count,
+        result = run_hook_lab(HookLabConfig(kernel=kernel, out_root=Path(tmp),
+                                            bench="omatic.lab.rxbench", reader=reader,
+                                            icount=args.count,
                                             timeout=900.0 if args.count else 1800.0))
         bench = result.report["bench"]
         if not result.ok or bench is None:

@@ -1,19 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The readers of bench/fanout.py's delivery measure, in C so that what is timed is the
- * kernel's path to user space and not Python: N processes, each reading one PFQ
- * endpoint (a group of N, hash steering by default) or one AF_PACKET socket with a
- * TPACKET_V3 ring (a PACKET_FANOUT group of N), counting frames until SIGTERM.
+ * The readers of bench/fanout.py's and bench/pcap.py's delivery measures, in C so that
+ * what is timed is the kernel's path to user space and not Python: N processes, each
+ * reading one PFQ endpoint (a group of N, hash steering by default), one AF_PACKET
+ * socket with a TPACKET_V3 ring (a PACKET_FANOUT group of N) or one pcap_t, counting
+ * frames until SIGTERM.
  *
  *   reader pfq DEV N STEER SLOTS CAPLEN GROUP
- *   reader afpacket DEV N MODE BLOCKS BLOCK_SIZE FANOUT_ID
+ *   reader afpacket DEV N MODE BLOCKS BLOCK_SIZE FANOUT_ID [dump]
+ *   reader pcap DEV N SNAPLEN BUFFER_SIZE TIMEOUT_MS      (built with -DWITH_PCAP)
  *
  * STEER is enum pfq_steer's value; MODE 0 is PACKET_FANOUT_HASH, 1 LB, 2 CPU; a
- * FANOUT_ID of -1 is a socket of its own.
+ * FANOUT_ID of -1 is a socket of its own; with `dump`, an AF_PACKET reader writes each
+ * frame to /dev/null as pcap_dump() does (a record header, the bytes), so that it does
+ * the pcap readers' work. The pcap kind is bench/pcap.py's: N processes
+ * doing what `tcpdump -w /dev/null` does with each frame (pcap_dump), on whichever
+ * libpcap the loader gives them, with the device name and PCAP_* variables as given
+ * (pfq:DEV through PFQ's capture source, DEV through libpcap's TPACKET_V3).
  * It prints "ready" once every reader is set up, then, after SIGTERM, one line:
  * "delivered=D dropped=X last_ns=T": frames read, frames the kernel says it dropped
  * for these readers (a full ring), and the CLOCK_MONOTONIC instant of the last frame
- * any reader got. Built statically by bench/fanout.py and staged into the guest.
+ * any reader got. Built by bench/fanout.py (static) and bench/pcap.py (against the
+ * libpcap of `pfq-omatic pcap`) and staged into the guest.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +45,9 @@
 #include <arpa/inet.h>
 
 #include <pfq/uapi.h>
+#ifdef WITH_PCAP
+#include <pcap/pcap.h>
+#endif
 
 #define MAX_READERS 64
 
@@ -45,11 +56,22 @@ struct result {
 };
 
 static volatile sig_atomic_t stop;
+/* /dev/null, when the AF_PACKET readers write what they read (`dump`) */
+static FILE *dump;
+#ifdef WITH_PCAP
+/* A pcap_t's read may wait in poll() with no timeout (TPACKET_V3 leaves it to the
+ * kernel's block timer, which waits for a frame): SIGTERM breaks it out. */
+static pcap_t *volatile reading;
+#endif
 
 static void on_term(int sig)
 {
 	(void)sig;
 	stop = 1;
+#ifdef WITH_PCAP
+	if (reading)
+		pcap_breakloop(reading);
+#endif
 }
 
 static void die(const char *what)
@@ -127,6 +149,22 @@ static struct result read_pfq(char **arg, int index)
 	return r;
 }
 
+/* What pcap_dump() writes for each frame of a block: a record header, the bytes. */
+static void dump_block(struct tpacket_block_desc *b)
+{
+	struct tpacket3_hdr *h = (struct tpacket3_hdr *)((uint8_t *)b +
+							  b->hdr.bh1.offset_to_first_pkt);
+	uint32_t i;
+
+	for (i = 0; i < b->hdr.bh1.num_pkts; i++) {
+		uint32_t record[4] = { h->tp_sec, h->tp_nsec / 1000, h->tp_snaplen, h->tp_len };
+
+		fwrite(record, sizeof(record), 1, dump);
+		fwrite((uint8_t *)h + h->tp_mac, h->tp_snaplen, 1, dump);
+		h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
+	}
+}
+
 static struct result read_afpacket(char **arg, int index)
 {
 	struct tpacket_req3 req = {
@@ -176,6 +214,8 @@ static struct result read_afpacket(char **arg, int index)
 		}
 		if (b->hdr.bh1.num_pkts) {
 			r.delivered += b->hdr.bh1.num_pkts;
+			if (dump)
+				dump_block(b);
 			r.last_ns = now_ns();
 		}
 		__atomic_store_n(&b->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
@@ -187,24 +227,99 @@ static struct result read_afpacket(char **arg, int index)
 	return r;
 }
 
+#ifdef WITH_PCAP
+struct pcap_reader {
+	pcap_dumper_t *dump;
+	struct result r;
+};
+
+static void on_frame(u_char *user, const struct pcap_pkthdr *h, const u_char *bytes)
+{
+	struct pcap_reader *pr = (struct pcap_reader *)user;
+
+	pcap_dump((u_char *)pr->dump, h, bytes);
+	pr->r.delivered++;
+}
+
+static void pcap_die(pcap_t *p, const char *what)
+{
+	fprintf(stderr, "reader: %s: %s\n", what, pcap_geterr(p));
+	exit(2);
+}
+
+/* What `tcpdump -w /dev/null` does: pcap_dump each frame, until SIGTERM. */
+static struct result read_pcap(char **arg, int index)
+{
+	char errbuf[PCAP_ERRBUF_SIZE];
+	struct pcap_reader pr = { 0 };
+	struct pcap_stat stats;
+	pcap_t *p;
+	int got;
+
+	(void)index;
+	p = pcap_create(arg[0], errbuf);
+	if (!p) {
+		fprintf(stderr, "reader: %s\n", errbuf);
+		exit(2);
+	}
+	if (pcap_set_snaplen(p, atoi(arg[1])) || pcap_set_buffer_size(p, atoi(arg[2])) ||
+	    pcap_set_timeout(p, atoi(arg[3])) || pcap_activate(p) < 0)
+		pcap_die(p, arg[0]);
+	pr.dump = pcap_dump_open(p, "/dev/null");
+	if (!pr.dump)
+		pcap_die(p, "/dev/null");
+	reading = p;
+	printf("ready\n");
+	fflush(stdout);
+	while (!stop) {
+		got = pcap_dispatch(p, -1, on_frame, (u_char *)&pr);
+		if (got < 0 && got != PCAP_ERROR_BREAK)
+			pcap_die(p, "pcap_dispatch");
+		if (got > 0)
+			pr.r.last_ns = now_ns();
+	}
+	reading = NULL;
+	if (pcap_stats(p, &stats))
+		pcap_die(p, "pcap_stats");
+	pr.r.dropped = stats.ps_drop;
+	pcap_dump_close(pr.dump);
+	pcap_close(p);
+	return pr.r;
+}
+#endif
+
 int main(int argc, char **argv)
 {
 	struct result total = { 0 }, r;
 	int n, i, pipes[MAX_READERS][2];
 	pid_t pids[MAX_READERS];
+	struct result (*read_one)(char **arg, int index);
 	char line[16];
-	bool pfq;
 
-	if (argc != 8 || (strcmp(argv[1], "pfq") && strcmp(argv[1], "afpacket"))) {
+	if (argc == 8 && !strcmp(argv[1], "pfq"))
+		read_one = read_pfq;
+	else if ((argc == 8 || (argc == 9 && !strcmp(argv[8], "dump"))) &&
+		 !strcmp(argv[1], "afpacket"))
+		read_one = read_afpacket;
+#ifdef WITH_PCAP
+	else if (argc == 7 && !strcmp(argv[1], "pcap"))
+		read_one = read_pcap;
+#endif
+	else {
 		fprintf(stderr, "usage: reader pfq DEV N STEER SLOTS CAPLEN GROUP\n"
-			"       reader afpacket DEV N MODE BLOCKS BLOCK_SIZE FANOUT_ID\n");
+			"       reader afpacket DEV N MODE BLOCKS BLOCK_SIZE FANOUT_ID [dump]\n"
+			"       reader pcap DEV N SNAPLEN BUFFER_SIZE TIMEOUT_MS\n");
 		return 2;
 	}
-	pfq = !strcmp(argv[1], "pfq");
 	n = atoi(argv[3]);
 	if (n < 1 || n > MAX_READERS) {
 		fprintf(stderr, "reader: 1..%d readers\n", MAX_READERS);
 		return 2;
+	}
+	if (argc == 9) {
+		dump = fopen("/dev/null", "w");
+		if (!dump)
+			die("/dev/null");
 	}
 	signal(SIGTERM, on_term);
 	for (i = 0; i < n; i++) {
@@ -217,7 +332,7 @@ int main(int argc, char **argv)
 			char *arg[5] = { argv[2], argv[4], argv[5], argv[6], argv[7] };
 
 			dup2(pipes[i][1], STDOUT_FILENO);
-			r = pfq ? read_pfq(arg, i) : read_afpacket(arg, i);
+			r = read_one(arg, i);
 			printf("%llu %llu %llu\n", (unsigned long long)r.delivered,
 			       (unsigned long long)r.dropped, (unsigned long long)r.last_ns);
 			return 0;

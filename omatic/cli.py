@@ -433,6 +433,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     from omatic.lab.console import check_timeout
     from omatic.lab.hooks import HookLabConfig, run_hook_lab
+    from omatic.pcap.build import lab_libpcap
     from omatic.progress import Progress
 
     reports, code = [], 0
@@ -440,7 +441,7 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     check_timeout(args.timeout)
     jobs = args.jobs or os.cpu_count() or 1
     # Built once the request is known to be good: it may take minutes.
-    libdir = _lab_libpcap(jobs) if args.pcap else None
+    libdir = lab_libpcap(jobs, note=_note).libdir if args.pcap else None
     for kernel in kernels:
         config = HookLabConfig(kernel=kernel, out_root=Path(args.out), jobs=jobs,
                                timeout=args.timeout, accel=args.accel, keep=args.keep,
@@ -468,16 +469,6 @@ def cmd_hooks(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json({"hooks": reports}, out)
     return code
-
-
-def _lab_libpcap(jobs: int) -> Path:
-    """The libpcap with PFQ the lab's guests run tcpdump on (built once, kept in the
-    cache): of this machine's suite, whose user space the guests run."""
-    from omatic.kernels.system import find_suite
-    from omatic.pcap.build import build_pcap, host_suite, lab_prefix
-
-    suite = host_suite()
-    return build_pcap(find_suite(suite), lab_prefix(suite), jobs=jobs, note=_note).libdir
 
 
 def cmd_capture(args: argparse.Namespace, out: TextIO) -> int:

@@ -157,7 +157,7 @@ def test_hook_lab_guest_that_counts_runs_the_bench_without_the_two_cpu_checks() 
         return render("hooklab-init.sh.j2", release="6.1.0-56-amd64", module="pfq_hooktest",
                       slots=64, ring_memory_max=1 << 20, deps=[], dmesg_pattern="BUG",
                       python_path="/lib/pfq-omatic", groupcheck_config="/etc/groups.json",
-                      bench=True, count_only=count_only, fuzz_seed=1,
+                      bench="omatic.lab.rxbench", count_only=count_only, fuzz_seed=1,
                       pcap_libdir="/opt/libpcap/lib")
 
     timed, counted = init(False), init(True)

@@ -15,7 +15,8 @@ The guest's /init (templates/hooklab-init.sh.j2) then checks, as a fourth KTAP d
 bad control writes, `rmmod pfq` while in use, a device removed in tap mode and a clean
 unload. The documents are parsed here, and pfq.ko's W=1 build log read for warnings (there
 must be none); the report goes to `OUT/<release>/pfq_hooktest/hooks.json`. With
-`bench`, the guest also times the hooks with groups (bench/fanout.py).
+`bench`, the guest also times the hooks with groups (bench/fanout.py) or what pcap
+applications get (bench/pcap.py).
 """
 
 from __future__ import annotations
@@ -107,9 +108,11 @@ class HookLabConfig:
     keep: bool = False
     #: The test module's sources.
     source: Path = HOOKMOD_DIR
-    #: Also time the receive path (omatic.lab.rxbench; bench/fanout.py).
-    bench: bool = False
-    #: The bench's C readers (bench/reader.c, built static), staged into the guest.
+    #: Also time, by the guest module of this name: "omatic.lab.rxbench", the receive
+    #: path (bench/fanout.py); "omatic.lab.pcapbench", pcap applications (bench/pcap.py,
+    #: with `pcap_libdir`). "": no timing.
+    bench: str = ""
+    #: The bench's C readers (bench/reader.c), staged into the guest.
     reader: Path | None = None
     #: The bench counts instructions instead of timing (QEMU's -icount; TCG only): its
     #: figures are then the same in every run. It runs the one-CPU cost set-ups only, on
@@ -240,6 +243,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
             (root / GROUPCHECK_CONFIG.lstrip("/")).write_text(json.dumps(
                 {"udp_dst_9": program,
                  "reader": str(config.reader) if config.reader else None,
+                 "pcap_libdir": str(config.pcap_libdir) if config.pcap_libdir else None,
                  "icount": config.icount}))
             build_initramfs(root, initrd, init, deps + modules)
         # Two vCPUs, so cpu steering is proven with frames fed from each; one to count.

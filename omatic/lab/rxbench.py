@@ -28,8 +28,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,9 @@ def cost(config: Config, frames: int, runs: int, progress: Callable[[], None],
     return {name: round(best[name] / (frames * cpus), 1) for name, *_, cpus in setups}
 
 
-def _reader_argv(program: str, kind: str, n: int, mode: str) -> list[str]:
+def reader_argv(program: str, kind: str, n: int, mode: str) -> list[str]:
+    """bench/reader.c's command line: `n` readers of DEV of `kind` (af_packet, pfq)
+    fanned out or steered by `mode`, with the rings of the delivery measure."""
     if kind == "af_packet":
         fanout = {"hash": 0, "lb": 1, "cpu": 2}[mode]
         return [program, "afpacket", DEV, str(n), str(fanout), str(AF_BLOCKS),
@@ -219,14 +222,13 @@ def _reader_argv(program: str, kind: str, n: int, mode: str) -> list[str]:
             str(PFQ_CAPLEN), "13"]
 
 
-def deliver(program: str, kind: str, n: int, mode: str, sent: Sequence[bytes]
-            ) -> dict[str, float]:
-    """Start the C readers (on CPU 1), feed `sent` from CPU 0, let them drain, stop them:
-    frames delivered, dropped, and delivered per second from the first frame fed to
-    the last one read."""
-    proc = subprocess.Popen(_reader_argv(program, kind, n, mode), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: os.sched_setaffinity(0, {1}))
+def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | None = None,
+            reader_cpus: frozenset[int] = frozenset({1})) -> dict[str, float]:
+    """Start the C readers `argv` (on `reader_cpus`), feed `sent` from CPU 0, let them
+    drain, stop them: frames delivered, dropped, and delivered per second from the first
+    frame fed to the last one read."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, preexec_fn=lambda: os.sched_setaffinity(0, reader_cpus))
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline().strip()
@@ -254,25 +256,46 @@ def deliver(program: str, kind: str, n: int, mode: str, sent: Sequence[bytes]
             "per_second": round(delivered / seconds)}
 
 
-def delivery(config: Config, frames: int, runs: int, progress: Callable[[], None]
-             ) -> dict[str, dict[str, float]]:
-    """Each of DELIVERY_SETUPS, the run with the most frames per second; `progress()`
+@dataclass(frozen=True)
+class Delivery:
+    """One set-up of a delivery measure: the device's mode, the readers' command line
+    and environment, the CPUs they may run on, and how many copies of each frame they
+    get between them (4 readers with no fan-out get 4)."""
+    mode: str
+    argv: Sequence[str]
+    env: dict[str, str] | None = None
+    reader_cpus: frozenset[int] = frozenset({1})
+    copies: int = 1
+
+
+def delivery_of(setups: Mapping[str, Delivery], frames: int, runs: int,
+                progress: Callable[[], None]) -> dict[str, dict[str, float]]:
+    """Each set-up fed a burst of `frames`, taking turns, `runs` times: the run with the
+    most frames per second; every frame is delivered or counted dropped. `progress()`
     after each set-up."""
     sent = frames_of(frames)
     best: dict[str, dict[str, float]] = {}
     for _ in range(runs):
-        for name, mode, kind, n, steer in DELIVERY_SETUPS:
-            set_mode(DEV, mode)
-            got = deliver(config["reader"], kind, n, steer, sent)
+        for name, setup in setups.items():
+            set_mode(DEV, setup.mode)
+            got = deliver(setup.argv, sent, setup.env, setup.reader_cpus)
             set_mode(DEV, "pass")
-            expect(got["delivered"] + got["dropped"] == frames,
+            expect(got["delivered"] + got["dropped"] == frames * setup.copies,
                    f"delivery {name}: {got['delivered']} delivered + {got['dropped']} "
-                   f"dropped of {frames} sent")
+                   f"dropped of {frames} sent, {setup.copies} copies each")
             progress()
             print(f"delivery {name}: {got}", file=sys.stderr, flush=True)
             if got["per_second"] > best.get(name, {}).get("per_second", 0):
                 best[name] = got
     return best
+
+
+def delivery(config: Config, frames: int, runs: int, progress: Callable[[], None]
+             ) -> dict[str, dict[str, float]]:
+    """DELIVERY_SETUPS with bench/reader.c's own readers."""
+    return delivery_of({name: Delivery(mode, reader_argv(config["reader"], kind, n, steer))
+                        for name, mode, kind, n, steer in DELIVERY_SETUPS},
+                       frames, runs, progress)
 
 
 def bench(config: Config, frames: int = 16384, runs: int = 40,

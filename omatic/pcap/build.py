@@ -35,6 +35,7 @@ from omatic.kernels.system import (
     CommandFailedError,
     Suite,
     SystemSpec,
+    find_suite,
     run_command,
 )
 from omatic.pcap import rewrite
@@ -164,6 +165,13 @@ def lab_prefix(suite: str) -> Path:
     """Where the lab keeps the library its guests run tcpdump on (this machine's user
     space goes into the guests: its suite's libpcap)."""
     return cache_root() / "libpcap" / suite
+
+
+def lab_libpcap(jobs: int = 1, note: Callable[[str], None] | None = None) -> PcapBuild:
+    """The libpcap with PFQ the lab's guests run pcap applications on (built once, kept
+    in the cache): of this machine's suite, whose user space the guests run."""
+    suite = host_suite()
+    return build_pcap(find_suite(suite), lab_prefix(suite), jobs=jobs, note=note)
 
 
 def build_pcap(suite: Suite, prefix: Path, *, jobs: int = 1, force: bool = False,
