@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 # from (Debian 12 with make and python3): python3-venv and ca-certificates for the
 # virtualenv and PyPI; the headers, boot images (with their modules) and source tarballs of
 # the two kernels we target; the compiler Kbuild needs; QEMU and a static busybox for the
-# lab; tcpdump to read the pcap streams of pfq.ko (and, with softflowd, a flow monitor, as
-# pcap applications on PFQ's libpcap in the lab's guest); mmdebstrap for pristine Debian systems
+# lab; tcpdump to read the pcap streams of pfq.ko (and, with softflowd, a flow monitor, and
+# tshark's dumpcap, as pcap applications on PFQ's libpcap in the lab's guest); mmdebstrap for pristine Debian systems
 # (uidmap for its unshare mode, when not root);
 # git to clone a checkout into one; Coccinelle as the benchmark's peer.
 DEBS := python3-venv ca-certificates git uidmap \
@@ -17,7 +17,7 @@ DEBS := python3-venv ca-certificates git uidmap \
         linux-headers-amd64 linux-headers-6.12-amd64 \
         linux-image-amd64 linux-image-6.12-amd64 \
         linux-source-6.1 linux-source-6.12 \
-        qemu-system-x86 busybox-static tcpdump softflowd mmdebstrap coccinelle \
+        qemu-system-x86 busybox-static tcpdump softflowd tshark mmdebstrap coccinelle \
         debhelper dh-dkms lintian
 
 .PHONY: setup debs venv demo test lint unit matrix clean

@@ -389,6 +389,22 @@ def test_run_refuses_what_the_loader_would_not_give_it(tmp_path: Path, how: str)
 
 
 @unit
+def test_run_checks_the_dumpcap_tshark_runs(tmp_path: Path) -> None:
+    """tshark captures through the dumpcap beside it: one with capabilities (Debian's
+    answer to letting non-superusers capture) would capture through the system's copy."""
+    build = _fake_build(tmp_path / "prefix")
+    tcpdump = shutil.which("tcpdump", path="/usr/bin:/usr/sbin") or ""
+    for name in ("tshark", "dumpcap"):
+        shutil.copy2(tcpdump, tmp_path / name)
+    assert prepare(build, [str(tmp_path / "tshark")], {})[0] == tmp_path / "tshark"
+    os.setxattr(tmp_path / "dumpcap", "security.capability",
+                struct.pack("<IIIII", 0x02000000, 1 << 13, 0, 0, 0))
+    with pytest.raises(UserError, match=r"dumpcap \(which tshark runs to capture\): it has "
+                                        r"file capabilities"):
+        prepare(build, [str(tmp_path / "tshark")], {})
+
+
+@unit
 def test_run_refuses_a_program_without_libpcap(tmp_path: Path) -> None:
     build = _fake_build(tmp_path / "prefix")
     with pytest.raises(UserError, match=r"it does not load libpcap\.so\.0\.8"):

@@ -55,7 +55,7 @@ from omatic.lab.guestpy import (
     stage_python,
 )
 from omatic.lab.ktap import KtapError, KtapResult, parse
-from omatic.lab.pcapcheck import SOFTFLOWCTL, SOFTFLOWD
+from omatic.lab.pcapcheck import DUMPCAP, SOFTFLOWCTL, SOFTFLOWD
 from omatic.lab.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.lab.vm import (
     GuestModule,
@@ -231,7 +231,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                 stage_program(root, config.reader)
             if config.pcap_libdir is not None:
                 stage_library(root, config.pcap_libdir)
-                for name in (SOFTFLOWD, SOFTFLOWCTL):
+                for name in (DUMPCAP, SOFTFLOWD, SOFTFLOWCTL):
                     stage_program(root, Path(name))
                 for test in sorted((config.pcap_libdir.parent / "testprogs").iterdir()):
                     stage_program(root, test)

@@ -18,6 +18,7 @@ import ctypes
 import os
 import pty
 import re
+import select
 import signal
 import socket
 import struct
@@ -45,6 +46,8 @@ from omatic.lab.groupcheck import (
 )
 from omatic.lab.safetycheck import SETPRIV
 
+#: Wireshark's capture program (Debian's wireshark-common).
+DUMPCAP = "/usr/bin/dumpcap"
 #: Debian's NetFlow exporter and its control program.
 SOFTFLOWD, SOFTFLOWCTL = "/usr/sbin/softflowd", "/usr/sbin/softflowctl"
 #: Where the guest has the libpcap of `pfq-omatic pcap` (set by main()).
@@ -519,6 +522,71 @@ def _testprogs_on_dev() -> None:
     no_group_left()
 
 
+# --- dumpcap -------------------------------------------------------------------------------
+
+def wait_line(proc: subprocess.Popen[str], text: str) -> None:
+    """Wait until `proc` writes `text` to its stderr (read from the pipe itself, so that
+    what follows stays for communicate())."""
+    assert proc.stderr is not None
+    deadline, said = time.monotonic() + WAIT, b""
+    while text.encode() not in said:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stderr], [], [], left)[0]:
+            raise CheckFailed(f"{program(proc)} never said {text!r}: {said[-300:]!r}")
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            code, err = finish(proc, interrupt=False)
+            raise CheckFailed(f"{program(proc)} ended ({code}) before saying {text!r}: "
+                              f"{(said.decode(errors='replace') + err).strip()[-300:]!r}")
+        said += chunk
+
+
+def pcapng_frames(path: Path) -> list[bytes]:
+    """The frames of a pcapng file's enhanced packet blocks (little-endian, as written
+    on this machine)."""
+    data = path.read_bytes()
+    expect(data[:4] == b"\x0a\x0d\x0d\x0a" and data[8:12] == b"\x4d\x3c\x2b\x1a",
+           f"{path}: not a little-endian pcapng file")
+    out, at = [], 0
+    while at + 12 <= len(data):
+        kind, length = struct.unpack_from("<II", data, at)
+        expect(length >= 12 and at + length <= len(data), f"{path}: a block cut at {at}")
+        if kind == 6:  # enhanced packet block: interface, stamp (2), lengths (2), frame
+            (caplen,) = struct.unpack_from("<I", data, at + 20)
+            out.append(data[at + 28:at + 28 + caplen])
+        at += length
+    return out
+
+
+def check_dumpcap(config: Config) -> None:
+    """Wireshark's dumpcap (what tshark and Wireshark capture through: select() on the
+    pcap fd, then pcap_dispatch()) on pfq:DEV: exactly the frames sent, in its pcapng
+    file, and it ends by itself after -c N."""
+    sent = [ipv4(1, 2, 17, 9400 + i, 9, 9000 + i) for i in range(40)]
+    path = fresh("dumpcap.pcapng")
+    set_mode(DEV, "tap")
+    proc = subprocess.Popen([DUMPCAP, "-i", f"pfq:{DEV}", "-c", str(len(sent)), "-w", str(path)],
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp",
+                                 "LD_LIBRARY_PATH": LIBDIR},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # It opens the device once to ask what it can do, then for the capture: the
+        # file's name comes once the capture is open.
+        wait_line(proc, "File: ")
+        inject(DEV, sent)
+        code, err = finish(proc, interrupt=False)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        set_mode(DEV, "pass")
+    expect(code == 0, f"dumpcap exit {code}: {err.strip()[-300:]}")
+    got = pcapng_frames(path)
+    expect(got == sent, f"dumpcap wrote {len(got)} frames, {sum(f in sent for f in got)} "
+                        f"of the {len(sent)} sent")
+    no_group_left()
+
+
 # --- a flow monitor ------------------------------------------------------------------------
 
 #: A NetFlow v5 record's flow key: source, destination, protocol, source and destination
@@ -636,6 +704,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("tcpdump_bad_input", check_bad_input),
     ("tcpdump_stats_ring_overflow", check_stats_on_overflow),
     ("libpcap_testprogs_as_on_the_device", check_testprogs),
+    ("dumpcap_exact_frames", check_dumpcap),
     ("softflowd_4_hash_netflow", check_flow_monitor),
 ]
 

@@ -7,7 +7,9 @@ of rebuilt libpcaps have reported: applications silently on the system's copy):
   secure-execution mode, which ignores LD_LIBRARY_PATH (ld.so(8));
 - an application that does not load libpcap.so.0.8 (statically linked, or another
   SONAME) cannot be given this one;
-- the loader, asked with LD_LIBRARY_PATH set, must resolve libpcap.so.0.8 to ours.
+- the loader, asked with LD_LIBRARY_PATH set, must resolve libpcap.so.0.8 to ours;
+- the same for the program an application runs to capture: tshark and wireshark run
+  dumpcap, which Debian gives file capabilities when non-superusers may capture.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 from omatic.errors import UserError
 from omatic.pcap.build import SONAME, PcapBuild, default_prefix, host_suite, installed
 
+#: Programs that capture by running the dumpcap beside them (Wireshark's).
+DUMPCAP_USERS = ("tshark", "wireshark")
 #: The dynamic loader of this machine's programs.
 LOADER = Path("/lib64/ld-linux-x86-64.so.2")
 
@@ -85,26 +89,35 @@ def loaded_libpcap(path: Path, env: Mapping[str, str]) -> str | None:
     return match[1] if match else None
 
 
+def capture_helpers(app: Path) -> list[Path]:
+    """The programs `app` runs to capture: Wireshark's tshark and wireshark run the dumpcap
+    of their own folder, with their environment."""
+    dumpcap = app.parent / "dumpcap"
+    return [dumpcap] if app.name in DUMPCAP_USERS and dumpcap.is_file() else []
+
+
 def prepare(build: PcapBuild, argv: Sequence[str], environ: Mapping[str, str]
             ) -> tuple[Path, dict[str, str]]:
     """The program to run and its environment, once every check passed."""
     if not argv:
         raise UserError("no application given: pfq-omatic run -- APP ARGS")
     app = find_app(argv[0])
-    why = secure_execution(app)
-    if why:
-        raise UserError(f"{app}: {why}, so the dynamic loader ignores LD_LIBRARY_PATH for it "
-                        "(secure-execution mode, ld.so(8)) and it would capture through the "
-                        "system's libpcap; run it as root without that bit or capability")
     old = environ.get("LD_LIBRARY_PATH")
     env = {**environ, "LD_LIBRARY_PATH": str(build.libdir) + (f":{old}" if old else "")}
-    where = loaded_libpcap(app, env)
-    if where is None:
-        raise UserError(f"{app}: it does not load {SONAME} (statically linked, or not a "
-                        "libpcap application), so it cannot capture through this one")
-    if Path(where).parent.resolve() != build.libdir.resolve():
-        raise UserError(f"{app}: the loader finds {SONAME} at {where}, not in "
-                        f"{build.libdir} (an rpath of its own?)")
+    for program in [app, *capture_helpers(app)]:
+        who = str(program) if program == app else f"{program} (which {app.name} runs to capture)"
+        why = secure_execution(program)
+        if why:
+            raise UserError(f"{who}: {why}, so the dynamic loader ignores LD_LIBRARY_PATH for "
+                            "it (secure-execution mode, ld.so(8)) and it would capture through "
+                            "the system's libpcap; run it as root without that bit or capability")
+        where = loaded_libpcap(program, env)
+        if where is None:
+            raise UserError(f"{who}: it does not load {SONAME} (statically linked, or not a "
+                            "libpcap application), so it cannot capture through this one")
+        if Path(where).parent.resolve() != build.libdir.resolve():
+            raise UserError(f"{who}: the loader finds {SONAME} at {where}, not in "
+                            f"{build.libdir} (an rpath of its own?)")
     return app, env
 
 
