@@ -34,8 +34,7 @@ import tempfile
 from pathlib import Path
 
 from omatic.kernels.find import default_kernel, find_kernel
-from omatic.lab.console import console_tail
-from omatic.lab.hooks import HookLabConfig, run_hook_lab
+from omatic.lab.hooks import GuestBenchError, HookLabConfig, run_guest_bench
 
 HERE = Path(__file__).resolve().parent
 UAPI_INCLUDE = HERE.parent / "kmod" / "include"
@@ -58,15 +57,12 @@ def main() -> int:
     kernel = find_kernel(args.kernel) if args.kernel else default_kernel()
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-bench-") as tmp:
         reader = None if args.count else build_reader(Path(tmp))
-        result = run_hook_lab(HookLabConfig(kernel=kernel, out_root=Path(tmp),
-                                            bench="omatic.lab.rxbench", reader=reader,
-                                            icount=args.count,
-                                            timeout=900.0 if args.count else 1800.0))
-        bench = result.report["bench"]
-        if not result.ok or bench is None:
-            print("the guest failed:", *result.failures, sep="\n  ", file=sys.stderr)
-            print("its console ended with:", console_tail(Path(result.report["console_log"]),
-                                                         80), sep="\n", file=sys.stderr)
+        try:
+            result, bench = run_guest_bench(HookLabConfig(
+                kernel=kernel, out_root=Path(tmp), bench="omatic.lab.rxbench", reader=reader,
+                icount=args.count, timeout=900.0 if args.count else 1800.0))
+        except GuestBenchError as err:
+            print(err, file=sys.stderr)
             return 2
     ns = bench["ns_per_frame"]
     unit = "insns/frame" if bench["icount"] else "ns/frame"

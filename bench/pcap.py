@@ -25,8 +25,7 @@ import tempfile
 from pathlib import Path
 
 from omatic.kernels.find import default_kernel, find_kernel
-from omatic.lab.console import console_tail
-from omatic.lab.hooks import HookLabConfig, run_hook_lab
+from omatic.lab.hooks import GuestBenchError, HookLabConfig, run_guest_bench
 from omatic.pcap.build import lab_libpcap
 
 HERE = Path(__file__).resolve().parent
@@ -54,14 +53,12 @@ def main() -> int:
     libpcap = lab_libpcap(jobs=2)
     with tempfile.TemporaryDirectory(prefix="pfq-omatic-bench-") as tmp:
         reader = build_reader(Path(tmp), libpcap.prefix)
-        result = run_hook_lab(HookLabConfig(kernel=kernel, out_root=Path(tmp),
-                                            bench="omatic.lab.pcapbench", reader=reader,
-                                            pcap_libdir=libpcap.libdir, timeout=1800.0))
-        bench = result.report["bench"]
-        if not result.ok or bench is None:
-            print("the guest failed:", *result.failures, sep="\n  ", file=sys.stderr)
-            print("its console ended with:", console_tail(Path(result.report["console_log"]),
-                                                         80), sep="\n", file=sys.stderr)
+        try:
+            result, bench = run_guest_bench(HookLabConfig(
+                kernel=kernel, out_root=Path(tmp), bench="omatic.lab.pcapbench", reader=reader,
+                pcap_libdir=libpcap.libdir, timeout=1800.0))
+        except GuestBenchError as err:
+            print(err, file=sys.stderr)
             return 2
     delivery = bench["delivery"]
     print(f"kernel {kernel.release}, {result.report['accel']}, libpcap {libpcap.version}; "

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from omatic import __version__
 from omatic.cache import write_atomic
 from omatic.data import HOOKMOD_DIR
-from omatic.errors import BuildError
+from omatic.errors import BuildError, OmaticError
 from omatic.kernels.kernel import Kernel
 from omatic.lab.console import (
     DMESG_BAD,
@@ -301,3 +301,20 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
         log.unlink(missing_ok=True)
     write_atomic(out_dir / "hooks.json", json.dumps(report, indent=1) + "\n")
     return HookLabResult(report=report, out_dir=out_dir, failures=failures)
+
+
+class GuestBenchError(OmaticError):
+    """A bench's guest failed: what failed, and the end of its console."""
+
+
+def run_guest_bench(config: HookLabConfig) -> tuple[HookLabResult, dict[str, Any]]:
+    """The hook lab with its bench on (`config.bench`): its result and the bench's
+    figures; GuestBenchError when the lab fails or prints none."""
+    result = run_hook_lab(config)
+    figures = result.report["bench"]
+    if not result.ok or figures is None:
+        log = result.report["console_log"]
+        raise GuestBenchError("\n  ".join(["the guest failed:", *result.failures]) +
+                              "\nits console ended with:\n" +
+                              (console_tail(Path(log), 80) if log else "(no log)"))
+    return result, figures

@@ -27,15 +27,12 @@ omatic only: the guest's python3 has nothing else. Prints one line, `OMATIC-BENC
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from omatic.lab.groupcheck import DEV, Config
-from omatic.lab.rxbench import Delivery, Watchdog, delivery_of, reader_argv
+from omatic.lab.rxbench import Delivery, Watchdog, bench_main, delivery_of, reader_argv
 
 #: Bytes of ring per pcap_t (pcap_set_buffer_size), its snapshot length, and the
 #: timeout (ms) after which a read returns what there is (TPACKET_V3 retires a block).
@@ -78,12 +75,5 @@ def bench(config: Config, burst: int = BURST, runs: int = 5) -> dict[str, Any]:
                                         burst, runs, watchdog.progress)}
 
 
-def main(argv: Iterable[str]) -> int:
-    (config_path,) = list(argv)
-    result = bench(json.loads(Path(config_path).read_text()))
-    print("OMATIC-BENCH " + json.dumps(result), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_main(sys.argv[1:], bench))

@@ -317,12 +317,14 @@ def bench(config: Config, frames: int = 16384, runs: int = 40,
                 if config.get("reader") and not icount else None}
 
 
-def main(argv: Iterable[str]) -> int:
+def bench_main(argv: Iterable[str], measure: Callable[[Config], dict[str, Any]]) -> int:
+    """A guest bench's entry (this module's, omatic.lab.pcapbench's): `measure` with the
+    configuration file named in `argv`, and print its figures as one OMATIC-BENCH line."""
     (config_path,) = list(argv)
-    result = bench(json.loads(Path(config_path).read_text()))
+    result = measure(json.loads(Path(config_path).read_text()))
     print("OMATIC-BENCH " + json.dumps(result), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_main(sys.argv[1:], bench))
