@@ -2,13 +2,13 @@
 `python3 -S -m omatic.lab.pcapbench CONFIG` (bench/pcap.py asks omatic.lab.hooks for it).
 
 Frames delivered per second to readers in user space, and frames dropped, for a burst of
-UDP frames of 64 flows so much larger than their rings (BURST) that every set-up drops:
-the readers are busy from the first frame to the last, so the rate is what they can
-take, not what the feed offers. The frames are fed by the hook test module from NAPI
-poll on CPU 0 (omatic.lab.rxbench's delivery measure, set-ups taking turns). The readers
-are bench/reader.c's pcap kind: N processes doing with each frame what `tcpdump -w
-/dev/null` does, on the libpcap of `pfq-omatic pcap` (LD_LIBRARY_PATH), free to run on
-both vCPUs. Set-ups:
+UDP frames of 64 flows ten times larger than their rings (BURST): readers that cannot
+keep up drop the rest, and their rate is what they can take; readers that keep up drop
+nothing, and theirs is what the feed manages beside them. The frames are fed by the hook
+test module from NAPI poll on CPU 0 (omatic.lab.rxbench's delivery measure, set-ups
+taking turns). The readers are bench/reader.c's pcap kind: N processes doing with each
+frame what `tcpdump -w /dev/null` does, on the libpcap of `pfq-omatic pcap`
+(LD_LIBRARY_PATH), free to run on both vCPUs. Set-ups:
 
 - libpcap on DEV, which is libpcap's own TPACKET_V3 capture, the device in pass mode (as
   a stock driver's): 1 instance, and 4 with no fan-out (libpcap has none: each gets every
@@ -63,7 +63,7 @@ def setups(reader: str, libdir: str) -> dict[str, Delivery]:
     }
 
 
-#: Frames per burst: 16 times the rings of the 4 PFQ readers.
+#: Frames per burst: ten times the rings of the 4 PFQ readers (about 1600 slots each).
 BURST = 65536
 
 
