@@ -31,10 +31,12 @@ SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted
                  "no_grace_period_under_locks", "private_map_ioctl_groups_file",
                  "refcount_back"]
 PCAP_CHECKS = ["libpcap_version_says_pfq", "tcpdump_exact_nanoseconds",
-               "tcpdump_plain_device_af_packet", "tcpdump_fanout_4_hash", "tcpdump_fanout_copy",
+               "tcpdump_plain_device_af_packet", "pcap_next_ex_copies_the_frame",
+               "tcpdump_fanout_4_hash", "tcpdump_fanout_copy",
                "tcpdump_filter_in_kernel", "tcpdump_conflicting_fanout_refused",
                "tcpdump_bad_input", "tcpdump_stats_ring_overflow",
-               "libpcap_testprogs_as_on_the_device", "refcount_back"]
+               "libpcap_testprogs_as_on_the_device", "dumpcap_exact_frames",
+               "softflowd_4_hash_netflow", "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]
 
