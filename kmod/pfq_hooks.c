@@ -73,13 +73,18 @@ static int pfq_mac_offset(const struct sk_buff *skb)
  * off by tens of nanoseconds at most, and a change of the realtime clock
  * (settimeofday, NTP steps) shows within PFQ_CLOCK_REBASE_NS. A hard irq that rebases
  * in the middle of a softirq's reading leaves a pair that is only rebased once more:
- * the offset is one word, always valid.
+ * the offset is one word, always valid. Where sched_clock() runs faster than the
+ * realtime clock (a guest's may, by far more than parts per million), a rebase moves
+ * the offset back and the next stamp would come before the last one; stamps of one CPU
+ * stay in order across that (up to PFQ_CLOCK_REBASE_NS back; a clock stepped back
+ * further is followed).
  */
 #define PFQ_CLOCK_REBASE_NS	NSEC_PER_MSEC
 
 struct pfq_clock {
 	u64 offset;	/* CLOCK_REALTIME - sched_clock() at the last real read */
 	u64 rebased;	/* sched_clock() then */
+	u64 last;	/* the last stamp given */
 };
 
 static DEFINE_PER_CPU(struct pfq_clock, pfq_clock);
@@ -88,7 +93,7 @@ static u64 pfq_clock_now(void)
 {
 	struct pfq_clock *c = get_cpu_ptr(&pfq_clock);
 	u64 local = sched_clock();
-	u64 offset;
+	u64 offset, stamp, last;
 
 	if (unlikely(local - READ_ONCE(c->rebased) > PFQ_CLOCK_REBASE_NS)) {
 		offset = ktime_get_real_ns() - local;
@@ -97,8 +102,13 @@ static u64 pfq_clock_now(void)
 	} else {
 		offset = READ_ONCE(c->offset);
 	}
+	stamp = local + offset;
+	last = READ_ONCE(c->last);
+	if (unlikely(stamp < last && last - stamp <= PFQ_CLOCK_REBASE_NS))
+		stamp = last;
+	WRITE_ONCE(c->last, stamp);
 	put_cpu_ptr(&pfq_clock);
-	return local + offset;
+	return stamp;
 }
 
 /*
