@@ -20,11 +20,13 @@
  * tail is a whole ring behind (or is nonsense: it is user memory), the frame is dropped
  * and counted; nothing waits, nothing allocates.
  *
- * Wake-ups: a reader sleeps (read(), poll()) only after finding tail == @reserved. The
- * producer that reserves frame tail is the one to wake it, after publishing. So frames
- * that arrive while the reader is awake cost no wake-up, and a sleeping reader is woken
- * once per sleep; see pfq_endpoint_put() for the barriers that keep it from sleeping
- * through a frame.
+ * Wake-ups: a reader sleeps (read(), poll()) only after finding fewer than W frames
+ * reserved past its tail, W being the ring head's wake_after (1 unless the reader asks
+ * for a batch). The producer that reserves frame tail + W - 1 is the one to wake it,
+ * after publishing. So frames that arrive while the reader is awake cost no wake-up,
+ * and a sleeping reader is woken once per sleep; see pfq_endpoint_put() for the
+ * barriers that keep it from sleeping through its frame. A reader that asks for a batch
+ * polls with a timeout for the frames short of one (libpcap's reads do).
  *
  * An endpoint is freed only once out of its group, after a wait, with no lock held,
  * for the hooks that could still see it, so no frame is ever delivered to a freed one.
@@ -56,6 +58,16 @@ static atomic_t pfq_endpoint_ids = ATOMIC_INIT(0);
 /* Every open endpoint, for /proc/net/pfq/groups; nothing else is done under it. */
 static DEFINE_MUTEX(pfq_endpoints_mutex);
 static LIST_HEAD(pfq_endpoints);
+
+/*
+ * How many frames past its tail wake the sleeping reader: the ring head's wake_after,
+ * 1 to the ring's slots (the reader's memory: any value is safe).
+ */
+static u64 pfq_endpoint_wake_after(const struct pfq_endpoint *ep,
+				   const struct pfq_ring_head *ring)
+{
+	return clamp_t(u32, READ_ONCE(ring->wake_after), 1, ep->slots);
+}
 
 static size_t pfq_slot_size(u32 caplen)
 {
@@ -161,7 +173,7 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 	u32 len = pfq_frame_len(skb, offset);
 	struct pfq_frame *frame;
-	bool first, stored;
+	bool wakes, stored;
 	u64 n, tail;
 	u32 caplen;
 
@@ -180,12 +192,13 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 	} while (!atomic64_try_cmpxchg(&ep->reserved, &n, n + 1));
 	/*
 	 * The reader may be asleep waiting for frame n. It went to sleep after storing
-	 * tail, adding itself to @wait and then (a full barrier between) finding
-	 * reserved == tail. Here the successful cmpxchg, fully ordered, comes before this
-	 * load of tail: either the reader saw reserved > n and did not sleep, or this load
-	 * sees tail == n and the wake-up below is done (store-buffering, both sides).
+	 * tail and wake_after, adding itself to @wait and then (a full barrier between)
+	 * finding fewer than wake_after frames reserved past tail. Here the successful
+	 * cmpxchg, fully ordered, comes before these loads of tail and wake_after: either
+	 * the reader saw reserved > n and did not sleep, or these loads see what it stored
+	 * and the wake-up below is done (store-buffering, both sides).
 	 */
-	first = READ_ONCE(ring->tail) == n;
+	wakes = n - READ_ONCE(ring->tail) == pfq_endpoint_wake_after(ep, ring) - 1;
 	frame = pfq_endpoint_slot(ep, n);
 	caplen = min3(len, ep->caplen, snap);
 	stored = !pfq_copy_frame(skb, offset, (u8 *)(frame + 1), caplen);
@@ -208,14 +221,15 @@ bool pfq_endpoint_put(struct pfq_endpoint *ep, struct sk_buff *skb, int offset, 
 	/* wq_has_sleeper()'s barrier orders the reserve above before the look at @wait,
 	 * against the reader's add to @wait before its look at @reserved.
 	 */
-	if (first && wq_has_sleeper(&ep->wait))
+	if (wakes && wq_has_sleeper(&ep->wait))
 		wake_up_interruptible(&ep->wait);
 	return stored;
 }
 
 /*
- * Whether a reader should stay awake: a frame is reserved past its tail (published, or
- * being copied by a producer that will wake it). Callers add themselves to @wait first
+ * Whether a reader should stay awake: wake_after frames are reserved past its tail
+ * (published, or being copied by a producer that will wake it), or its tail is
+ * nonsense (ahead of them: the read says so). Callers add themselves to @wait first
  * (wait_event's prepare_to_wait(), poll_wait()) and put a full barrier between (see
  * pfq_endpoint_put()). The ring pointer is published with smp_store_release().
  */
@@ -224,7 +238,8 @@ static bool pfq_endpoint_readable(struct pfq_endpoint *ep)
 	/* Pairs with make_ring's smp_store_release(). */
 	struct pfq_ring_head *ring = smp_load_acquire(&ep->ring);
 
-	return ring && atomic64_read(&ep->reserved) != READ_ONCE(ring->tail);
+	return ring && atomic64_read(&ep->reserved) - READ_ONCE(ring->tail) >=
+		       pfq_endpoint_wake_after(ep, ring);
 }
 
 /*

@@ -22,8 +22,8 @@ GROUP_CHECKS = ["hash_4_endpoints", "rr_shares", "copy_everything", "bpf_udp_dst
                 "other_namespace", "two_groups_one_device",
                 "shared_settings_first_member_decides", "tap_feeds_stack_capture_does_not",
                 "endpoint_closed_mid_burst", "killed_process_leaves", "endpoint_ring_full",
-                "two_cpus_one_ring", "unprivileged_eperm", "bad_requests_einval",
-                "capture_cli_4_workers_hash", "refcount_back"]
+                "wake_after_a_batch", "two_cpus_one_ring", "unprivileged_eperm",
+                "bad_requests_einval", "capture_cli_4_workers_hash", "refcount_back"]
 SAFETY_CHECKS = ["user_namespace_root_eperm", "memlock_charged", "memory_counted_and_capped",
                  "read_racing_mmap_returns", "two_readers_never_read_0",
                  "pcap_concurrent_reads_whole", "pcap_kept_only_while_open",

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -505,6 +507,33 @@ def check_ring_full(config: Config) -> None:
            f"ring full: endpoint counters {stats}")
 
 
+def check_wake_after(config: Config) -> None:
+    """A reader asking for a batch (the ring head's wake_after) sleeps until that many
+    frames wait: the producer of the last one wakes it; a batch larger than the ring is
+    the ring; 0 is the first frame again."""
+    sent = ex1(13)
+    with ExitStack() as stack:
+        (ep,) = group(stack, 1, 11, "copy", slots=8)
+        poller = select.poll()
+        poller.register(ep.fd, select.POLLIN)
+        pool = stack.enter_context(ThreadPoolExecutor(1))
+        got: list[bytes] = []
+        for batch, frames in ((4, sent[:4]), (100, sent[4:12]), (0, sent[12:])):
+            ep.wake_after(batch)
+            asleep = pool.submit(poller.poll, 10_000)
+            if frames[:-1]:
+                inject(DEV, frames[:-1])
+            time.sleep(0.2)
+            expect(not asleep.done(), f"wake_after {batch}: woken by {len(frames) - 1} "
+                                      f"frames of {len(frames)}")
+            inject(DEV, frames[-1:])
+            start = time.monotonic()
+            expect(bool(asleep.result(timeout=10)) and time.monotonic() - start < 5,
+                   f"wake_after {batch}: not woken by frame {len(frames)}")
+            got += [d for _, d in ep.frames(timeout=0.1)]
+    expect(got == sent, f"wake_after: {len(got)} of {len(sent)} frames read back in order")
+
+
 def _feed_from(cpu: int, dev: str, bursts: Sequence[Sequence[bytes]],
                start: threading.Barrier, errors: list[BaseException]) -> None:
     """Inject `bursts` into `dev` from a thread pinned to `cpu`: its NAPI poll runs there."""
@@ -721,6 +750,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("endpoint_closed_mid_burst", check_close_mid_burst),
     ("killed_process_leaves", check_killed_process),
     ("endpoint_ring_full", check_ring_full),
+    ("wake_after_a_batch", check_wake_after),
     ("two_cpus_one_ring", check_two_cpus_one_ring),
     ("unprivileged_eperm", check_unprivileged),
     ("bad_requests_einval", check_bad_requests),

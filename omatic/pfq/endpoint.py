@@ -188,6 +188,11 @@ class Ring:
     def tail(self) -> int:
         return int(self._words[self._tail])
 
+    def wake_after(self, frames: int) -> None:
+        """Be told of frames (poll(), a read() that found none) once `frames` wait, 0 or
+        1: the first; the kernel takes at most the ring's slots."""
+        struct.pack_into("<I", self._buf, RING_HEAD.offset("wake_after"), frames)
+
     def _slot(self, n: int) -> int:
         return self.data_offset + (n % self.slots) * self.slot_size
 
@@ -365,6 +370,10 @@ class Endpoint:
                 raise PfqError.of("mmap", err) from None
             self._ring = Ring(self._map)
         return self._ring
+
+    def wake_after(self, frames: int) -> None:
+        """Sleep in poll() and read() until `frames` frames wait (Ring.wake_after)."""
+        self._mapped().wake_after(frames)
 
     def _wait(self, poller: select.poll, deadline: float | None) -> bool:
         """Wait for POLLIN until `deadline` (monotonic; None: forever); False on time out."""

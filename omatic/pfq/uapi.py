@@ -78,7 +78,8 @@ class Layout:
 
 RING_HEAD = Layout("pfq_ring_head", (
     ("magic", "I"), ("version", "I"), ("slots", "I"), ("slot_size", "I"), ("caplen", "I"),
-    ("data_offset", "I"), ("pad0", "5Q"), ("pad_head", "Q"), ("pad1", "7Q"), ("tail", "Q")))
+    ("data_offset", "I"), ("pad0", "5Q"), ("pad_head", "Q"), ("pad1", "7Q"), ("tail", "Q"),
+    ("wake_after", "I"), ("pad2", "I")))
 FRAME = Layout("pfq_frame", (
     ("tstamp_ns", "Q"), ("len", "I"), ("caplen", "I"), ("ifindex", "I"), ("queue", "H"),
     ("vlan_tci", "H"), ("flags", "I"), ("seq", "I")))

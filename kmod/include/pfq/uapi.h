@@ -27,7 +27,10 @@
  * O_NONBLOCK; poll() says POLLIN when a frame is waiting or being written (a reader may
  * find the slot at `tail` unpublished for the time of one copy). A sleeping reader is
  * woken by the producer of the frame it waits for, once: frames that arrive while it is
- * awake cost no wake-up.
+ * awake cost no wake-up. A reader that would rather be woken for a batch (and polls
+ * with a timeout for the rest, as libpcap's does) sets `wake_after` in the ring's head
+ * before it sleeps: poll() then says POLLIN, and a read() that found none returns,
+ * once that many frames are there.
  *
  * A group's settings (bindings, steering, filters) last while it has endpoints: when
  * the last one leaves, the group is unbound from every device and reset. Any member may
@@ -85,6 +88,9 @@ struct pfq_ring_head {
 	__u64 pad_head;		/* 64: version 1's head, no longer written */
 	__u64 pad1[7];
 	__u64 tail;		/* 128: frames consumed (reader writes) */
+	__u32 wake_after;	/* 136: how many frames wake a sleeping reader (reader
+				 * writes): 0 and 1 the first, at most the ring's slots */
+	__u32 pad2;
 };
 
 #define PFQ_RING_VERSION	2
