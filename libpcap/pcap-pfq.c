@@ -54,6 +54,8 @@
 #define PFQ_DEFAULT_BUFFER	(2 * 1024 * 1024)
 /* Frames read between two stores of the ring's tail */
 #define PFQ_RELEASE_BATCH	32
+/* A read with a timeout sleeps until 1/PFQ_WAKE_SHARE of the ring waits */
+#define PFQ_WAKE_SHARE		4
 
 struct pcap_pfq {
 	struct pfq_source src;
@@ -202,16 +204,15 @@ static void pfq_release(struct pcap_pfq *pq)
 }
 
 /*
- * Wait until a frame may be there: 1, 0 when the timeout passed, PCAP_ERROR_BREAK or
- * PCAP_ERROR.
+ * Wait in poll() until /dev/pfq is readable: 1, 0 when @timeout (ms, -1: none) passed,
+ * PCAP_ERROR_BREAK or PCAP_ERROR.
  */
-static int pfq_wait(pcap_t *p, struct pcap_pfq *pq)
+static int pfq_poll(pcap_t *p, struct pcap_pfq *pq, int timeout)
 {
 	struct pollfd fds[2] = {
 		{ .fd = p->fd, .events = POLLIN },
 		{ .fd = pq->breakfd, .events = POLLIN },
 	};
-	int timeout = (p->opt.immediate || p->opt.timeout <= 0) ? -1 : p->opt.timeout;
 	int ret;
 
 	for (;;) {
@@ -238,10 +239,35 @@ static int pfq_wait(pcap_t *p, struct pcap_pfq *pq)
 	}
 }
 
+/*
+ * Wait until frames may be there: 1, 0 when the timeout passed, PCAP_ERROR_BREAK or
+ * PCAP_ERROR. With a timeout, as many frames as it takes to fill a share of the ring
+ * wake the reader (the ring head's wake_after), the timeout brings what is there short
+ * of that: a wake-up per batch, not per frame, when frames come faster than they are
+ * read, and no later than TPACKET_V3's block timer would deliver them. In immediate mode
+ * or with no timeout, the first frame wakes it. wake_after is put back to 0 before
+ * returning, so that an application's own poll() on the selectable fd is told of the
+ * first frame.
+ */
+static int pfq_wait(pcap_t *p, struct pcap_pfq *pq)
+{
+	struct pfq_ring_head *head = (struct pfq_ring_head *)pq->ring;
+	int timeout = (p->opt.immediate || p->opt.timeout <= 0) ? -1 : p->opt.timeout;
+	uint32_t batch = timeout < 0 ? 1 : pq->info.slots / PFQ_WAKE_SHARE;
+	int ret;
+
+	/* Before poll(): the kernel's barrier there orders it against the producers. */
+	__atomic_store_n(&head->wake_after, batch, __ATOMIC_RELAXED);
+	ret = pfq_poll(p, pq, timeout);
+	__atomic_store_n(&head->wake_after, 0, __ATOMIC_RELAXED);
+	return ret;
+}
+
 static int pfq_read(pcap_t *p, int cnt, pcap_handler callback, u_char *user)
 {
 	struct pcap_pfq *pq = p->priv;
 	int n = 0, seen = 0, max = PACKET_COUNT_IS_UNLIMITED(cnt) ? (int)pq->info.slots : cnt;
+	int timed_out = 0;
 	struct pcap_pkthdr h;
 
 	while (n < max && seen < (int)pq->info.slots) {
@@ -256,11 +282,13 @@ static int pfq_read(pcap_t *p, int cnt, pcap_handler callback, u_char *user)
 		if (__atomic_load_n(&f->seq, __ATOMIC_ACQUIRE) != (uint32_t)(pq->next + 1)) {
 			int ret;
 
-			if (n > 0 || seen > 0 || pq->nonblock)
+			if (n > 0 || seen > 0 || pq->nonblock || timed_out)
 				break;
 			ret = pfq_wait(p, pq);
-			if (ret <= 0)
+			if (ret < 0)
 				return ret;
+			/* Woken, or the timeout passed: read what is there, short of a batch. */
+			timed_out = ret == 0;
 			continue;
 		}
 		seen++;
