@@ -13,15 +13,20 @@
  * STEER is enum pfq_steer's value; MODE 0 is PACKET_FANOUT_HASH, 1 LB, 2 CPU; a
  * FANOUT_ID of -1 is a socket of its own; with `dump`, an AF_PACKET reader writes each
  * frame to /dev/null as pcap_dump() does (a record header, the bytes), so that it does
- * the pcap readers' work. The pcap kind is bench/pcap.py's: N processes
- * doing what `tcpdump -w /dev/null` does with each frame (pcap_dump), on whichever
- * libpcap the loader gives them, with the device name and PCAP_* variables as given
- * (pfq:DEV through PFQ's capture source, DEV through libpcap's TPACKET_V3).
+ * the pcap readers' work. The pcap kind is bench/pcap.py's: N processes doing what
+ * `tcpdump -w /dev/null` does with each frame (pcap_dump), on whichever libpcap the
+ * loader gives them, with the device name and PCAP_* variables as given (pfq:DEV
+ * through PFQ's capture source, DEV through libpcap's TPACKET_V3). READER_WORK_NS in
+ * the environment adds that many nanoseconds of work per frame to the pcap readers and
+ * to the AF_PACKET ones with `dump`, as an application that looks into each frame
+ * spends.
  * It prints "ready" once every reader is set up, then, after SIGTERM, one line:
- * "delivered=D dropped=X last_ns=T": frames read, frames the kernel says it dropped
- * for these readers (a full ring), and the CLOCK_MONOTONIC instant of the last frame
- * any reader got. Built by bench/fanout.py (static) and bench/pcap.py (against the
- * libpcap of `pfq-omatic pcap`) and staged into the guest.
+ * "delivered=D dropped=X last_ns=T sleeps=S": frames read, frames the kernel says it
+ * dropped for these readers (a full ring), the CLOCK_MONOTONIC instant of the last frame
+ * any reader got, and how many times the readers slept waiting (voluntary context
+ * switches: each a wake-up by the feed or a timeout). Built by bench/fanout.py (static)
+ * and bench/pcap.py (against the libpcap of `pfq-omatic pcap`) and staged into the
+ * guest.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +42,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -51,10 +57,13 @@
 #define MAX_READERS 64
 
 struct result {
-	uint64_t delivered, dropped, last_ns;
+	uint64_t delivered, dropped, last_ns, sleeps;
 };
 
 static volatile sig_atomic_t stop;
+/* READER_WORK_NS: nanoseconds of work per frame read, beside writing it (pcap_dump),
+ * as an application that looks into each frame spends: 0 none. */
+static uint64_t work_ns;
 /* /dev/null, when the AF_PACKET readers write what they read (`dump`) */
 static FILE *dump;
 #ifdef WITH_PCAP
@@ -85,6 +94,18 @@ static uint64_t now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+}
+
+/* The application's work on one frame: the CPU kept busy for work_ns. */
+static void work(void)
+{
+	uint64_t end;
+
+	if (!work_ns)
+		return;
+	end = now_ns() + work_ns;
+	while (now_ns() < end)
+		;
 }
 
 /* Wait for the fd to be readable, 50 ms at most, so that SIGTERM is seen soon. */
@@ -160,6 +181,7 @@ static void dump_block(struct tpacket_block_desc *b)
 
 		fwrite(record, sizeof(record), 1, dump);
 		fwrite((uint8_t *)h + h->tp_mac, h->tp_snaplen, 1, dump);
+		work();
 		h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
 	}
 }
@@ -237,6 +259,7 @@ static void on_frame(u_char *user, const struct pcap_pkthdr *h, const u_char *by
 	struct pcap_reader *pr = (struct pcap_reader *)user;
 
 	pcap_dump((u_char *)pr->dump, h, bytes);
+	work();
 	pr->r.delivered++;
 }
 
@@ -293,6 +316,7 @@ int main(int argc, char **argv)
 	int n, i, pipes[MAX_READERS][2];
 	pid_t pids[MAX_READERS];
 	struct result (*read_one)(char **arg, int index);
+	struct rusage usage;
 	char line[16];
 
 	if (argc == 8 && !strcmp(argv[1], "pfq"))
@@ -320,6 +344,8 @@ int main(int argc, char **argv)
 		if (!dump)
 			die("/dev/null");
 	}
+	if (getenv("READER_WORK_NS"))
+		work_ns = strtoull(getenv("READER_WORK_NS"), NULL, 10);
 	signal(SIGTERM, on_term);
 	for (i = 0; i < n; i++) {
 		if (pipe(pipes[i]))
@@ -332,8 +358,10 @@ int main(int argc, char **argv)
 
 			dup2(pipes[i][1], STDOUT_FILENO);
 			r = read_one(arg, i);
-			printf("%llu %llu %llu\n", (unsigned long long)r.delivered,
-			       (unsigned long long)r.dropped, (unsigned long long)r.last_ns);
+			getrusage(RUSAGE_SELF, &usage);
+			printf("%llu %llu %llu %llu\n", (unsigned long long)r.delivered,
+			       (unsigned long long)r.dropped, (unsigned long long)r.last_ns,
+			       (unsigned long long)usage.ru_nvcsw);
 			return 0;
 		}
 		close(pipes[i][1]);
@@ -349,22 +377,23 @@ int main(int argc, char **argv)
 		pause();
 	for (i = 0; i < n; i++) {
 		FILE *in = fdopen(pipes[i][0], "r");
-		unsigned long long d, x, t;
+		unsigned long long d, x, t, s;
 
 		kill(pids[i], SIGTERM);
-		if (!in || fscanf(in, "%llu %llu %llu", &d, &x, &t) != 3) {
+		if (!in || fscanf(in, "%llu %llu %llu %llu", &d, &x, &t, &s) != 4) {
 			fprintf(stderr, "reader: reader %d said nothing\n", i);
 			return 2;
 		}
 		total.delivered += d;
 		/* PFQ's counters are per endpoint; AF_PACKET's drops too (per socket). */
 		total.dropped += x;
+		total.sleeps += s;
 		if (t > total.last_ns)
 			total.last_ns = t;
 		waitpid(pids[i], NULL, 0);
 	}
-	printf("delivered=%llu dropped=%llu last_ns=%llu\n",
+	printf("delivered=%llu dropped=%llu last_ns=%llu sleeps=%llu\n",
 	       (unsigned long long)total.delivered, (unsigned long long)total.dropped,
-	       (unsigned long long)total.last_ns);
+	       (unsigned long long)total.last_ns, (unsigned long long)total.sleeps);
 	return 0;
 }

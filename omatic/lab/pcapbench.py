@@ -18,7 +18,13 @@ frame what `tcpdump -w /dev/null` does, on the libpcap of `pfq-omatic pcap`
   does), the most AF_PACKET offers for N;
 - libpcap on pfq:DEV: 1 instance, and 4 started alike with PCAP_GROUP and
   PCAP_FANOUT=hash, the device in tap mode (the stack still gets every frame) and, for the
-  4, in capture mode too.
+  4, in capture mode too; and the 4 in tap mode with no timeout, which pcap-pfq reads
+  waking at each frame that finds a reader asleep, where with a timeout it wakes per
+  share of the ring (libpcap/pcap-pfq.c's pfq_wait()): what the batched wake-up gives;
+- `_work`: libpcap on DEV (1), the AF_PACKET fan-out group and pfq:DEV tap 4 hash again,
+  each reader also busy WORK_NS with each frame. Readers that only write each frame keep
+  up with the feed (the rate is then the feed's, as the CPU the readers leave it); these
+  cannot, and their rate is what N instances get done: where fan-out matters.
 
 Rings alike in memory: a buffer of BUFFER_SIZE bytes for each pcap_t (libpcap sizes both
 kinds of ring from it), a snapshot length that holds the whole frame. Standard library and
@@ -37,6 +43,10 @@ from omatic.lab.rxbench import Delivery, Watchdog, bench_main, delivery_of, read
 #: Bytes of ring per pcap_t (pcap_set_buffer_size), its snapshot length, and the
 #: timeout (ms) after which a read returns what there is (TPACKET_V3 retires a block).
 BUFFER_SIZE, SNAPLEN, TIMEOUT_MS = 256 << 10, 128, 1
+#: Nanoseconds of work per frame of the `_work` set-ups' readers (READER_WORK_NS of
+#: bench/reader.c), beside writing it: an application that looks into each frame, too
+#: busy for one instance to keep up with the feed, so that their rate is the readers'.
+WORK_NS = 20_000
 #: The group of the fanned-out PFQ instances.
 GROUP = 21
 BOTH_CPUS = frozenset({0, 1})
@@ -46,10 +56,11 @@ def setups(reader: str, libdir: str) -> dict[str, Delivery]:
     """The set-ups of the module docstring, by name."""
     env = {**os.environ, "LD_LIBRARY_PATH": libdir}
     fan_out = {**env, "PCAP_GROUP": str(GROUP), "PCAP_FANOUT": "hash"}
+    work = {"READER_WORK_NS": str(WORK_NS)}
 
-    def pcap(device: str, n: int) -> list[str]:
+    def pcap(device: str, n: int, timeout_ms: int = TIMEOUT_MS) -> list[str]:
         return [reader, "pcap", device, str(n), str(SNAPLEN), str(BUFFER_SIZE),
-                str(TIMEOUT_MS)]
+                str(timeout_ms)]
 
     return {
         "libpcap_af_packet_1": Delivery("pass", pcap(DEV, 1), env, BOTH_CPUS),
@@ -59,7 +70,16 @@ def setups(reader: str, libdir: str) -> dict[str, Delivery]:
                                                      "dump"], reader_cpus=BOTH_CPUS),
         "pfq_tap_1": Delivery("tap", pcap(f"pfq:{DEV}", 1), env, BOTH_CPUS),
         "pfq_tap_4_hash": Delivery("tap", pcap(f"pfq:{DEV}", 4), fan_out, BOTH_CPUS),
+        "pfq_tap_4_hash_no_timeout": Delivery("tap", pcap(f"pfq:{DEV}", 4, timeout_ms=0),
+                                              fan_out, BOTH_CPUS),
         "pfq_capture_4_hash": Delivery("capture", pcap(f"pfq:{DEV}", 4), fan_out, BOTH_CPUS),
+        "libpcap_af_packet_1_work": Delivery("pass", pcap(DEV, 1), {**env, **work},
+                                             BOTH_CPUS),
+        "af_packet_4_fanout_hash_work": Delivery(
+            "pass", [*reader_argv(reader, "af_packet", 4, "hash"), "dump"],
+            {**os.environ, **work}, BOTH_CPUS),
+        "pfq_tap_4_hash_work": Delivery("tap", pcap(f"pfq:{DEV}", 4), {**fan_out, **work},
+                                        BOTH_CPUS),
     }
 
 

@@ -225,8 +225,9 @@ def reader_argv(program: str, kind: str, n: int, mode: str) -> list[str]:
 def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | None = None,
             reader_cpus: frozenset[int] = frozenset({1})) -> dict[str, float]:
     """Start the C readers `argv` (on `reader_cpus`), feed `sent` from CPU 0, let them
-    drain, stop them: frames delivered, dropped, and delivered per second from the first
-    frame fed to the last one read."""
+    drain, stop them: frames delivered, dropped, delivered per second from the first
+    frame fed to the last one read, frames fed per second while the feed ran (the
+    module's own span), and the times the readers slept per frame delivered."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, preexec_fn=lambda: os.sched_setaffinity(0, reader_cpus))
     try:
@@ -237,8 +238,7 @@ def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | No
             raise CheckFailed(f"the readers did not start: {ready!r} "
                               f"{proc.communicate(timeout=30)[1]!r}")
         os.sched_setaffinity(0, {0})
-        start = time.monotonic_ns()
-        inject(DEV, sent)
+        fed = inject(DEV, sent)
         time.sleep(0.3)
         proc.terminate()
         out, err = proc.communicate(timeout=30)
@@ -248,12 +248,18 @@ def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | No
             proc.wait()
         os.sched_setaffinity(0, {0, 1})
     fields = dict(item.split("=") for item in out.split())
-    expect(proc.returncode == 0 and set(fields) == {"delivered", "dropped", "last_ns"},
+    expect(proc.returncode == 0
+           and set(fields) == {"delivered", "dropped", "last_ns", "sleeps"},
            f"the readers said {out!r} {err!r}")
-    delivered, dropped, last = (int(fields[k]) for k in ("delivered", "dropped", "last_ns"))
-    seconds = max(last - start, 1) / 1e9
+    delivered, dropped, last, sleeps = (
+        int(fields[k]) for k in ("delivered", "dropped", "last_ns", "sleeps"))
+    # From the feed's start as the module took it (CLOCK_MONOTONIC, as the readers'
+    # stamps): not the write's, which first copies and parses the whole burst.
+    seconds = max(last - fed["start"], 1) / 1e9
     return {"delivered": delivered, "dropped": dropped,
-            "per_second": round(delivered / seconds)}
+            "per_second": round(delivered / seconds),
+            "fed_per_second": round(len(sent) / max(fed["ns"], 1) * 1e9),
+            "sleeps_per_frame": round(sleeps / max(delivered, 1), 3)}
 
 
 @dataclass(frozen=True)
