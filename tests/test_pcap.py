@@ -325,6 +325,8 @@ def test_bench_reader_reads_through_the_library(built: Path, tmp_path: Path) -> 
     delivered, dropped = int(fields["delivered"]), int(fields["dropped"])
     assert proc.returncode == 0 and delivered > 0 and delivered + dropped >= 100, (out, err)
     assert int(fields["last_ns"]) > 0
+    # They waited for the datagrams, asleep in poll() between them.
+    assert int(fields["sleeps"]) > 0
 
 
 # --- a flow monitor's export ---------------------------------------------------------------
