@@ -39,6 +39,7 @@ from omatic.build.source import DriverSource, stage_from_tarball
 from omatic.build.tree import PATCH_NAME, patch_tree
 from omatic.cache import made_dirs
 from omatic.data import KMOD_DIR, PATCHES_DIR
+from omatic.debpkg import maintainer, run_lintian
 from omatic.errors import (
     InfraError,
     OmaticError,
@@ -137,9 +138,7 @@ class DkmsTree:
 
     @property
     def maintainer(self) -> str:
-        """The package's Maintainer: DEBFULLNAME and DEBEMAIL, as Debian's tools take them."""
-        name = os.environ.get("DEBFULLNAME", "pfq-omatic")
-        return f"{name} <{os.environ.get('DEBEMAIL', 'pfq-omatic@example.org')}>"
+        return maintainer()
 
     @property
     def exclusive(self) -> str:
@@ -386,14 +385,3 @@ def build_deb(tree: DkmsTree, out_dir: Path, *, lintian: bool = True) -> DkmsTre
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return tree
-
-
-def run_lintian(deb: Path) -> list[str]:
-    """lintian's tags for `deb` (E:, W:, I: lines)."""
-    if shutil.which("lintian") is None:
-        raise InfraError("lintian is not installed; run `make setup`")
-    run = subprocess.run(["lintian", "--no-tag-display-limit", str(deb)],
-                         capture_output=True, text=True, check=False)
-    if run.returncode not in (0, 1) or run.stderr.strip().startswith("Traceback"):
-        raise InfraError(f"lintian failed (exit {run.returncode}): {run.stderr.strip()[:300]}")
-    return [line for line in run.stdout.splitlines() if line[:2] in ("E:", "W:", "I:")]
