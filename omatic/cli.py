@@ -528,15 +528,25 @@ def cmd_pcap(args: argparse.Namespace, out: TextIO) -> int:
 
     suite = find_suite(args.suite or host_suite())
     prefix = Path(args.prefix) if args.prefix else default_prefix(suite.name)
+    if args.deb:
+        from omatic.pcap.deb import check_tools
+        check_tools()
     built = build_pcap(suite, prefix, jobs=args.jobs or os.cpu_count() or 1,
                        force=args.force, note=_note)
+    deb = None
+    if args.deb:
+        from omatic.pcap.deb import build_deb
+        deb = build_deb(built, Path(args.out))
     if args.json:
-        _print_json(built.to_json(), out)
+        _print_json({**built.to_json(), "deb": str(deb.path) if deb else None,
+                     "lintian": deb.lintian if deb else []}, out)
         return 0
     option = f" --prefix {shlex.quote(str(prefix))}" if args.prefix else ""
     out.write(f"libpcap {built.version} ({built.lib_version}) in {built.libdir}\n"
               f"run an application on it: pfq-omatic run{option} -- tcpdump -i pfq:eth0\n"
               f"or: LD_LIBRARY_PATH={shlex.quote(str(built.libdir))} tcpdump -i pfq:eth0\n")
+    if deb:
+        out.write(f"its package (lintian: no error, no warning): {deb.path}\n")
     return 0
 
 
@@ -561,6 +571,11 @@ def _add_pcap(sub: Any) -> None:
     p.add_argument("--prefix", metavar="DIR", help="where the library (DIR/lib) and headers "
                    "(DIR/include) go (default: ~/.local/share/pfq-omatic/libpcap/SUITE)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--deb", action="store_true", help="also make it a Debian package, "
+                   "libpcap0.8-pfq, that installs beside the system's libpcap (in "
+                   "/usr/lib/x86_64-linux-gnu/pfq-omatic/libpcap), and lint it")
+    p.add_argument("--out", metavar="DIR", default="out/pcap",
+                   help="where the package goes (default: out/pcap)")
     p.add_argument("--jobs", "-j", type=_jobs, default=None,
                    help="parallel jobs of the build (default: cores)")
     p.add_argument("--json", action="store_true", help="print what was built as JSON")
@@ -570,7 +585,8 @@ def _add_pcap(sub: Any) -> None:
                        "libpcap.so.0.8 found there).")
     p.set_defaults(handler=cmd_run)
     p.add_argument("--prefix", metavar="DIR", help="the library's folder, as given to "
-                   "pfq-omatic pcap (default: this machine's suite's)")
+                   "pfq-omatic pcap (default: this machine's suite's, else the one the "
+                   "libpcap0.8-pfq package installed)")
     p.add_argument("argv", nargs="*", metavar="APP", help="the application and its "
                    "arguments, after --")
 

@@ -21,7 +21,7 @@ from omatic.errors import UserError
 from omatic.lab.groupcheck import CheckFailed, ipv4
 from omatic.lab.pcapcheck import flow_key, netflow_v5
 from omatic.pcap import rewrite
-from omatic.pcap.build import PcapBuild, arch_matches, build_depends
+from omatic.pcap.build import PcapBuild, arch_matches, build_depends, host_suite
 from omatic.pcap.run import NotBuiltError, find_build, prepare
 from omatic.pfq.config import apply_env, parse_config
 from omatic.pfq.uapi import STEER_MODES
@@ -245,6 +245,51 @@ def built() -> Path:
                       jobs=os.cpu_count() or 1).prefix
 
 
+@pytest.mark.system
+def test_the_package_installs_beside_the_systems_libpcap(built: Path, tmp_path: Path) -> None:
+    """`pfq-omatic pcap --deb`: lintian finds no error and no warning; in a pristine
+    system with Debian's tcpdump it installs without touching libpcap0.8, tcpdump loads
+    it through LD_LIBRARY_PATH only, and it goes whole on removal."""
+    from omatic.kernels.system import Bind, SystemSpec, ensure_system, run_in_system
+    from omatic.pcap.build import PACKAGE_PREFIX, installed
+    from omatic.pcap.deb import build_deb
+
+    build = installed(built)
+    assert build is not None
+    deb = build_deb(build, tmp_path / "pkg")
+    assert not [tag for tag in deb.lintian if tag.startswith(("E:", "W:"))]
+    assert deb.path.name == f"libpcap0.8-pfq_{build.version}_amd64.deb"
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb.path), "Depends", "Source"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "Depends: libc6 (>= " in fields and "Source: libpcap" in fields
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lib = PACKAGE_PREFIX / "lib"
+    script = "\n".join([
+        "exec > /out/log 2>&1", "set -ex",
+        "tcpdump --version > /out/system-version",
+        f"dpkg -i /pkg/{deb.path.name}",
+        f"LD_LIBRARY_PATH={lib} tcpdump --version > /out/pfq-version",
+        "tcpdump --version > /out/still-system-version",
+        "dpkg -S /usr/lib/x86_64-linux-gnu/libpcap.so.0.8 > /out/owner",
+        f"cat {PACKAGE_PREFIX}/build.json > /out/build.json",
+        f"test -f {PACKAGE_PREFIX}/include/pcap/pfq.h",
+        "dpkg -r libpcap0.8-pfq",
+        "test ! -e /usr/lib/x86_64-linux-gnu/pfq-omatic",
+        "echo done > /out/done"])
+    tarball, _ = ensure_system(SystemSpec.of("bookworm", ["tcpdump"]))
+    code = run_in_system(tarball, "bookworm", ["sh", "-c", script],
+                         binds=[Bind(deb.path.parent, "/pkg"), Bind(out, "/out")])
+    log = (out / "log").read_text(errors="replace")[-3000:] if (out / "log").is_file() else ""
+    assert code == 0 and (out / "done").is_file(), log
+    assert "+pfq" not in (out / "system-version").read_text()
+    assert "libpcap version 1.10.3+pfq" in (out / "pfq-version").read_text()
+    assert "+pfq" not in (out / "still-system-version").read_text()
+    assert (out / "owner").read_text().startswith("libpcap0.8:")
+    assert json.loads((out / "build.json").read_text())["prefix"] == str(PACKAGE_PREFIX)
+
+
 def _tcpdump(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
     tcpdump = shutil.which("tcpdump", path="/usr/bin:/usr/sbin:/sbin")
     assert tcpdump, "tcpdump is not installed (make setup)"
@@ -369,9 +414,22 @@ def test_run_puts_the_library_first(tmp_path: Path) -> None:
 
 
 @unit
-def test_run_without_a_build(tmp_path: Path) -> None:
+def test_run_without_a_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(NotBuiltError, match=r"build it first with `pfq-omatic pcap` --prefix"):
         find_build(tmp_path / "none")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    with pytest.raises(NotBuiltError, match=r"or install libpcap0.8-pfq"):
+        find_build(None, package_prefix=tmp_path / "package")
+
+
+@unit
+def test_run_takes_the_package_when_the_user_built_none(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    package = _fake_build(tmp_path / "package")
+    assert find_build(None, package_prefix=tmp_path / "package") == package
+    own = _fake_build(tmp_path / "data" / "pfq-omatic" / "libpcap" / host_suite())
+    assert find_build(None, package_prefix=tmp_path / "package") == own
 
 
 @unit

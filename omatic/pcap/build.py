@@ -6,7 +6,8 @@
 3. dpkg-buildpackage builds it, as Debian does, in a disposable system of the suite with
    the package's own Build-Depends: same configure, same SONAME (libpcap.so.0.8), same
    version script, plus pcap_fanout.
-4. The library and its headers go to a folder of their own (PREFIX/lib, PREFIX/include),
+4. The library and its headers go to a folder of their own (PREFIX/lib, PREFIX/include,
+   with Debian's copyright file of the source package and build.json),
    never over the system's copy; applications use it through LD_LIBRARY_PATH
    (`pfq-omatic run`). The folder appears whole or not at all: it is made beside its
    place and renamed into it.
@@ -46,6 +47,8 @@ SOURCE_PACKAGE = "libpcap"
 LIBRARY_PACKAGE = "libpcap0.8"
 DEV_PACKAGE = "libpcap0.8-dev"
 SONAME = "libpcap.so.0.8"
+#: Debian's copyright file of the source package, kept in the prefix (for --deb).
+COPYRIGHT = "copyright"
 MULTIARCH = "x86_64-linux-gnu"
 #: libpcap's own test programs (testprogs/), built from the same tree against the library
 #: just built (statically, as their Makefile does) and kept in PREFIX/testprogs.
@@ -60,6 +63,10 @@ def default_prefix(suite: str) -> Path:
     (~/.local/share/...)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "pfq-omatic" / "libpcap" / suite
+
+
+#: Where the package of `pfq-omatic pcap --deb` (omatic.pcap.deb) installs a prefix.
+PACKAGE_PREFIX = Path("/usr/lib") / MULTIARCH / "pfq-omatic" / "libpcap"
 
 
 def host_suite() -> str:
@@ -128,6 +135,8 @@ class PcapBuild:
     lib_version: str
     #: source_digest() of what was built in.
     digest: str
+    #: The Depends of the suite's libpcap0.8 as built (the same library's, for a package).
+    depends: str = ""
 
     @property
     def libdir(self) -> Path:
@@ -135,7 +144,8 @@ class PcapBuild:
 
     def to_json(self) -> dict[str, Any]:
         return {"prefix": str(self.prefix), "suite": self.suite, "version": self.version,
-                "lib_version": self.lib_version, "digest": self.digest}
+                "lib_version": self.lib_version, "digest": self.digest,
+                "depends": self.depends}
 
 
 def installed(prefix: Path) -> PcapBuild | None:
@@ -143,7 +153,8 @@ def installed(prefix: Path) -> PcapBuild | None:
     try:
         data = json.loads((prefix / "build.json").read_text())
         return PcapBuild(prefix=prefix, suite=data["suite"], version=data["version"],
-                         lib_version=data["lib_version"], digest=data["digest"])
+                         lib_version=data["lib_version"], digest=data["digest"],
+                         depends=data.get("depends", ""))
     except (OSError, ValueError, KeyError):
         return None
 
@@ -219,12 +230,14 @@ def _build_pcap(suite: Suite, prefix: Path, jobs: int, force: bool,
                              f"{_keep_log(work, prefix)}") from None
         say(f"built in {time.monotonic() - started:.0f} s")
         stage = work / "install"
-        _install(work / "src", version, stage)
+        depends = _install(work / "src", version, stage)
+        shutil.copyfile(tree / "debian" / "copyright", stage / COPYRIGHT)
         (stage / "testprogs").mkdir()
         for name in TESTPROGS:
             shutil.copy2(tree / "testprogs" / name, stage / "testprogs" / name)
         built = PcapBuild(prefix=prefix, suite=suite.name, version=version,
-                          lib_version=lib_version(stage / "lib"), digest=digest)
+                          lib_version=lib_version(stage / "lib"), digest=digest,
+                          depends=depends)
         if VERSION_TAG not in built.lib_version:
             raise BuildError(f"the library built says {built.lib_version!r}, without "
                              f"{VERSION_TAG}: PFQ's module is not in it")
@@ -236,6 +249,11 @@ def _build_pcap(suite: Suite, prefix: Path, jobs: int, force: bool,
 
 
 def _run(argv: list[str], cwd: Path, what: str) -> None:
+    _output(argv, cwd, what)
+
+
+def _output(argv: list[str], cwd: Path, what: str) -> str:
+    """What `argv` printed; a BuildError saying `what` failed if it did."""
     try:
         run = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
                              check=False)
@@ -244,6 +262,7 @@ def _run(argv: list[str], cwd: Path, what: str) -> None:
     if run.returncode != 0:
         last = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or ["?"]
         raise BuildError(f"{what}: {argv[0]} exit {run.returncode}: {last[0]}")
+    return run.stdout.strip()
 
 
 def _keep_log(work: Path, prefix: Path) -> Path:
@@ -256,14 +275,19 @@ def _keep_log(work: Path, prefix: Path) -> Path:
     return log
 
 
-def _install(built: Path, version: str, stage: Path) -> None:
-    """The library (its SONAME link too) and the headers of the built .debs, in `stage`."""
+def _install(built: Path, version: str, stage: Path) -> str:
+    """The library (its SONAME link too) and the headers of the built .debs, in `stage`;
+    the library package's Depends."""
     unpacked = built / "unpacked"
+    depends = ""
     for package in (LIBRARY_PACKAGE, DEV_PACKAGE):
         debs = sorted(built.glob(f"{package}_{version}_*.deb"))
         if len(debs) != 1:
             raise BuildError(f"dpkg-buildpackage made no {package} {version} package")
         _run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], built, f"unpacking {debs[0].name}")
+        if package == LIBRARY_PACKAGE:
+            depends = _output(["dpkg-deb", "-f", str(debs[0]), "Depends"], built,
+                              f"reading {debs[0].name}")
     libdir = unpacked / "usr" / "lib" / MULTIARCH
     (stage / "lib").mkdir(parents=True)
     real = sorted(p for p in libdir.glob("libpcap.so.*") if not p.is_symlink())
@@ -275,6 +299,7 @@ def _install(built: Path, version: str, stage: Path) -> None:
     shutil.copytree(unpacked / "usr" / "include", stage / "include", symlinks=True)
     if not (stage / "include" / "pcap" / "pfq.h").is_file():
         raise PathError("missing from the built headers", path="pcap/pfq.h")
+    return depends
 
 
 def _replace(stage: Path, prefix: Path) -> None:

@@ -24,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omatic.errors import UserError
-from omatic.pcap.build import SONAME, PcapBuild, default_prefix, host_suite, installed
+from omatic.pcap.build import (
+    PACKAGE_PREFIX,
+    SONAME,
+    PcapBuild,
+    default_prefix,
+    host_suite,
+    installed,
+)
 
 #: Programs that capture by running the dumpcap beside them (Wireshark's).
 DUMPCAP_USERS = ("tshark", "wireshark")
@@ -37,13 +44,19 @@ class NotBuiltError(UserError):
                 "{prefix_option}")
 
 
-def find_build(prefix: Path | None) -> PcapBuild:
-    """The build at `prefix` (default: this machine's suite's), or NotBuiltError."""
-    where = prefix or default_prefix(host_suite())
-    build = installed(where)
+def find_build(prefix: Path | None, package_prefix: Path = PACKAGE_PREFIX) -> PcapBuild:
+    """The build at `prefix`; by default this machine's suite's, else the one the
+    libpcap0.8-pfq package installed; or NotBuiltError."""
+    if prefix is not None:
+        build = installed(prefix)
+        if build is None:
+            raise NotBuiltError(prefix=prefix, prefix_option=f" --prefix {prefix}")
+        return build
+    where = default_prefix(host_suite())
+    build = installed(where) or installed(package_prefix)
     if build is None:
-        raise NotBuiltError(prefix=where,
-                            prefix_option=f" --prefix {where}" if prefix else "")
+        raise NotBuiltError(prefix=where, prefix_option=" or install libpcap0.8-pfq "
+                            "(made by `pfq-omatic pcap --deb`)")
     return build
 
 
