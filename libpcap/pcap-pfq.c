@@ -38,6 +38,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -549,6 +550,25 @@ static int pfq_check_devices(pcap_t *p, struct pcap_pfq *pq)
 	return 0;
 }
 
+/*
+ * pfq.ko refuses a ring (ENOBUFS) over what the process may lock, RLIMIT_MEMLOCK, unless
+ * it has CAP_IPC_LOCK (which dumpcap drops, even as root), or over the module's cap. The
+ * limit was 64 KiB by default before Linux 5.16: say which one and how much.
+ */
+static int pfq_ring_over_limits(pcap_t *p, long slots, uint32_t slot_size)
+{
+	unsigned long kib = ((unsigned long)slots * slot_size + 1023) / 1024;
+	struct rlimit lock;
+	char limit[32] = "unlimited";
+
+	if (getrlimit(RLIMIT_MEMLOCK, &lock) == 0 && lock.rlim_cur != RLIM_INFINITY)
+		snprintf(limit, sizeof(limit), "%lu KiB", (unsigned long)(lock.rlim_cur / 1024));
+	snprintf(p->errbuf, PCAP_ERRBUF_SIZE, "%s: a ring of %ld slots (%lu KiB) is over what "
+		 "this process may lock (ulimit -l: %s) or pfq.ko's ring_memory_max: raise "
+		 "it, or ask for a smaller buffer", pfq_name(p), slots, kib, limit);
+	return PCAP_ERROR;
+}
+
 /* The ring: bytes kept per frame and slots, from the settings, snapshot and buffer size. */
 static int pfq_make_ring(pcap_t *p, struct pcap_pfq *pq)
 {
@@ -589,11 +609,10 @@ static int pfq_make_ring(pcap_t *p, struct pcap_pfq *pq)
 	pq->info.slots = (uint32_t)slots;
 	pq->info.caplen = (uint32_t)caplen;
 	if (ioctl(p->fd, PFQ_IOC_RING, &pq->info)) {
-		int err = errno;
-
-		snprintf(p->errbuf, PCAP_ERRBUF_SIZE, "%s: a ring of %ld slots of %ld bytes: %s%s",
-			 pfq_name(p), slots, caplen, strerror(err),
-			 err == ENOMEM || err == EPERM ? " (ulimit -l, or fewer PFQ_RX_SLOTS)" : "");
+		if (errno == ENOBUFS)
+			return pfq_ring_over_limits(p, slots, slot_size);
+		snprintf(p->errbuf, PCAP_ERRBUF_SIZE, "%s: a ring of %ld slots of %ld bytes: %s",
+			 pfq_name(p), slots, caplen, strerror(errno));
 		return PCAP_ERROR;
 	}
 	return 0;
