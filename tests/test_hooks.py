@@ -36,6 +36,7 @@ PCAP_CHECKS = ["libpcap_version_says_pfq", "tcpdump_exact_nanoseconds",
                "tcpdump_filter_in_kernel", "tcpdump_conflicting_fanout_refused",
                "tcpdump_bad_input", "tcpdump_stats_ring_overflow",
                "libpcap_testprogs_as_on_the_device", "dumpcap_exact_frames",
+               "tshark_decodes_exact_frames",
                "softflowd_4_hash_netflow", "refcount_back"]
 GUEST_CHECKS = ["bad_control_writes", "rmmod_pfq_in_use_refused",
                 "device_removed_in_tap_mode", "rmmod_pfq_clean", "dmesg_clean"]

@@ -55,7 +55,7 @@ from omatic.lab.guestpy import (
     stage_python,
 )
 from omatic.lab.ktap import KtapError, KtapResult, parse
-from omatic.lab.pcapcheck import DUMPCAP, SOFTFLOWCTL, SOFTFLOWD
+from omatic.lab.pcapcheck import DUMPCAP, SOFTFLOWCTL, SOFTFLOWD, TSHARK
 from omatic.lab.safetycheck import DEVICE_SLOTS, RING_MEMORY_MAX, SETPRIV
 from omatic.lab.vm import (
     GuestModule,
@@ -94,6 +94,9 @@ GUEST_GROUP = "root:x:0:\ntcpdump:x:100:\nnogroup:x:65534:\n"
 GROUPCHECK_CONFIG = "/etc/pfq-groupcheck.json"
 #: pfq.ko's ring_slots in the guest: small, so that the ring-full case is quick.
 SLOTS = DEVICE_SLOTS
+#: MiB of the guest with pcap applications: tshark's libraries alone (libwireshark and
+#: what it links) are 160 MB of the initramfs, loaded and then unpacked in its memory.
+PCAP_MEMORY = 1024
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                 stage_program(root, config.reader)
             if config.pcap_libdir is not None:
                 stage_library(root, config.pcap_libdir)
-                for name in (DUMPCAP, SOFTFLOWD, SOFTFLOWCTL):
+                for name in (DUMPCAP, TSHARK, SOFTFLOWD, SOFTFLOWCTL):
                     stage_program(root, Path(name))
                 for test in sorted((config.pcap_libdir.parent / "testprogs").iterdir()):
                     stage_program(root, test)
@@ -247,7 +250,9 @@ def run_hook_lab(config: HookLabConfig, step: Step = quiet_step) -> HookLabResul
                  "icount": config.icount}))
             build_initramfs(root, initrd, init, deps + modules)
         # Two vCPUs, so cpu steering is proven with frames fed from each; one to count.
-        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, config.memory,
+        memory = config.memory if config.pcap_libdir is None else \
+            max(config.memory, PCAP_MEMORY)
+        cmd = qemu_command(qemu, accel, vmlinuz, initrd, "", 0, 0, memory,
                            cpus=1 if config.icount else 2, icount=config.icount)
         with step(f"boot ({accel})"), log_kept_only_if(config.keep, log):
             status, stderr, seconds = run_guest(cmd, session, log, config.timeout)

@@ -18,6 +18,7 @@ import ctypes
 import os
 import pty
 import re
+import resource
 import select
 import signal
 import socket
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from omatic.lab.groupcheck import (
     DEV,
@@ -48,6 +50,8 @@ from omatic.lab.safetycheck import SETPRIV
 
 #: Wireshark's capture program (Debian's wireshark-common).
 DUMPCAP = "/usr/bin/dumpcap"
+#: Wireshark's tshark: it captures by running the dumpcap of its own folder.
+TSHARK = "/usr/bin/tshark"
 #: Debian's NetFlow exporter and its control program.
 SOFTFLOWD, SOFTFLOWCTL = "/usr/sbin/softflowd", "/usr/sbin/softflowctl"
 #: Where the guest has the libpcap of `pfq-omatic pcap` (set by main()).
@@ -563,30 +567,80 @@ def pcapng_frames(path: Path) -> list[bytes]:
 def check_dumpcap(config: Config) -> None:
     """Wireshark's dumpcap (what tshark and Wireshark capture through: select() on the
     pcap fd, then pcap_dispatch()) on pfq:DEV: exactly the frames sent, in its pcapng
-    file, and it ends by itself after -c N."""
+    file, and it ends by itself after -c N.
+
+    dumpcap drops CAP_IPC_LOCK even as root, so its ring counts against RLIMIT_MEMLOCK:
+    at 64 KiB (the default before Linux 5.16) its 2 MiB buffer is refused with a message
+    that says so; at 8 MiB (the default since) it captures."""
     sent = [ipv4(1, 2, 17, 9400 + i, 9, 9000 + i) for i in range(40)]
     path = fresh("dumpcap.pcapng")
     set_mode(DEV, "tap")
-    proc = subprocess.Popen([DUMPCAP, "-i", f"pfq:{DEV}", "-c", str(len(sent)), "-w", str(path)],
-                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp",
-                                 "LD_LIBRARY_PATH": LIBDIR},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # It opens the device once to ask what it can do, then for the capture: the
-        # file's name comes once the capture is open.
-        wait_line(proc, "File: ")
-        inject(DEV, sent)
-        code, err = finish(proc, interrupt=False)
+        code, err = finish(_wireshark(DUMPCAP, ["-i", f"pfq:{DEV}", "-c", "1", "-w", str(path)],
+                                      64 << 10), interrupt=False)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         set_mode(DEV, "pass")
+    expect(code != 0 and "ulimit -l: 64 KiB" in err,
+           f"dumpcap with a memory-lock limit of 64 KiB: exit {code}: {err.strip()[-300:]}")
+    code, err = _capture_sent(DUMPCAP, ["-c", str(len(sent)), "-w", str(path)], sent)
     expect(code == 0, f"dumpcap exit {code}: {err.strip()[-300:]}")
     got = pcapng_frames(path)
     expect(got == sent, f"dumpcap wrote {len(got)} frames, {sum(f in sent for f in got)} "
                         f"of the {len(sent)} sent")
     no_group_left()
+
+
+def check_tshark(config: Config) -> None:
+    """Wireshark's tshark on pfq:DEV: it captures through the dumpcap beside it, which it
+    runs with its own environment (so on the library under test), and decodes exactly
+    the frames sent, in their order."""
+    sent = [ipv4(1, 2, 17, 9500 + i, 9, 9000 + i) for i in range(40)]
+    fields = fresh("tshark.txt")
+    with open(fields, "w") as out:
+        code, err = _capture_sent(TSHARK, ["-c", str(len(sent)), "-T", "fields",
+                                           "-e", "udp.srcport", "-e", "udp.dstport"],
+                                  sent, stdout=out)
+    expect(code == 0, f"tshark exit {code}: {err.strip()[-300:]}")
+    got = fields.read_text().split("\n")[:-1]
+    want = [f"{9500 + i}\t9" for i in range(len(sent))]
+    expect(got == want, f"tshark decoded {len(got)} frames, {sum(g in want for g in got)} "
+                        f"of the {len(sent)} sent: {got[:3]}")
+    no_group_left()
+
+
+def _capture_sent(program: str, args: list[str], sent: list[bytes],
+                  stdout: int | TextIO = subprocess.PIPE) -> tuple[int, str]:
+    """Wireshark's `program` capturing on pfq:DEV in tap mode while `sent` is fed, with
+    the memory-lock limit of Linux 5.16 and later (8 MiB): its status and stderr."""
+    set_mode(DEV, "tap")
+    try:
+        proc = _wireshark(program, ["-i", f"pfq:{DEV}", *args], 8 << 20, stdout=stdout)
+        try:
+            # dumpcap says where it writes once the capture is open (it opens the device
+            # once before, to ask what it can do); tshark passes that on, its own
+            # "Capturing on" comes before dumpcap even starts.
+            wait_line(proc, "File: ")
+            inject(DEV, sent)
+            return finish(proc, interrupt=False)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        set_mode(DEV, "pass")
+
+
+def _wireshark(program: str, args: list[str], memlock: int,
+               stdout: int | TextIO = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Wireshark's dumpcap (or tshark, which runs it) on the library under test, with
+    RLIMIT_MEMLOCK at `memlock` bytes."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+    return subprocess.Popen([program, *args],
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp",
+                                 "LD_LIBRARY_PATH": LIBDIR},
+                            stdout=stdout, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit)
 
 
 # --- a flow monitor ------------------------------------------------------------------------
@@ -707,6 +761,7 @@ CHECKS: list[tuple[str, Callable[[Config], None]]] = [
     ("tcpdump_stats_ring_overflow", check_stats_on_overflow),
     ("libpcap_testprogs_as_on_the_device", check_testprogs),
     ("dumpcap_exact_frames", check_dumpcap),
+    ("tshark_decodes_exact_frames", check_tshark),
     ("softflowd_4_hash_netflow", check_flow_monitor),
 ]
 
