@@ -67,6 +67,10 @@ if mode == "nospace":
 if mode == "nopkg":
     print("E: Unable to locate package no-such-package")
     sys.exit(1)
+if mode == "404":
+    print("E: Failed to fetch http://deb.debian.org/debian/pool/main/l/x/x_1_amd64.deb  "
+          "404  Not Found [IP: 192.0.2.1 80]")
+    sys.exit(1)
 if mode == "slow":
     dest.write_bytes(b"partial")
     time.sleep(60)
@@ -203,7 +207,8 @@ def test_two_runs_making_one_system_make_it_once(fake: Path, tmp_path: Path) -> 
 
 @unit
 @pytest.mark.parametrize(("mode", "error", "code"), [
-    ("fetch", ArchiveError, 2), ("nospace", NoSpaceError, 2), ("nopkg", UnknownPackageError, 1)])
+    ("fetch", ArchiveError, 2), ("nospace", NoSpaceError, 2), ("nopkg", UnknownPackageError, 1),
+    ("404", UnknownPackageError, 1)])
 def test_a_failed_bootstrap_is_named_and_leaves_nothing(
         fake: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         mode: str, error: type[Exception], code: int) -> None:

@@ -192,6 +192,11 @@ def _classify(log: str, spec: SystemSpec, dest: Path, log_path: Path) -> OmaticE
                       r"installation candidate)", log)
     if match:
         return UnknownPackageError(match[1], suite=suite)
+    # The archive answered, but its pool lacks a file its index lists (a mirror's 404).
+    match = re.search(r"Failed to fetch \S+/([^/\s]+)\s+404\b", log)
+    if match:
+        return UnknownPackageError(f"the index lists {match[1]}, the pool does not hold it "
+                                   "(404)", suite=suite)
     match = re.search(r"(Temporary failure resolving '[^']+'|Could not resolve '[^']+'|"
                       r"Failed to fetch \S+|Unable to connect to \S+|Could not connect to \S+|"
                       r"is (?:expired|not valid yet)[^\n]*)", log)
