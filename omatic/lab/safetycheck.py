@@ -531,14 +531,15 @@ def check_no_grace_period_under_locks(config: Config) -> None:
     # Each round is join, two steers and leave: four grace periods before, none now.
     expect(rate >= 100, f"the configuration loop made {rate:.0f} rounds/s (at least 100 "
                         "when no call waits for a grace period)")
-    worst_idle = max(idle["ip_link_add_del"])
-    worst_busy = max(busy["ip_link_add_del"])
-    # A sanity ceiling: the loop takes one of the guest's two CPUs from `ip` meanwhile.
-    expect(worst_busy <= 3 * worst_idle + 250,
-           f"ip link add+del took up to {worst_busy:.0f} ms with the loop, "
-           f"{worst_idle:.0f} ms without")
-    expect(max(busy["misc_open"]) <= max(idle["misc_open"]) + 100,
-           f"{OTHER_MISC} took up to {max(busy['misc_open']):.0f} ms to open with the loop")
+    # Sanity ceilings on the medians, not the worst samples: the loop takes one of the
+    # guest's two CPUs from `ip` meanwhile, and in `make matrix` another guest shares the
+    # machine, so a single sample may wait for the host. A configuration call that held
+    # RTNL or misc_mtx across grace periods would move the median, not one sample.
+    for name, slack in (("ip_link_add_del", 50.0), ("misc_open", 10.0)):
+        usual, loaded = statistics.median(idle[name]), statistics.median(busy[name])
+        ceiling = 2 * usual + slack
+        expect(loaded <= ceiling, f"{name}: median {loaded:.1f} ms with the loop, "
+                                  f"{usual:.1f} ms without (at most {ceiling:.0f} ms)")
 
 
 CHECKS: list[tuple[str, Callable[[Config], None]]] = [
