@@ -2,12 +2,12 @@
 `python3 -S -m omatic.lab.rxbench CONFIG` (bench/fanout.py asks omatic.lab.hooks for it).
 
 Two measures, on the same UDP frames of 64 flows to port 9, fed by the hook test module
-from NAPI poll (omatic.lab.groupcheck.inject), set-ups taking turns within each run so
+from NAPI poll (omatic.lab.groupcheck.inject_request), set-ups taking turns within each run so
 that a slower moment of the machine weighs on all of them:
 
 - cost: nanoseconds per frame the hooks take, as the module times a burst (best of the
-  runs). One CPU feeds hk-gro; in the `_2cpu` set-ups CPU 0 feeds hk-gro and CPU 1
-  hk-gro2 at once (two rx queues of one entry point, each with its own NAPI), and the
+  runs). One CPU feeds hk-gro; in the `_2cpu` set-ups CPU 0 feeds hk-gro's first rx
+  queue and CPU 1 its second at once (each queue with its own NAPI), and the
   figure is the wall time from the first feed's start to the last one's end, over all
   their frames. The readers have room for the whole burst; what they got is counted by
   the kernel, not read.
@@ -41,7 +41,6 @@ from omatic.lab.groupcheck import (
     Config,
     expect,
     group,
-    inject,
     inject_request,
     inject_written,
     ipv4,
@@ -50,8 +49,8 @@ from omatic.lab.groupcheck import (
 from omatic.pfq.endpoint import Endpoint
 from omatic.pfq.uapi import STEER_MODES
 
-#: The second device fed through napi_gro_receive, for two CPUs at once.
-DEV_Q1 = "hk-gro2"
+#: DEV's second rx queue (the hook test module's name for it), for two CPUs at once.
+DEV_Q1 = f"{DEV}:1"
 #: The guest's realtime clocksource: what a clock read costs depends on it.
 CLOCKSOURCE = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
 #: A task stuck this long in the kernel has its stack logged, so that a bench that
@@ -134,31 +133,27 @@ def frames_of(n: int, start: int = 0) -> list[bytes]:
             for i, f in ((i, i % 64) for i in range(n))]
 
 
-def _readers(stack: ExitStack, kind: str, n: int, steer: str, frames: int, devs: Sequence[str]
+def _readers(stack: ExitStack, kind: str, n: int, steer: str, frames: int
              ) -> tuple[list[Endpoint], Callable[[], int]]:
-    """`n` readers of `devs` of `kind` (the endpoints, when PFQ's) with room for `frames`,
+    """`n` readers of DEV of `kind` (the endpoints, when PFQ's) with room for `frames`,
     and what counts the frames they got, from the kernel's counters: nothing is read, so
-    Python's pace weighs on no figure. AF_PACKET sockets on two devices listen on every
-    device, as a fan-out group cannot span two bound devices."""
+    Python's pace weighs on no figure."""
     if kind == "af_packet":
         size = afpacket.RingSize(blocks=max(16, frames * 256 // afpacket.RingSize.block_size))
-        dev = devs[0] if len(devs) == 1 else None
         socks = [stack.enter_context(afpacket.PacketSocket(
-            dev, size, (7, steer) if n > 1 else None)) for _ in range(n)]
+            DEV, size, (7, steer) if n > 1 else None)) for _ in range(n)]
         return [], lambda: sum(packets - drops for packets, drops in
                                (sock.stats() for sock in socks))
-    eps = group(stack, n, 12, steer, dev=devs[0], slots=frames, caplen=128) if n else []
-    for dev in devs[1:]:
-        if eps:
-            eps[0].bind(dev)
+    eps = group(stack, n, 12, steer, dev=DEV, slots=frames, caplen=128) if n else []
     return eps, lambda: sum(ep.stats().delivered for ep in eps)
 
 
-def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
-    """Feed each (device, CPU, frames) from a thread pinned to that CPU, all at once;
-    the nanoseconds from the first feed's start to the last one's end, as the module
-    timed them. The writes are built beforehand: under one interpreter lock, building
-    one would delay the other's start and the feeds would take turns."""
+def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> tuple[int, int]:
+    """Feed each (device or queue, CPU, frames) from a thread pinned to that CPU, all at
+    once; when the first feed started (CLOCK_MONOTONIC ns) and the nanoseconds from then
+    to the last one's end, as the module timed them. The writes are built beforehand:
+    under one interpreter lock, building one would delay the other's start and the feeds
+    would take turns."""
     start, spans, errors = threading.Barrier(len(feeds)), [], []
 
     def one(dev: str, cpu: int, frames: Sequence[bytes]) -> None:
@@ -178,7 +173,8 @@ def feed(feeds: Sequence[tuple[str, int, Sequence[bytes]]]) -> int:
         thread.join()
     if errors:
         raise CheckFailed(f"feeding failed: {errors[0]!r}")
-    return max(end for _, end in spans) - min(begin for begin, _ in spans)
+    first = min(begin for begin, _ in spans)
+    return first, max(end for _, end in spans) - first
 
 
 def cost(config: Config, frames: int, runs: int, progress: Callable[[], None],
@@ -191,17 +187,15 @@ def cost(config: Config, frames: int, runs: int, progress: Callable[[], None],
     best: dict[str, int] = {}
     for _ in range(runs):
         for name, mode, kind, n, steer, bpf, cpus in setups:
-            devs = [DEV, DEV_Q1][:cpus]
             with ExitStack() as stack:
-                eps, take = _readers(stack, kind, n, steer, frames * cpus, devs)
+                eps, take = _readers(stack, kind, n, steer, frames * cpus)
                 if bpf:
                     eps[0].set_filter(program)
-                for dev in devs:
-                    set_mode(dev, mode)
-                ns = feed([(dev, cpu, sent[dev]) for cpu, dev in enumerate(devs)])
+                set_mode(DEV, mode)
+                _, ns = feed([(queue, cpu, sent[queue])
+                           for cpu, queue in enumerate([DEV, DEV_Q1][:cpus])])
                 delivered = take()
-                for dev in devs:
-                    set_mode(dev, "pass")
+                set_mode(DEV, "pass")
             expect(delivered == (frames * cpus if n else 0),
                    f"bench {name}: {delivered} of {frames * cpus} frames delivered")
             best[name] = min(best.get(name, ns), ns)
@@ -222,12 +216,22 @@ def reader_argv(program: str, kind: str, n: int, mode: str) -> list[str]:
             str(PFQ_CAPLEN), "13"]
 
 
+def queue_feeds(sent: Sequence[bytes], queues: int) -> list[tuple[str, int, Sequence[bytes]]]:
+    """`sent` spread over DEV's first `queues` rx queues (1 or 2), each fed from a CPU of
+    its own (queue q from CPU q), by flow as a NIC's RSS does: frames_of() gives frame i
+    flow i % 64, so the flows of even index go to queue 0, the others to queue 1."""
+    return [(queue, cpu, sent[cpu::queues])
+            for cpu, queue in enumerate([DEV, DEV_Q1][:queues])]
+
+
 def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | None = None,
-            reader_cpus: frozenset[int] = frozenset({1})) -> dict[str, float]:
-    """Start the C readers `argv` (on `reader_cpus`), feed `sent` from CPU 0, let them
-    drain, stop them: frames delivered, dropped, delivered per second from the first
-    frame fed to the last one read, frames fed per second while the feed ran (the
-    module's own span), and the times the readers slept per frame delivered."""
+            reader_cpus: frozenset[int] = frozenset({1}), queues: int = 1
+            ) -> dict[str, float]:
+    """Start the C readers `argv` (on `reader_cpus`), feed `sent` through DEV's first
+    `queues` rx queues (queue_feeds()), let them drain, stop them: frames delivered,
+    dropped, delivered per second from the first frame fed to the last one read, frames
+    fed per second while the feed ran (the module's own span), and the times the readers
+    slept per frame delivered."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, preexec_fn=lambda: os.sched_setaffinity(0, reader_cpus))
     try:
@@ -237,8 +241,7 @@ def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | No
             proc.kill()
             raise CheckFailed(f"the readers did not start: {ready!r} "
                               f"{proc.communicate(timeout=30)[1]!r}")
-        os.sched_setaffinity(0, {0})
-        fed = inject(DEV, sent)
+        fed_start, fed_ns = feed(queue_feeds(sent, queues))
         time.sleep(0.3)
         proc.terminate()
         out, err = proc.communicate(timeout=30)
@@ -246,7 +249,6 @@ def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        os.sched_setaffinity(0, {0, 1})
     fields = dict(item.split("=") for item in out.split())
     expect(proc.returncode == 0
            and set(fields) == {"delivered", "dropped", "last_ns", "sleeps"},
@@ -255,23 +257,25 @@ def deliver(argv: Sequence[str], sent: Sequence[bytes], env: dict[str, str] | No
         int(fields[k]) for k in ("delivered", "dropped", "last_ns", "sleeps"))
     # From the feed's start as the module took it (CLOCK_MONOTONIC, as the readers'
     # stamps): not the write's, which first copies and parses the whole burst.
-    seconds = max(last - fed["start"], 1) / 1e9
+    seconds = max(last - fed_start, 1) / 1e9
     return {"delivered": delivered, "dropped": dropped,
             "per_second": round(delivered / seconds),
-            "fed_per_second": round(len(sent) / max(fed["ns"], 1) * 1e9),
+            "fed_per_second": round(len(sent) / max(fed_ns, 1) * 1e9),
             "sleeps_per_frame": round(sleeps / max(delivered, 1), 3)}
 
 
 @dataclass(frozen=True)
 class Delivery:
     """One set-up of a delivery measure: the device's mode, the readers' command line
-    and environment, the CPUs they may run on, and how many copies of each frame they
-    get between them (4 readers with no fan-out get 4)."""
+    and environment, the CPUs they may run on, how many copies of each frame they get
+    between them (4 readers with no fan-out get 4), and how many of the device's rx
+    queues feed it (queue_feeds())."""
     mode: str
     argv: Sequence[str]
     env: dict[str, str] | None = None
     reader_cpus: frozenset[int] = frozenset({1})
     copies: int = 1
+    queues: int = 1
 
 
 def delivery_of(setups: Mapping[str, Delivery], frames: int, runs: int,
@@ -284,7 +288,7 @@ def delivery_of(setups: Mapping[str, Delivery], frames: int, runs: int,
     for _ in range(runs):
         for name, setup in setups.items():
             set_mode(DEV, setup.mode)
-            got = deliver(setup.argv, sent, setup.env, setup.reader_cpus)
+            got = deliver(setup.argv, sent, setup.env, setup.reader_cpus, setup.queues)
             set_mode(DEV, "pass")
             expect(got["delivered"] + got["dropped"] == frames * setup.copies,
                    f"delivery {name}: {got['delivered']} delivered + {got['dropped']} "

@@ -31,7 +31,10 @@
  * They are fed through that device's entry point from its NAPI poll, the write returns
  * when all were, and a read says what the last injection of each device did, one line
  * each: `dev=hk-gro frames=256 ns=1834000 stack=256` (ns: time to feed them all; stack:
- * frames that reached the stack). Two devices may be fed at once, from two CPUs.
+ * frames that reached the stack). hk-gro has a second rx queue with a NAPI of its own,
+ * named `hk-gro:1` here: two CPUs feed the one device at once, as a NIC's two queues
+ * would (frames of both queues reach the stack, and are counted, as hk-gro's). Two
+ * devices, or queues, may be fed at once, from two CPUs.
  */
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -93,11 +96,11 @@ static const char *const hk_ifnames[HK_N] = {
 #endif
 };
 
-/* One device more, fed through napi_gro_receive like hk-gro: with it, two CPUs feed the
- * same entry point at once (two rx queues of one NIC, each with its own NAPI). It is a
- * frame source for user space only; the KTAP cases run on the HK_N devices. */
+/* hk-gro's second rx queue, its own NAPI on the same device: with it, two CPUs feed one
+ * device at once, as a NIC's two queues do. A frame source for user space only; the KTAP
+ * cases run on the HK_N devices' first queues. */
 #define HK_DEVS (HK_N + 1)
-static const char *const hk_gro2_ifname = "hk-gro2";
+static const char *const hk_gro_queue1 = "hk-gro:1";
 
 /*
  * The cases with no reader come first: a file closed here is released only when insmod
@@ -116,8 +119,13 @@ static const char *const case_modes[HK_CASES] = {
 };
 
 struct hk_dev {
+	/* The name injections use: the device's, or for a second queue "DEV:1". */
+	const char *name;
 	struct net_device *dev;
 	struct napi_struct napi;
+	/* The device's second queue (its NAPI enabled and disabled with the first), or
+	 * NULL; in that queue's own hk_dev, `owner` is the first queue's. */
+	struct hk_dev *queue1, *owner;
 	struct packet_type ptype;
 	enum hk_entry entry;
 	/* The job of the next poll: frames [next, count) of this case. */
@@ -344,6 +352,8 @@ static int hk_open(struct net_device *dev)
 	struct hk_dev *hd = *(struct hk_dev **)netdev_priv(dev);
 
 	napi_enable(&hd->napi);
+	if (hd->queue1)
+		napi_enable(&hd->queue1->napi);
 	netif_start_queue(dev);
 	return 0;
 }
@@ -354,6 +364,8 @@ static int hk_stop(struct net_device *dev)
 
 	netif_stop_queue(dev);
 	napi_disable(&hd->napi);
+	if (hd->queue1)
+		napi_disable(&hd->queue1->napi);
 	return 0;
 }
 
@@ -767,7 +779,7 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 	memcpy(name, data, IFNAMSIZ);
 	name[IFNAMSIZ - 1] = '\0';
 	for (e = 0; e < HK_DEVS; e++)
-		if (!strcmp(hk_devs[e]->dev->name, name))
+		if (!strcmp(hk_devs[e]->name, name))
 			hd = hk_devs[e];
 	n = hk_inject_parse(data, count, NULL);
 	if (!hd || n < 0) {
@@ -782,6 +794,8 @@ static ssize_t hk_inject_write(struct file *file, const char __user *from, size_
 	hk_inject_parse(data, count, frames);
 	mutex_lock(&hd->inject_mutex);
 	WRITE_ONCE(hd->injected, true);
+	if (hd->owner)	/* its frames reach the stack as the device's */
+		WRITE_ONCE(hd->owner->injected, true);
 	atomic_set(&hd->stack, 0);
 	hd->inject = frames;
 	hd->next = 0;
@@ -811,7 +825,7 @@ static int hk_inject_show(struct seq_file *m, void *v)
 		mutex_lock(&hd->inject_mutex);
 		if (hd->inject_frames)
 			seq_printf(m, "dev=%s frames=%u ns=%llu start=%llu stack=%d\n",
-				   hd->dev->name, hd->inject_frames, hd->inject_ns,
+				   hd->name, hd->inject_frames, hd->inject_ns,
 				   hd->inject_start, atomic_read(&hd->stack));
 		mutex_unlock(&hd->inject_mutex);
 	}
@@ -848,7 +862,8 @@ static void hk_free(void)
 
 		if (!hd)
 			continue;
-		if (hd->dev) {
+		/* A second queue's NAPI goes with its device, its owner's, freed before. */
+		if (hd->dev && !hd->owner) {
 			if (hd->ptype.type)
 				dev_remove_pack(&hd->ptype);
 			if (hd->dev->reg_state == NETREG_REGISTERED)
@@ -871,6 +886,7 @@ static int hk_add(int index, enum hk_entry e, const char *name)
 	if (!hd)
 		return -ENOMEM;
 	hk_devs[index] = hd;
+	hd->name = name;
 	hd->entry = e;
 	init_completion(&hd->done);
 	mutex_init(&hd->inject_mutex);
@@ -905,6 +921,34 @@ static int hk_add(int index, enum hk_entry e, const char *name)
 	return err;
 }
 
+/* A second rx queue of `owner`'s device: a NAPI of its own, enabled with the device. */
+static int hk_add_queue(int index, struct hk_dev *owner, const char *name)
+{
+	struct hk_dev *hd = kzalloc(sizeof(*hd), GFP_KERNEL);
+
+	if (!hd)
+		return -ENOMEM;
+	hk_devs[index] = hd;
+	hd->name = name;
+	hd->entry = owner->entry;
+	hd->owner = owner;
+	hd->dev = owner->dev;
+	init_completion(&hd->done);
+	mutex_init(&hd->inject_mutex);
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
+	netif_napi_add(hd->dev, &hd->napi, hk_poll);
+#else
+	netif_napi_add(hd->dev, &hd->napi, hk_poll, NAPI_POLL_WEIGHT);
+#endif
+	/* RTNL keeps ndo_open and ndo_stop away while the device learns of its queue. */
+	rtnl_lock();
+	if (netif_running(hd->dev))
+		napi_enable(&hd->napi);
+	owner->queue1 = hd;
+	rtnl_unlock();
+	return 0;
+}
+
 static int __init hk_init(void)
 {
 	int e, err;
@@ -922,7 +966,7 @@ static int __init hk_init(void)
 	}
 	for (e = 0; e < HK_DEVS; e++) {
 		err = e < HK_N ? hk_add(e, e, hk_ifnames[e]) :
-			hk_add(e, HK_GRO_RECEIVE, hk_gro2_ifname);
+			hk_add_queue(e, hk_devs[HK_GRO_RECEIVE], hk_gro_queue1);
 		if (err) {
 			pr_err("pfq_hooktest: setting up device %d failed (%d)\n", e, err);
 			hk_free();
