@@ -5,10 +5,14 @@ Frames delivered per second to readers in user space, and frames dropped, for a 
 UDP frames of 64 flows ten times larger than their rings (BURST): readers that cannot
 keep up drop the rest, and their rate is what they can take; readers that keep up drop
 nothing, and theirs is what the feed manages beside them. The frames are fed by the hook
-test module from NAPI poll on CPU 0 (omatic.lab.rxbench's delivery measure, set-ups
-taking turns). The readers are bench/reader.c's pcap kind: N processes doing with each
-frame what `tcpdump -w /dev/null` does, on the libpcap of `pfq-omatic pcap`
-(LD_LIBRARY_PATH), free to run on both vCPUs. Set-ups:
+test module from NAPI poll through DEV's two rx queues, one per vCPU, spread by flow as a
+NIC's RSS spreads them on a machine of two cores (omatic.lab.rxbench's delivery measure,
+set-ups taking turns). Fed from one CPU, the feed's whole cost falls on it: N readers
+get what it leaves and the other CPU, one reader the other CPU, so the ratio of 4
+instances to 1 is bounded by the feed (2 less twice its share of a CPU), not by the
+readers (the `_one_queue` set-ups show it). The readers are bench/reader.c's pcap kind:
+N processes doing with each frame what `tcpdump -w /dev/null` does, on the libpcap of
+`pfq-omatic pcap` (LD_LIBRARY_PATH), free to run on both vCPUs. Set-ups:
 
 - libpcap on DEV, which is libpcap's own TPACKET_V3 capture, the device in pass mode (as
   a stock driver's): 1 instance, and 4 with no fan-out (libpcap has none: each gets every
@@ -24,7 +28,9 @@ frame what `tcpdump -w /dev/null` does, on the libpcap of `pfq-omatic pcap`
 - `_work`: libpcap on DEV (1), the AF_PACKET fan-out group and pfq:DEV tap 4 hash again,
   each reader also busy WORK_NS with each frame. Readers that only write each frame keep
   up with the feed (the rate is then the feed's, as the CPU the readers leave it); these
-  cannot, and their rate is what N instances get done: where fan-out matters.
+  cannot, and their rate is what N instances get done: where fan-out matters;
+- `_one_queue`: libpcap on DEV (1) and pfq:DEV tap 4 hash, the device fed through its
+  first rx queue only, from CPU 0.
 
 Rings alike in memory: a buffer of BUFFER_SIZE bytes for each pcap_t (libpcap sizes both
 kinds of ring from it), a snapshot length that holds the whole frame. Standard library and
@@ -50,6 +56,8 @@ WORK_NS = 20_000
 #: The group of the fanned-out PFQ instances.
 GROUP = 21
 BOTH_CPUS = frozenset({0, 1})
+#: DEV's rx queues that feed it, one per vCPU (omatic.lab.rxbench.queue_feeds).
+QUEUES = 2
 
 
 def setups(reader: str, libdir: str) -> dict[str, Delivery]:
@@ -62,24 +70,26 @@ def setups(reader: str, libdir: str) -> dict[str, Delivery]:
         return [reader, "pcap", device, str(n), str(SNAPLEN), str(BUFFER_SIZE),
                 str(timeout_ms)]
 
+    def both(mode: str, argv: list[str], environ: dict[str, str], copies: int = 1
+             ) -> Delivery:
+        return Delivery(mode, argv, environ, BOTH_CPUS, copies, QUEUES)
+
+    af_packet_4 = [*reader_argv(reader, "af_packet", 4, "hash"), "dump"]
     return {
-        "libpcap_af_packet_1": Delivery("pass", pcap(DEV, 1), env, BOTH_CPUS),
-        "libpcap_af_packet_4_no_fanout": Delivery("pass", pcap(DEV, 4), env, BOTH_CPUS,
-                                                  copies=4),
-        "af_packet_4_fanout_hash": Delivery("pass", [*reader_argv(reader, "af_packet", 4, "hash"),
-                                                     "dump"], reader_cpus=BOTH_CPUS),
-        "pfq_tap_1": Delivery("tap", pcap(f"pfq:{DEV}", 1), env, BOTH_CPUS),
-        "pfq_tap_4_hash": Delivery("tap", pcap(f"pfq:{DEV}", 4), fan_out, BOTH_CPUS),
-        "pfq_tap_4_hash_no_timeout": Delivery("tap", pcap(f"pfq:{DEV}", 4, timeout_ms=0),
-                                              fan_out, BOTH_CPUS),
-        "pfq_capture_4_hash": Delivery("capture", pcap(f"pfq:{DEV}", 4), fan_out, BOTH_CPUS),
-        "libpcap_af_packet_1_work": Delivery("pass", pcap(DEV, 1), {**env, **work},
+        "libpcap_af_packet_1": both("pass", pcap(DEV, 1), env),
+        "libpcap_af_packet_4_no_fanout": both("pass", pcap(DEV, 4), env, copies=4),
+        "af_packet_4_fanout_hash": both("pass", af_packet_4, dict(os.environ)),
+        "pfq_tap_1": both("tap", pcap(f"pfq:{DEV}", 1), env),
+        "pfq_tap_4_hash": both("tap", pcap(f"pfq:{DEV}", 4), fan_out),
+        "pfq_tap_4_hash_no_timeout": both("tap", pcap(f"pfq:{DEV}", 4, timeout_ms=0),
+                                          fan_out),
+        "pfq_capture_4_hash": both("capture", pcap(f"pfq:{DEV}", 4), fan_out),
+        "libpcap_af_packet_1_work": both("pass", pcap(DEV, 1), {**env, **work}),
+        "af_packet_4_fanout_hash_work": both("pass", af_packet_4, {**os.environ, **work}),
+        "pfq_tap_4_hash_work": both("tap", pcap(f"pfq:{DEV}", 4), {**fan_out, **work}),
+        "libpcap_af_packet_1_one_queue": Delivery("pass", pcap(DEV, 1), env, BOTH_CPUS),
+        "pfq_tap_4_hash_one_queue": Delivery("tap", pcap(f"pfq:{DEV}", 4), fan_out,
                                              BOTH_CPUS),
-        "af_packet_4_fanout_hash_work": Delivery(
-            "pass", [*reader_argv(reader, "af_packet", 4, "hash"), "dump"],
-            {**os.environ, **work}, BOTH_CPUS),
-        "pfq_tap_4_hash_work": Delivery("tap", pcap(f"pfq:{DEV}", 4), {**fan_out, **work},
-                                        BOTH_CPUS),
     }
 
 
