@@ -97,7 +97,7 @@ def setups(reader: str, libdir: str) -> dict[str, Delivery]:
 BURST = 65536
 
 
-def bench(config: Config, burst: int = BURST, runs: int = 5) -> dict[str, Any]:
+def bench(config: Config, burst: int = BURST, runs: int = 8) -> dict[str, Any]:
     with Watchdog() as watchdog:
         return {"burst": burst, "runs": runs, "buffer_size": BUFFER_SIZE,
                 "snaplen": SNAPLEN,
