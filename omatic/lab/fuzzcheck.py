@@ -34,13 +34,13 @@ from collections.abc import Callable, Iterable
 from omatic.lab.groupcheck import (
     DEV,
     DEV2,
-    PROC,
     CheckFailed,
     Config,
     counters_add_up,
     dmesg_lines,
     ex1,
     expect,
+    group_lines,
     inject,
     run_checks,
 )
@@ -283,10 +283,10 @@ def check_fuzz(seed: int, calls: int = CALLS) -> Callable[[Config], None]:
             bad = [s for s in said if not s.startswith("ok")]
             expect(not bad, f"seed {seed}: a fuzzer failed: {bad}")
             expect(not errors, f"seed {seed}: feeding failed: {errors[:1]}")
-            groups = [line for line in (PROC / "groups").read_text().splitlines()
-                      if line.startswith("group=")]
-            for line in groups:
-                counters_add_up(int(line.split()[0].removeprefix("group=")))
+            # One read: the fuzzers' killed children leave their groups meanwhile.
+            groups = group_lines()
+            for g in groups:
+                counters_add_up(int(g["group"]), g)
         finally:
             for fd in gos:
                 os.write(fd, b"g")

@@ -156,12 +156,16 @@ def set_mode(dev: str, mode: str) -> None:
     (PROC / "control").write_text(f"{dev} {mode}\n")
 
 
+def group_lines() -> list[dict[str, str]]:
+    """The groups of /proc/net/pfq/groups, each line's fields, from one read."""
+    return [fields for fields in (dict(item.split("=", 1) for item in line.split()
+                                       if "=" in item)
+                                  for line in (PROC / "groups").read_text().splitlines())
+            if "group" in fields]
+
+
 def group_line(group: int) -> dict[str, str]:
-    for line in (PROC / "groups").read_text().splitlines():
-        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-        if fields.get("group") == str(group):
-            return fields
-    return {}
+    return next((g for g in group_lines() if g["group"] == str(group)), {})
 
 
 def drain(endpoints: Sequence[Endpoint], timeout: float = 0.5) -> list[list[bytes]]:
@@ -217,8 +221,9 @@ def shares_of(n: int, gid: int, steer: str, sent: Sequence[bytes]) -> list[list[
         return drain(eps)
 
 
-def counters_add_up(gid: int) -> None:
-    g = group_line(gid)
+def counters_add_up(gid: int, g: dict[str, str] | None = None) -> None:
+    """Group `gid`'s counters add up: in `g`, its line already read, or read now."""
+    g = group_line(gid) if g is None else g
     expect(bool(g), f"group {gid} missing from /proc/net/pfq/groups")
     received, parts = int(g["received"]), sum(int(g[k]) for k in ("filtered", "delivered",
                                                                    "dropped"))
