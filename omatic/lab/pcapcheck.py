@@ -464,6 +464,21 @@ def seen_by(argv: Sequence[str], device: str, sent: Sequence[bytes]) -> tuple[in
     return sum(int(n) for n in re.findall(r"\b(\d+) packets seen", out)), out
 
 
+def where_stuck(pid: int) -> str:
+    """Where each thread of `pid` waits: its state, the kernel function it sleeps in,
+    and the top of its kernel stack (what a test program that does not end says)."""
+    said = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            stack = [line.split()[-1] for line in (task / "stack").read_text().splitlines()]
+            said.append(f"{task.name} {state} in {(task / 'wchan').read_text() or '-'}: "
+                        f"{' < '.join(stack[:6])}")
+        except OSError as err:
+            said.append(f"{task.name}: {err.strerror}")
+    return "; ".join(said) or "none left"
+
+
 def check_testprogs(config: Config) -> None:
     """libpcap's own test programs, built from the same source: on pfq:DEV as on DEV.
     threadsignaltest breaks a blocked capture from another thread after 60 s: it runs
@@ -472,6 +487,7 @@ def check_testprogs(config: Config) -> None:
     set_mode(DEV2, "tap")
     signalled, signalled_output = on_terminal([testprog("threadsignaltest"), "-i",
                                                f"pfq:{DEV2}"])
+    stuck = ""
     try:
         _testprogs_on_dev()
         code: int | None = signalled.wait(timeout=90)
@@ -479,11 +495,12 @@ def check_testprogs(config: Config) -> None:
         code = None
     finally:
         if signalled.poll() is None:
+            stuck = where_stuck(signalled.pid)
             signalled.kill()
             signalled.wait()
     out = signalled_output()
     expect(code is not None, f"threadsignaltest -i pfq:{DEV2} did not end; it said "
-                             f"{out.strip()[-300:]!r}")
+                             f"{out.strip()[-300:]!r}; its threads: {stuck}")
     expect(code == 0 and "Loop got broken" in out,
            f"threadsignaltest -i pfq:{DEV2}: exit {code}, {out.strip()[-200:]!r}")
 
