@@ -157,11 +157,11 @@ def set_mode(dev: str, mode: str) -> None:
 
 
 def group_lines() -> list[dict[str, str]]:
-    """The groups of /proc/net/pfq/groups, each line's fields, from one read."""
-    return [fields for fields in (dict(item.split("=", 1) for item in line.split()
-                                       if "=" in item)
-                                  for line in (PROC / "groups").read_text().splitlines())
-            if "group" in fields]
+    """The groups of /proc/net/pfq/groups (its lines that start with group=; those of
+    the endpoints follow), each line's fields, from one read."""
+    return [dict(item.split("=", 1) for item in line.split() if "=" in item)
+            for line in (PROC / "groups").read_text().splitlines()
+            if line.startswith("group=")]
 
 
 def group_line(group: int) -> dict[str, str]:
