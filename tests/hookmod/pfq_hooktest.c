@@ -876,20 +876,39 @@ static void hk_free(void)
 	}
 }
 
-static int hk_add(int index, enum hk_entry e, const char *name)
+/* An rx queue's state, in hk_devs[index], freed by hk_free(). */
+static struct hk_dev *hk_new(int index, enum hk_entry e, const char *name)
 {
 	struct hk_dev *hd = kzalloc(sizeof(*hd), GFP_KERNEL);
+
+	if (!hd)
+		return NULL;
+	hk_devs[index] = hd;
+	hd->name = name;
+	hd->entry = e;
+	init_completion(&hd->done);
+	mutex_init(&hd->inject_mutex);
+	return hd;
+}
+
+static void hk_napi_add(struct hk_dev *hd)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
+	netif_napi_add(hd->dev, &hd->napi, hk_poll);
+#else
+	netif_napi_add(hd->dev, &hd->napi, hk_poll, NAPI_POLL_WEIGHT);
+#endif
+}
+
+static int hk_add(int index, enum hk_entry e, const char *name)
+{
+	struct hk_dev *hd = hk_new(index, e, name);
 	struct net_device *dev;
 	u8 addr[ETH_ALEN] = { 0x02, 0x00, 0x00, 0x00, 0x01, 0x00 };
 	int err;
 
 	if (!hd)
 		return -ENOMEM;
-	hk_devs[index] = hd;
-	hd->name = name;
-	hd->entry = e;
-	init_completion(&hd->done);
-	mutex_init(&hd->inject_mutex);
 	dev = alloc_etherdev(sizeof(struct hk_dev *));
 	if (!dev)
 		return -ENOMEM;
@@ -903,11 +922,7 @@ static int hk_add(int index, enum hk_entry e, const char *name)
 #else
 	ether_addr_copy(dev->dev_addr, addr);
 #endif
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
-	netif_napi_add(dev, &hd->napi, hk_poll);
-#else
-	netif_napi_add(dev, &hd->napi, hk_poll, NAPI_POLL_WEIGHT);
-#endif
+	hk_napi_add(hd);
 	err = register_netdev(dev);
 	if (err)
 		return err;
@@ -924,22 +939,13 @@ static int hk_add(int index, enum hk_entry e, const char *name)
 /* A second rx queue of `owner`'s device: a NAPI of its own, enabled with the device. */
 static int hk_add_queue(int index, struct hk_dev *owner, const char *name)
 {
-	struct hk_dev *hd = kzalloc(sizeof(*hd), GFP_KERNEL);
+	struct hk_dev *hd = hk_new(index, owner->entry, name);
 
 	if (!hd)
 		return -ENOMEM;
-	hk_devs[index] = hd;
-	hd->name = name;
-	hd->entry = owner->entry;
 	hd->owner = owner;
 	hd->dev = owner->dev;
-	init_completion(&hd->done);
-	mutex_init(&hd->inject_mutex);
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
-	netif_napi_add(hd->dev, &hd->napi, hk_poll);
-#else
-	netif_napi_add(hd->dev, &hd->napi, hk_poll, NAPI_POLL_WEIGHT);
-#endif
+	hk_napi_add(hd);
 	/* RTNL keeps ndo_open and ndo_stop away while the device learns of its queue. */
 	rtnl_lock();
 	if (netif_running(hd->dev))
