@@ -26,6 +26,8 @@ KMOD_DIR = PROJECT_ROOT / "kmod"
 SUITES_DIR = PROJECT_ROOT / "suites"
 #: The hook test module (a driver of ours that calls every receive entry point).
 HOOKMOD_DIR = PROJECT_ROOT / "tests" / "hookmod"
+#: libpcap's PFQ capture module, added to Debian's libpcap at build time.
+PCAP_MODULE_DIR = PROJECT_ROOT / "libpcap"
 
 T = TypeVar("T")
 

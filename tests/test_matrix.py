@@ -13,10 +13,17 @@ from pathlib import Path
 import pytest
 
 from omatic.cli import main
+from omatic.data import PROJECT_ROOT
 from omatic.kernels.archive import available_kernels, matrix_kernels
 from omatic.kernels.kernel import Kernel
 from omatic.matrix.report import emit_github_actions, read_cells
-from omatic.matrix.run import HOOKS_ROW, KnownFailure, MatrixRun, load_known_failures
+from omatic.matrix.run import (
+    HOOKS_ROW,
+    TOOL_INPUTS,
+    KnownFailure,
+    MatrixRun,
+    load_known_failures,
+)
 from omatic.versions import version_key
 
 kbuild = pytest.mark.kbuild
@@ -64,6 +71,19 @@ def test_a_cell_whose_inputs_changed_is_redone(tmp_path: Path) -> None:
     assert main(["matrix", "--driver", "e100", "--kernel", "6.1", "--out", str(out)],
                 out=text) == 0
     assert "(unchanged)" not in text.getvalue()
+
+
+@unit
+@pytest.mark.parametrize("name", ["omatic/lab/hooks.py", "omatic/lab/pcapcheck.py",
+                                  "omatic/build/pipeline.py", "omatic/templates/lab-init.sh.j2",
+                                  "omatic/kernels/enter-system.sh", "libpcap/pcap-pfq.c",
+                                  "tests/hookmod/pfq_hooktest.c", "drivers/e1000e.toml"])
+def test_a_cells_key_covers_the_code_that_runs_it(name: str) -> None:
+    # A cell is reused while its key stands: a change to any code the cell runs must
+    # change the key, or a matrix would report results of code no longer there.
+    path = PROJECT_ROOT / name
+    assert path.is_file()
+    assert any(path.resolve() in root.glob(pattern) for root, pattern in TOOL_INPUTS), name
 
 
 @unit

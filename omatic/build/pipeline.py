@@ -107,7 +107,7 @@ def _run_make(cmd: Sequence[str], log: Path) -> int:
 
 def hash_files(h: Any, root: Path, pattern: str = "**/*") -> None:
     for path in sorted(root.glob(pattern)):
-        if path.is_file() and not path.name.endswith((".o", ".ko", ".cmd")):
+        if path.is_file() and not path.name.endswith((".o", ".ko", ".cmd", ".pyc")):
             h.update(path.relative_to(root).as_posix().encode() + b"\0")
             h.update(path.read_bytes())
 

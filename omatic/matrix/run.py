@@ -40,7 +40,7 @@ from typing import Any
 from omatic import __version__
 from omatic.build.pipeline import hash_files, kmod_key
 from omatic.cache import write_atomic
-from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR
+from omatic.data import DRIVERS_DIR, HOOKMOD_DIR, PATCHES_DIR, PCAP_MODULE_DIR
 from omatic.errors import FAILURE_ENV, UserError
 from omatic.kernels.kernel import Kernel
 from omatic.matrix.report import Cell, write_outputs
@@ -77,15 +77,25 @@ def load_known_failures(path: Path | None) -> list[KnownFailure]:
                         f"kernel, reason): {err}") from None
 
 
+#: What every cell's result depends on besides the driver, the kernel and pfq.ko: folders
+#: and the files of each that count. The whole package (every subpackage's code, the
+#: templates, the scripts), the rules and manifests, the hook test module, and libpcap's
+#: PFQ module (the hook lab's pcap tests).
+TOOL_INPUTS: tuple[tuple[Path, str], ...] = (
+    (Path(__file__).resolve().parents[1], "**/*"),
+    (PATCHES_DIR, "*.toml"),
+    (DRIVERS_DIR, "*.toml"),
+    (HOOKMOD_DIR, "**/*"),
+    (PCAP_MODULE_DIR, "**/*"),
+)
+
+
 @functools.cache
 def _tool_digest() -> str:
-    """The tool's part of every cell key: its code, rules and manifests (read once a run)."""
+    """The tool's part of every cell key (read once a run)."""
     h = hashlib.sha256(__version__.encode())
-    hash_files(h, PATCHES_DIR, "*.toml")
-    hash_files(h, DRIVERS_DIR, "*.toml")
-    hash_files(h, Path(__file__).parent, "*.py")
-    hash_files(h, Path(__file__).parent / "templates")
-    hash_files(h, HOOKMOD_DIR)
+    for root, pattern in TOOL_INPUTS:
+        hash_files(h, root, pattern)
     return h.hexdigest()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from omatic.cache import cache_root, file_lock
+from omatic.data import PCAP_MODULE_DIR
 from omatic.errors import BuildError, InfraError, PathError
 from omatic.kernels.archive import fetch_source
 from omatic.kernels.system import (
@@ -40,7 +41,7 @@ from omatic.kernels.system import (
     run_command,
 )
 from omatic.pcap import rewrite
-from omatic.pcap.rewrite import MODULE_DIR, MODULE_FILES, UAPI, VERSION_TAG, add_pfq
+from omatic.pcap.rewrite import MODULE_FILES, UAPI, VERSION_TAG, add_pfq
 
 #: The source package, and the binary packages whose files the install takes.
 SOURCE_PACKAGE = "libpcap"
@@ -117,7 +118,7 @@ def source_digest() -> str:
     """A digest of what pfq-omatic adds to libpcap (our files and kmod's uapi.h) and of
     how it builds it (this module and the rewrite's)."""
     h = hashlib.sha256()
-    for path in [*(MODULE_DIR / name for name in MODULE_FILES), UAPI, Path(__file__),
+    for path in [*(PCAP_MODULE_DIR / name for name in MODULE_FILES), UAPI, Path(__file__),
                  Path(rewrite.__file__)]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]

@@ -22,11 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from omatic.data import KMOD_DIR, PROJECT_ROOT
+from omatic.data import KMOD_DIR, PCAP_MODULE_DIR
 from omatic.errors import BuildError
 
-#: Our half of the capture source, in this checkout.
-MODULE_DIR = PROJECT_ROOT / "libpcap"
+#: Our half of the capture source, in PCAP_MODULE_DIR.
 MODULE_FILES = ("pcap-pfq.c", "pcap-pfq.h", "pfq-config.c", "pfq-config.h", "pcap/pfq.h")
 UAPI = KMOD_DIR / "include" / "pfq" / "uapi.h"
 #: Added to the library's version string and to the package's Debian revision.
@@ -127,7 +126,7 @@ def add_pfq(tree: Path, suite: str) -> str:
     version it now has."""
     for name in MODULE_FILES:
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(MODULE_DIR / name, tree / name)
+        shutil.copyfile(PCAP_MODULE_DIR / name, tree / name)
     (tree / "pfq").mkdir(exist_ok=True)
     shutil.copyfile(UAPI, tree / "pfq" / "uapi.h")
     for edit in EDITS:
